@@ -1,0 +1,189 @@
+//! The input corpus: the `.txt` files named on the command line (folders give their `.txt` files,
+//! sorted), read through memory maps and addressed by one global byte offset, as if concatenated.
+
+use crate::error::{Error, IoContext, Result};
+use memmap2::Mmap;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::Xxh3;
+
+pub struct InputFile {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Offset of the file's first byte in the concatenated corpus.
+    pub start: u64,
+}
+
+pub struct Corpus {
+    pub files: Vec<InputFile>,
+    pub total: u64,
+}
+
+impl Corpus {
+    /// Resolve the inputs (files, or folders searched recursively for `.txt` files).
+    pub fn open(inputs: &[PathBuf]) -> Result<Corpus> {
+        if inputs.is_empty() {
+            return Err(Error::Input("no input given: name one or more .txt files or folders".into()));
+        }
+        let mut paths = Vec::new();
+        for input in inputs {
+            let meta = std::fs::metadata(input).at(input)?;
+            if meta.is_dir() {
+                let before = paths.len();
+                let mut seen = HashSet::new();
+                collect_txt(input, &mut paths, &mut seen)?;
+                if paths.len() == before {
+                    return Err(Error::Input(format!("{}: folder holds no .txt file", input.display())));
+                }
+            } else if meta.is_file() {
+                paths.push(input.clone());
+            } else {
+                return Err(Error::Input(format!("{}: neither a file nor a folder", input.display())));
+            }
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        let mut total = 0u64;
+        for path in paths {
+            // Open now so an unreadable file is reported before any work starts.
+            let f = File::open(&path).at(&path)?;
+            let size = f.metadata().at(&path)?.len();
+            let path = std::path::absolute(&path).at(&path)?;
+            files.push(InputFile { path, size, start: total });
+            total += size;
+        }
+        Ok(Corpus { files, total })
+    }
+
+    /// The file holding global offset `pos` (< total) and the offset within it.
+    pub fn locate(&self, pos: u64) -> (usize, u64) {
+        let i = self.files.partition_point(|f| f.start + f.size <= pos);
+        (i, pos - self.files[i].start)
+    }
+}
+
+fn collect_txt(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) -> Result<()> {
+    // A symlink loop would revisit a folder: remember each by its canonical path.
+    if !seen.insert(dir.canonicalize().at(dir)?) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .at(dir)?;
+    entries.sort();
+    for path in entries {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // a dangling symlink is not input
+        };
+        if meta.is_dir() {
+            collect_txt(&path, out, seen)?;
+        } else if meta.is_file() && path.extension().is_some_and(|e| e == "txt") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A read-only view of a whole file (empty files cannot be mapped).
+pub struct MappedFile {
+    map: Option<Mmap>,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<MappedFile> {
+        let f = File::open(path).at(path)?;
+        if f.metadata().at(path)?.len() == 0 {
+            return Ok(MappedFile { map: None });
+        }
+        // SAFETY: the file is only read; the corpus must not be modified while it is tokenized
+        // (the fingerprint check on resume catches a changed file).
+        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        Ok(MappedFile { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// A cheap content fingerprint: the size, the first and last MiB and 16 blocks of 64 KiB spread
+/// over the file, hashed. It tells "the same file" from "another file" without reading 100 GB.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    const EDGE: usize = 1 << 20;
+    const BLOCK: usize = 1 << 16;
+    let mut h = Xxh3::new();
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    if bytes.len() <= 2 * EDGE + 16 * BLOCK {
+        h.update(bytes);
+    } else {
+        h.update(&bytes[..EDGE]);
+        let stride = (bytes.len() - BLOCK) / 16;
+        for k in 0..16 {
+            h.update(&bytes[k * stride..k * stride + BLOCK]);
+        }
+        h.update(&bytes[bytes.len() - EDGE..]);
+    }
+    format!("xxh3:{:016x}", h.digest())
+}
+
+/// Text of a piece of input with invalid UTF-8 replaced by U+FFFD (one per maximal invalid
+/// sequence, as Python's `errors="replace"` does), and the number of bytes replaced.
+pub fn decode_lossy(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, u64) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.into(), 0),
+        Err(_) => {
+            let mut text = String::with_capacity(bytes.len() + 16);
+            let mut replaced = 0u64;
+            for chunk in bytes.utf8_chunks() {
+                text.push_str(chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    text.push('\u{FFFD}');
+                    replaced += chunk.invalid().len() as u64;
+                }
+            }
+            (text.into(), replaced)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lossy_decoding_matches_std() {
+        let bytes = b"ok \xff\xfe caf\xc3\xa9 \xe2\x82 end \xf0\x9f\x98";
+        let (text, replaced) = decode_lossy(bytes);
+        assert_eq!(text, String::from_utf8_lossy(bytes));
+        assert_eq!(replaced, 2 + 2 + 3);
+    }
+
+    #[test]
+    fn folders_give_sorted_txt_files_and_survive_symlink_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("b.txt"), "bb").unwrap();
+        std::fs::write(d.join("a.txt"), "a").unwrap();
+        std::fs::write(d.join("notes.md"), "ignored").unwrap();
+        std::fs::write(d.join("sub/c.txt"), "ccc").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(d, d.join("sub/loop")).unwrap();
+        let corpus = Corpus::open(&[d.to_path_buf()]).unwrap();
+        let names: Vec<_> = corpus.files.iter().map(|f| f.path.strip_prefix(d).unwrap().to_path_buf()).collect();
+        assert_eq!(names, vec![PathBuf::from("a.txt"), PathBuf::from("b.txt"), PathBuf::from("sub/c.txt")]);
+        assert_eq!(corpus.total, 6);
+        assert_eq!(corpus.locate(0), (0, 0));
+        assert_eq!(corpus.locate(2), (1, 1));
+        assert_eq!(corpus.locate(5), (2, 2));
+    }
+
+    #[test]
+    fn missing_input_names_the_path() {
+        let err = Corpus::open(&[PathBuf::from("/no/such/file.txt")]).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }));
+        assert!(err.to_string().contains("/no/such/file.txt"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The tokenizer's training sample: at most `sample_bytes` of the corpus, drawn from across all of
+//! it (not just its beginning), so that the vocabulary reflects the whole corpus while memory
+//! stays bounded whatever its size.
+
+use crate::corpus::{Corpus, MappedFile};
+use crate::pretokenize::next_safe_split;
+
+/// Size of each sampled block: up to 1 MiB, but at least 256 blocks per sample (spread) and at
+/// least 4 KiB each (whole paragraphs).
+const BLOCK_BYTES: u64 = 1 << 20;
+const MIN_BLOCK_BYTES: u64 = 4 << 10;
+
+/// Pieces of the corpus to train on. The whole corpus when it fits in `sample_bytes`; otherwise
+/// one block at a seeded random place in each of `sample_bytes / block` equal strata of the
+/// concatenated corpus, its ends moved to pre-token boundaries. Deterministic for a given seed.
+pub fn plan_sample<'a>(corpus: &Corpus, maps: &'a [MappedFile], sample_bytes: u64, seed: u64) -> Vec<&'a [u8]> {
+    if corpus.total <= sample_bytes {
+        // Whole files, cut into blocks so that counting runs in parallel.
+        let mut pieces = Vec::new();
+        for m in maps {
+            let bytes = m.bytes();
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = block_end(bytes, start + BLOCK_BYTES as usize);
+                pieces.push(&bytes[start..end]);
+                start = end;
+            }
+        }
+        return pieces;
+    }
+    let block = (sample_bytes / 256).clamp(MIN_BLOCK_BYTES, BLOCK_BYTES).min(sample_bytes);
+    let strata = (sample_bytes / block).max(1);
+    let stratum = corpus.total / strata;
+    let mut rng = SplitMix64(seed);
+    let mut pieces = Vec::with_capacity(strata as usize);
+    for k in 0..strata {
+        let lo = k * stratum;
+        let span = stratum.saturating_sub(block).max(1);
+        let pos = lo + rng.next() % span;
+        let (file, local) = corpus.locate(pos.min(corpus.total - 1));
+        let bytes = maps[file].bytes();
+        let local = local as usize;
+        // Start after a pre-token boundary (we may have landed mid-word), end at one.
+        let start = if local == 0 { 0 } else { next_safe_split(bytes, local).unwrap_or(bytes.len()) };
+        let end = block_end(bytes, start + block as usize);
+        if end > start {
+            pieces.push(&bytes[start..end]);
+        }
+    }
+    pieces
+}
+
+fn block_end(bytes: &[u8], target: usize) -> usize {
+    if target >= bytes.len() {
+        bytes.len()
+    } else {
+        next_safe_split(bytes, target).unwrap_or(bytes.len())
+    }
+}
+
+/// A tiny, well-known PRNG (Steele et al.), so that samples do not depend on a crate's version.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn corpus_of(dir: &std::path::Path, texts: &[String]) -> (Corpus, Vec<MappedFile>) {
+        let paths: Vec<PathBuf> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let p = dir.join(format!("{i}.txt"));
+                std::fs::write(&p, t).unwrap();
+                p
+            })
+            .collect();
+        let corpus = Corpus::open(&paths).unwrap();
+        let maps = corpus.files.iter().map(|f| MappedFile::open(&f.path).unwrap()).collect();
+        (corpus, maps)
+    }
+
+    #[test]
+    fn small_corpus_is_used_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (corpus, maps) = corpus_of(dir.path(), &["one two".into(), "".into(), "three".into()]);
+        let pieces = plan_sample(&corpus, &maps, 1 << 30, 0);
+        assert_eq!(pieces.concat(), b"one twothree");
+    }
+
+    #[test]
+    fn large_corpus_is_sampled_across_its_whole_length_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 files, each word naming its file, ~8 MB in all; a 1 MB budget.
+        let texts: Vec<String> = (0..4).map(|i| format!("file{i} words here ").repeat(100_000)).collect();
+        let (corpus, maps) = corpus_of(dir.path(), &texts);
+        let pieces = plan_sample(&corpus, &maps, 1 << 20, 7);
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        assert!(total <= (1 << 20) + 256 * 64, "sample of {total} bytes");
+        let joined = String::from_utf8(pieces.concat()).unwrap();
+        for i in 0..4 {
+            assert!(joined.contains(&format!("file{i}")), "file {i} not sampled");
+        }
+        // Deterministic for a seed, different for another.
+        assert_eq!(pieces, plan_sample(&corpus, &maps, 1 << 20, 7));
+        assert_ne!(pieces, plan_sample(&corpus, &maps, 1 << 20, 8));
+    }
+}

@@ -1,0 +1,95 @@
+//! Opening a token store (a folder written by `arrows tokenize`) for reading, and verifying it.
+
+use crate::error::{Error, Result};
+use crate::manifest::{hex, Manifest};
+use crate::shard::{self, Dtype, ShardHeader};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+pub struct StoreShard {
+    pub path: PathBuf,
+    pub header: ShardHeader,
+}
+
+pub struct Store {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub dtype: Dtype,
+    pub shards: Vec<StoreShard>,
+}
+
+impl Store {
+    /// Read the manifest and check every shard's header against it (cheap: no checksums).
+    /// An unfinished store is refused unless `allow_incomplete`.
+    pub fn open(dir: &Path, allow_incomplete: bool) -> Result<Store> {
+        let manifest_path = dir.join(crate::manifest::FILE_NAME);
+        if !manifest_path.exists() {
+            let what = if dir.is_dir() { "has no manifest.json" } else { "does not exist" };
+            return Err(Error::Input(format!("{}: not a token store ({what}); make one with `arrows tokenize`", dir.display())));
+        }
+        let manifest = Manifest::read(dir)?;
+        if !manifest.complete && !allow_incomplete {
+            return Err(Error::Input(format!(
+                "{}: the tokenization is unfinished ({} of {} input bytes); finish it with `arrows tokenize ... --out {} --resume`",
+                dir.display(),
+                manifest.next_input_offset(),
+                manifest.total_input_bytes,
+                dir.display()
+            )));
+        }
+        let dtype = Dtype::from_name(&manifest.dtype).ok_or_else(|| Error::corrupt(&manifest_path, format!("unknown dtype {:?}", manifest.dtype)))?;
+        let shards = manifest
+            .shards
+            .iter()
+            .map(|s| {
+                let path = dir.join(&s.file);
+                let header = shard::read_header(&path)?;
+                let mismatch = if header.count != s.tokens {
+                    Some(format!("holds {} tokens, the manifest says {}", header.count, s.tokens))
+                } else if hex(header.tokenizer_hash) != manifest.tokenizer.hash {
+                    Some("was encoded with another tokenizer than the manifest's (a shard from another run?)".into())
+                } else if hex(header.checksum) != s.checksum || header.input_start != s.input_start || header.input_end != s.input_end {
+                    Some("does not match its manifest entry (a shard from another run?)".into())
+                } else if header.dtype != dtype {
+                    Some(format!("stores {} ids, the manifest says {}", header.dtype.name(), dtype.name()))
+                } else {
+                    None
+                };
+                match mismatch {
+                    Some(m) => Err(Error::corrupt(&path, m)),
+                    None => Ok(StoreShard { path, header }),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Store { dir: dir.to_path_buf(), manifest, dtype, shards })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.shards.iter().map(|s| s.header.count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Recompute every shard's checksum (in parallel); one error per damaged shard.
+    pub fn verify(&self) -> Vec<Error> {
+        self.shards.par_iter().filter_map(|s| shard::verify(&s.path).err()).collect()
+    }
+}
+
+impl Store {
+    /// The whole token stream, read into memory (tests and small stores; Python maps the shards).
+    pub fn read_all(&self) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(self.len() as usize);
+        for s in &self.shards {
+            let bytes = std::fs::read(&s.path).map_err(|e| Error::io(&s.path, e))?;
+            let payload = &bytes[shard::HEADER_LEN..];
+            match s.header.dtype {
+                Dtype::U16 => ids.extend(payload.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)),
+                Dtype::U32 => ids.extend(payload.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,525 @@
+//! `arrows tokenize`: train (or load) a tokenizer, then encode the corpus on every core into
+//! shards, resumable after a crash at any instant.
+//!
+//! The corpus is cut into chunks of about `CHUNK_BYTES`, each inside one file and cut only where the
+//! pre-tokenizer would split anyway, so that encoding chunks separately gives exactly the ids of
+//! encoding each file whole. Chunks are encoded in parallel and appended in order; a shard closes at
+//! the first chunk end at least `shard_bytes` past its start. Chunk and shard boundaries depend only
+//! on the input and the settings, never on the thread count, so a resumed run (which restarts after
+//! the last complete shard) writes the same bytes as an uninterrupted one.
+
+use crate::bpe::WordCache;
+use crate::corpus::{decode_lossy, fingerprint, Corpus, MappedFile};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{hex, InputEntry, Manifest, Settings, ShardEntry, TokenizerEntry, TrainingEntry};
+use crate::shard::{Dtype, ShardWriter};
+use crate::tokenizer::Tokenizer;
+use crate::train::{train_bpe, WordCounts};
+use crate::vocab::{ByteBpe, END_OF_TEXT};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Work unit of the parallel encoder (a setting recorded in the manifest: it places shard ends).
+pub const CHUNK_BYTES: u64 = 1 << 20;
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+const LOCK_FILE: &str = ".arrows.lock";
+
+#[derive(Clone, Debug)]
+pub enum TokenizerSpec {
+    /// Train a byte-level BPE on a sample of the corpus.
+    Train { vocab_size: usize, sample_bytes: u64, seed: u64, min_frequency: u64 },
+    /// Plain bytes, no merges (vocabulary 257).
+    Bytes,
+    /// An existing tokenizer.json.
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenizeOptions {
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub tokenizer: TokenizerSpec,
+    /// 0 = every core.
+    pub threads: usize,
+    pub shard_bytes: u64,
+    pub strict_utf8: bool,
+    pub resume: bool,
+    pub force: bool,
+}
+
+/// What the job is doing, for progress display.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Starting = 0,
+    /// Counting pre-tokens of the training sample: `done`/`total` in bytes.
+    Counting = 1,
+    /// Learning merges: `done`/`total` in merges.
+    Merging = 2,
+    /// Encoding: `done`/`total` in corpus bytes.
+    Encoding = 3,
+    Done = 4,
+}
+
+/// Counters the job updates and a caller (the Python progress bar) reads; `cancel` asks it to stop.
+#[derive(Default)]
+pub struct Progress {
+    pub phase: AtomicU8,
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+    pub tokens: AtomicU64,
+    pub replaced_bytes: AtomicU64,
+    pub cancel: AtomicBool,
+}
+
+impl Progress {
+    fn set_phase(&self, phase: Phase, done: u64, total: u64) {
+        self.done.store(done, Relaxed);
+        self.total.store(total, Relaxed);
+        self.phase.store(phase as u8, Relaxed);
+    }
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.load(Relaxed) {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub out: PathBuf,
+    pub tokens: u64,
+    pub input_bytes: u64,
+    pub replaced_bytes: u64,
+    pub shards: usize,
+    pub vocab_size: usize,
+    /// Input bytes already encoded by an earlier run (0 for a fresh run).
+    pub resumed_at: u64,
+    pub trained: Option<TrainingEntry>,
+    pub seconds: f64,
+    /// Things worth telling the user (a damaged shard re-encoded on resume, ...).
+    pub notes: Vec<String>,
+}
+
+pub fn tokenize(opts: &TokenizeOptions, progress: &Progress) -> Result<Summary> {
+    let started = Instant::now();
+    check_options(opts)?;
+    let corpus = Corpus::open(&opts.inputs)?;
+    if corpus.total == 0 {
+        return Err(Error::Input(format!("the corpus is empty: {} file(s), 0 bytes", corpus.files.len())));
+    }
+    let out = opts.out.as_path();
+    std::fs::create_dir_all(out).at(out)?;
+    let _lock = lock_folder(out)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Input(format!("cannot start {} threads: {e}", opts.threads)))?;
+    pool.install(|| run(opts, &corpus, progress, started))
+}
+
+fn check_options(opts: &TokenizeOptions) -> Result<()> {
+    if opts.shard_bytes == 0 {
+        return Err(Error::Input("--shard-bytes must be positive".into()));
+    }
+    if let TokenizerSpec::Train { vocab_size, sample_bytes, .. } = opts.tokenizer {
+        if vocab_size < 257 {
+            return Err(Error::Input(format!(
+                "--vocab-size {vocab_size} is too small: a byte-level vocabulary needs 256 bytes + <|endoftext|> = 257 at least"
+            )));
+        }
+        if sample_bytes == 0 {
+            return Err(Error::Input("--sample-bytes must be positive".into()));
+        }
+    }
+    if opts.resume && opts.force {
+        return Err(Error::Input("--resume and --force contradict each other: --resume continues the folder, --force starts it over".into()));
+    }
+    Ok(())
+}
+
+/// An exclusive lock on the output folder, held for the whole job: a second `arrows tokenize`
+/// into the same folder is refused instead of interleaving writes.
+fn lock_folder(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Input(format!(
+            "{}: another arrows process is writing this folder; wait for it or choose another --out",
+            out.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: Instant) -> Result<Summary> {
+    let out = opts.out.as_path();
+    let maps: Vec<MappedFile> = corpus.files.iter().map(|f| MappedFile::open(&f.path)).collect::<Result<_>>()?;
+    let inputs: Vec<InputEntry> = corpus
+        .files
+        .par_iter()
+        .zip(&maps)
+        .map(|(f, m)| InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(m.bytes()) })
+        .collect();
+    let settings = settings_of(opts);
+    let mut notes = Vec::new();
+
+    let existing = match Manifest::read(out) {
+        Ok(m) => Some(m),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if opts.force => {
+            notes.push(format!("ignored the old manifest: {e}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if opts.force {
+        remove_outputs(out)?;
+    } else if !opts.resume && folder_has_entries(out)? {
+        return Err(Error::Input(format!(
+            "{} is not empty: add --resume to continue the tokenization there, or --force to start it over (its arrows files are deleted)",
+            out.display()
+        )));
+    }
+
+    let (tokenizer, mut manifest) = match existing.filter(|_| opts.resume) {
+        Some(mut manifest) => {
+            check_same_job(&manifest, &settings, &inputs, opts)?;
+            let tokenizer = Tokenizer::from_file(&out.join(TOKENIZER_FILE))?;
+            if hex(tokenizer.hash) != manifest.tokenizer.hash {
+                return Err(Error::corrupt(out.join(TOKENIZER_FILE), "does not match the manifest's tokenizer hash: the folder was altered; start over with --force"));
+            }
+            keep_valid_shards(out, &mut manifest, tokenizer.hash, &mut notes);
+            (tokenizer, manifest)
+        }
+        None => {
+            // A fresh start: whatever an interrupted earlier attempt left is ours to replace.
+            remove_outputs(out)?;
+            let (tokenizer, training) = make_tokenizer(opts, corpus, &maps, progress)?;
+            write_atomic(&out.join(TOKENIZER_FILE), tokenizer.json.as_bytes())?;
+            let manifest = Manifest {
+                format: crate::manifest::FORMAT.into(),
+                version: crate::manifest::VERSION,
+                tokenizer: TokenizerEntry {
+                    file: TOKENIZER_FILE.into(),
+                    hash: hex(tokenizer.hash),
+                    vocab_size: tokenizer.vocab_size,
+                    bos_id: tokenizer.bos_id,
+                },
+                dtype: Dtype::for_vocab(tokenizer.vocab_size).name().into(),
+                settings,
+                inputs,
+                total_input_bytes: corpus.total,
+                shards: Vec::new(),
+                complete: false,
+                tokens: 0,
+                replaced_bytes: 0,
+                training,
+            };
+            manifest.write(out)?;
+            (tokenizer, manifest)
+        }
+    };
+
+    let resumed_at = manifest.next_input_offset();
+    encode_corpus(opts, corpus, &maps, &tokenizer, &mut manifest, progress)?;
+    progress.set_phase(Phase::Done, corpus.total, corpus.total);
+    Ok(Summary {
+        out: out.to_path_buf(),
+        tokens: manifest.tokens,
+        input_bytes: corpus.total,
+        replaced_bytes: manifest.replaced_bytes,
+        shards: manifest.shards.len(),
+        vocab_size: tokenizer.vocab_size,
+        resumed_at,
+        trained: manifest.training.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        notes,
+    })
+}
+
+fn settings_of(opts: &TokenizeOptions) -> Settings {
+    let (tokenizer, vocab_size, sample_bytes, seed, min_frequency) = match &opts.tokenizer {
+        TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency } => {
+            ("train".to_string(), Some(*vocab_size), Some(*sample_bytes), Some(*seed), Some(*min_frequency))
+        }
+        TokenizerSpec::Bytes => ("bytes".to_string(), None, None, None, None),
+        TokenizerSpec::File(p) => (std::path::absolute(p).unwrap_or(p.clone()).display().to_string(), None, None, None, None),
+    };
+    Settings {
+        tokenizer,
+        vocab_size,
+        sample_bytes,
+        seed,
+        min_frequency,
+        shard_bytes: opts.shard_bytes,
+        chunk_bytes: CHUNK_BYTES,
+        strict_utf8: opts.strict_utf8,
+    }
+}
+
+/// Refuse to resume a folder made from other inputs or settings, saying what differs.
+fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry], opts: &TokenizeOptions) -> Result<()> {
+    let mut diffs = Vec::new();
+    let (a, b) = (&manifest.settings, settings);
+    let mut setting = |name: &str, was: String, now: String| {
+        if was != now {
+            diffs.push(format!("{name} was {was}, now {now}"));
+        }
+    };
+    setting("--tokenizer", a.tokenizer.clone(), b.tokenizer.clone());
+    setting("--vocab-size", format!("{:?}", a.vocab_size), format!("{:?}", b.vocab_size));
+    setting("--sample-bytes", format!("{:?}", a.sample_bytes), format!("{:?}", b.sample_bytes));
+    setting("--seed", format!("{:?}", a.seed), format!("{:?}", b.seed));
+    setting("min frequency", format!("{:?}", a.min_frequency), format!("{:?}", b.min_frequency));
+    setting("--shard-bytes", a.shard_bytes.to_string(), b.shard_bytes.to_string());
+    setting("chunk size", a.chunk_bytes.to_string(), b.chunk_bytes.to_string());
+    setting("--strict-utf8", a.strict_utf8.to_string(), b.strict_utf8.to_string());
+    if manifest.inputs.len() != inputs.len() {
+        diffs.push(format!("the input had {} file(s), now {}", manifest.inputs.len(), inputs.len()));
+    }
+    for (i, (was, now)) in manifest.inputs.iter().zip(inputs).enumerate() {
+        if was.path != now.path {
+            diffs.push(format!("input file {} was {}, now {}", i + 1, was.path, now.path));
+        } else if was.size != now.size {
+            diffs.push(format!("{} was {} bytes, now {}", now.path, was.size, now.size));
+        } else if was.fingerprint != now.fingerprint {
+            diffs.push(format!("{} has changed content (fingerprint {} → {})", now.path, was.fingerprint, now.fingerprint));
+        }
+    }
+    if let TokenizerSpec::File(path) = &opts.tokenizer {
+        let given = Tokenizer::from_file(path)?;
+        if hex(given.hash) != manifest.tokenizer.hash {
+            diffs.push(format!("{} is not the tokenizer the folder was started with", path.display()));
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::ResumeMismatch(format!(
+        "cannot resume {}: it was made from other inputs or settings:\n  - {}\nRun with the original inputs and options, or use --force to start over.",
+        opts.out.display(),
+        diffs.join("\n  - ")
+    )))
+}
+
+/// Keep the manifest's shards up to the first one that is missing or damaged, and delete every
+/// shard-like file the manifest does not list (left by a crash between a rename and the
+/// manifest update, or unfinished `.tmp` files).
+fn keep_valid_shards(out: &Path, manifest: &mut Manifest, tokenizer_hash: u64, notes: &mut Vec<String>) {
+    let mut keep = 0;
+    for s in &manifest.shards {
+        let path = out.join(&s.file);
+        let ok = crate::shard::read_header(&path).is_ok_and(|h| {
+            h.count == s.tokens && h.tokenizer_hash == tokenizer_hash && hex(h.checksum) == s.checksum && h.input_start == s.input_start && h.input_end == s.input_end
+        });
+        if !ok {
+            notes.push(format!("{} was missing or damaged: re-encoded from input byte {}", s.file, s.input_start));
+            break;
+        }
+        keep += 1;
+    }
+    manifest.shards.truncate(keep);
+    manifest.tokens = manifest.shards.iter().map(|s| s.tokens).sum();
+    manifest.replaced_bytes = manifest.shards.iter().map(|s| s.replaced_bytes).sum();
+    manifest.complete = false;
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let listed = manifest.shards.iter().any(|s| s.file == name);
+            if (is_shard_name(&name) && !listed) || name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn shard_name(index: usize) -> String {
+    format!("shard_{index:06}.bin")
+}
+
+fn is_shard_name(name: &str) -> bool {
+    name.starts_with("shard_") && (name.ends_with(".bin") || name.ends_with(".bin.tmp"))
+}
+
+fn folder_has_entries(out: &Path) -> Result<bool> {
+    Ok(std::fs::read_dir(out).at(out)?.flatten().any(|e| e.file_name() != LOCK_FILE))
+}
+
+/// Delete what arrows writes in an output folder (and nothing else).
+fn remove_outputs(out: &Path) -> Result<()> {
+    for e in std::fs::read_dir(out).at(out)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = is_shard_name(&name)
+            || name.ends_with(".tmp")
+            || name == crate::manifest::FILE_NAME
+            || name == TOKENIZER_FILE
+            || name == "tokens.h5";
+        if ours {
+            std::fs::remove_file(e.path()).at(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = crate::shard::tmp_name(path);
+    let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+    f.write_all(bytes).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+fn make_tokenizer(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], progress: &Progress) -> Result<(Tokenizer, Option<TrainingEntry>)> {
+    match &opts.tokenizer {
+        TokenizerSpec::Bytes => Ok((Tokenizer::from_bpe(&ByteBpe::bytes_only()), None)),
+        TokenizerSpec::File(path) => Ok((Tokenizer::from_file(path)?, None)),
+        TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency } => {
+            let t0 = Instant::now();
+            let pieces = crate::sample::plan_sample(corpus, maps, *sample_bytes, *seed);
+            let sample_total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+            progress.set_phase(Phase::Counting, 0, sample_total);
+            let counts = pieces
+                .par_iter()
+                .fold(WordCounts::new, |mut counts, piece| {
+                    if !progress.cancel.load(Relaxed) {
+                        let (text, _) = decode_lossy(piece);
+                        for part in text.split(END_OF_TEXT) {
+                            counts.add_text(part);
+                        }
+                        progress.done.fetch_add(piece.len() as u64, Relaxed);
+                    }
+                    counts
+                })
+                .reduce(WordCounts::new, |mut a, b| {
+                    a.merge(b);
+                    a
+                });
+            progress.check_cancel()?;
+            let wanted = vocab_size.saturating_sub(257) as u64;
+            progress.set_phase(Phase::Merging, 0, wanted);
+            let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
+            let bpe = train_bpe(&counts, *vocab_size, *min_frequency, &report, &progress.cancel)?;
+            let entry = TrainingEntry {
+                sample_bytes: sample_total,
+                distinct_words: counts.len() as u64,
+                merges: bpe.merges.len(),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            Ok((Tokenizer::from_bpe(&bpe), Some(entry)))
+        }
+    }
+}
+
+/// A piece of one input file: bytes `start..end` of file `file`.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+/// The next chunk starting at global offset `pos` (< total), cut where the tokenizer allows.
+/// Empty files hold no offset, so a chunk is never empty.
+fn next_chunk(corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, pos: u64) -> Chunk {
+    let (file, local) = corpus.locate(pos);
+    let bytes = maps[file].bytes();
+    let start = local as usize;
+    let target = start + CHUNK_BYTES as usize;
+    let end = if target >= bytes.len() {
+        bytes.len()
+    } else {
+        tokenizer.next_safe_split(bytes, target).unwrap_or(bytes.len())
+    };
+    Chunk { file, start, end }
+}
+
+thread_local! {
+    // Each encoding thread keeps its word cache warm across chunks.
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::new());
+}
+
+fn encode_chunk(c: Chunk, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, strict: bool) -> Result<(Vec<u32>, u64)> {
+    let bytes = &maps[c.file].bytes()[c.start..c.end];
+    if strict {
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(Error::InvalidUtf8 { path: corpus.files[c.file].path.clone(), offset: (c.start + e.valid_up_to()) as u64 });
+        }
+    }
+    let (text, replaced) = decode_lossy(bytes);
+    let mut ids = Vec::with_capacity(bytes.len() / 3);
+    WORD_CACHE.with_borrow_mut(|cache| tokenizer.encode(&text, cache, &mut ids))?;
+    Ok((ids, replaced))
+}
+
+fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, manifest: &mut Manifest, progress: &Progress) -> Result<()> {
+    let out = opts.out.as_path();
+    let dtype = Dtype::for_vocab(tokenizer.vocab_size);
+    let mut pos = manifest.next_input_offset();
+    progress.set_phase(Phase::Encoding, pos, corpus.total);
+    progress.tokens.store(manifest.tokens, Relaxed);
+    progress.replaced_bytes.store(manifest.replaced_bytes, Relaxed);
+    // Enough chunks in flight to keep every thread busy while results are written in order.
+    let batch = 4 * rayon::current_num_threads();
+    let mut writer: Option<ShardWriter> = None;
+    let mut shard_replaced = 0u64;
+
+    let result = (|| -> Result<()> {
+        while pos < corpus.total {
+            progress.check_cancel()?;
+            let mut chunks = Vec::with_capacity(batch);
+            let mut p = pos;
+            while chunks.len() < batch && p < corpus.total {
+                let c = next_chunk(corpus, maps, tokenizer, p);
+                p += (c.end - c.start) as u64;
+                chunks.push(c);
+            }
+            let encoded: Vec<Result<(Vec<u32>, u64)>> =
+                chunks.par_iter().map(|&c| encode_chunk(c, corpus, maps, tokenizer, opts.strict_utf8)).collect();
+            for (c, res) in chunks.iter().zip(encoded) {
+                let (ids, replaced) = res?;
+                let chunk_end = corpus.files[c.file].start + c.end as u64;
+                if writer.is_none() {
+                    let path = out.join(shard_name(manifest.shards.len()));
+                    writer = Some(ShardWriter::create(path, dtype, tokenizer.hash, pos)?);
+                    shard_replaced = 0;
+                }
+                let w = writer.as_mut().unwrap();
+                w.append(&ids, chunk_end)?;
+                shard_replaced += replaced;
+                pos = chunk_end;
+                progress.done.store(pos, Relaxed);
+                progress.tokens.fetch_add(ids.len() as u64, Relaxed);
+                progress.replaced_bytes.fetch_add(replaced, Relaxed);
+                if chunk_end - w.input_start() >= opts.shard_bytes || chunk_end == corpus.total {
+                    let file = shard_name(manifest.shards.len());
+                    let header = writer.take().unwrap().finish()?;
+                    manifest.shards.push(ShardEntry {
+                        file,
+                        input_start: header.input_start,
+                        input_end: header.input_end,
+                        tokens: header.count,
+                        checksum: hex(header.checksum),
+                        replaced_bytes: shard_replaced,
+                    });
+                    manifest.tokens += header.count;
+                    manifest.replaced_bytes += shard_replaced;
+                    manifest.complete = chunk_end == corpus.total;
+                    manifest.write(out)?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Some(w) = writer {
+        w.abandon();
+    }
+    result
+}

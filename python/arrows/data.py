@@ -1,0 +1,92 @@
+"""Reading tokenized corpora: `TokenStore` maps the shards written by `arrows tokenize`."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from arrows import _arrows
+
+_NUMPY_DTYPE = {"u16": np.dtype("<u2"), "u32": np.dtype("<u4")}
+
+
+class TokenStore:
+    """The token stream of a folder written by `arrows tokenize`, memory-mapped.
+
+    `len(store)` is the number of tokens; `store[a:b]` is a numpy array of ids, a view into the
+    memory map (no copy) when the range lies within one shard, else a concatenation.
+    Headers are checked against the manifest on opening; `verify()` checks every checksum.
+    """
+
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = False):
+        self.path = Path(path)
+        manifest_text, dtype, shards = _arrows.open_store(str(self.path), allow_incomplete)
+        self.manifest: dict = json.loads(manifest_text)
+        self.dtype = _NUMPY_DTYPE[dtype]
+        self._shards = [
+            np.memmap(p, dtype=self.dtype, mode="r", offset=_arrows.SHARD_HEADER_BYTES, shape=(n,))
+            if n
+            else np.empty(0, self.dtype)
+            for p, n in shards
+        ]
+        # starts[i] = index of shard i's first token in the stream; starts[-1] = total.
+        self._starts = np.concatenate([[0], np.cumsum([len(s) for s in self._shards], dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self[start:stop][::step] if stop > start else np.empty(0, self.dtype)
+            return self._range(start, stop)
+        i = int(key)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"token index {key} out of range for a store of {len(self)} tokens")
+        return self._range(i, i + 1)[0]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.empty(0, self.dtype)
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._starts, stop - 1, side="right")) - 1
+        parts = [
+            self._shards[k][max(start - self._starts[k], 0) : min(stop, self._starts[k + 1]) - self._starts[k]]
+            for k in range(first, last + 1)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.manifest["tokenizer"]["bos_id"]
+
+    @property
+    def input_bytes(self) -> int:
+        return int(self.manifest["total_input_bytes"])
+
+    @cached_property
+    def tokenizer(self):
+        """The store's tokenizer as a `tokenizers.Tokenizer`."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.path / self.manifest["tokenizer"]["file"]))
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def verify(self) -> list[str]:
+        """Recompute every shard's checksum; one message per damaged shard (empty: all good)."""
+        return _arrows.verify_store(str(self.path))
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, tokens={len(self)}, vocab_size={self.vocab_size})"

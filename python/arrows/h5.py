@@ -1,0 +1,36 @@
+"""The reference code's token file: one HDF5 dataset `tokens`, int32, contiguous."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from arrows.data import TokenStore
+
+H5_NAME = "tokens.h5"
+_BLOCK = 1 << 24  # tokens copied at a time: bounded memory whatever the corpus size
+
+
+def write_h5(store_dir: str | Path, reporter=None) -> Path:
+    """Write `store_dir/tokens.h5` from the token store (atomically: temporary name, then rename)."""
+    import h5py
+
+    store = TokenStore(store_dir)
+    path = Path(store_dir) / H5_NAME
+    tmp = path.with_name(H5_NAME + ".tmp")
+    n = len(store)
+    with h5py.File(tmp, "w") as f:
+        # No chunks, no compression: the reference code (and our loader) can memory-map it.
+        ds = f.create_dataset("tokens", shape=(n,), dtype="<i4")
+        ds.attrs["tokenizer_hash"] = store.manifest["tokenizer"]["hash"]
+        for a in range(0, n, _BLOCK):
+            b = min(a + _BLOCK, n)
+            ds[a:b] = store[a:b].astype(np.int32)
+            if reporter is not None:
+                reporter.update("writing tokens.h5", b, n, "tokens")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,89 @@
+"""Progress display for long jobs: a live bar on a terminal, a plain line every few seconds in a
+log file, driven by counters that the Rust core updates."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def human_seconds(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Reporter:
+    """Shows `(description, done, total, unit, extra)` updates.
+
+    On a terminal: a rich progress bar. Elsewhere: one plain line every `every` seconds, so a log
+    file stays readable.
+    """
+
+    def __init__(self, stream=None, every: float = 5.0, force_plain: bool = False):
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.live = not force_plain and self.stream.isatty()
+        self._bar = None
+        self._task = None
+        self._desc = None
+        self._last_print = 0.0
+        self._rate_mark = None  # (time, done) when the current phase started
+
+    def __enter__(self):
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>5.1f}%"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, desc: str, done: float, total: float, unit: str = "bytes", extra: str = ""):
+        now = time.monotonic()
+        if desc != self._desc:
+            self._desc = desc
+            self._rate_mark = (now, done)
+            if self._bar is not None:
+                if self._task is not None:
+                    self._bar.update(self._task, visible=True)
+                self._task = self._bar.add_task(desc, total=max(total, 1), info="")
+        t0, d0 = self._rate_mark
+        rate = (done - d0) / (now - t0) if now > t0 + 0.5 else 0.0
+        if unit == "bytes":
+            amount = f"{human_bytes(done)} / {human_bytes(total)}"
+            speed = f"{rate / 1e6:.1f} MB/s" if rate else ""
+        else:
+            amount = f"{done:,.0f} / {total:,.0f} {unit}"
+            speed = f"{rate:,.0f} {unit}/s" if rate else ""
+        info = "  ".join(x for x in (amount, speed, extra) if x)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=max(total, 1), info=info)
+        elif now - self._last_print >= self.every:
+            self._last_print = now
+            pct = 100.0 * done / total if total else 100.0
+            eta = f"ETA {human_seconds((total - done) / rate)}" if rate > 0 else ""
+            print(f"{desc}: {pct:5.1f}%  {info}  {eta}".rstrip(), file=self.stream, flush=True)

@@ -1,0 +1,82 @@
+"""`arrows tokenize`: runs the Rust job on a background thread and draws its progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from arrows import _arrows
+from arrows.errors import CancelledError
+from arrows.progress import Reporter
+
+_PHASES = {1: "sampling", 2: "learning merges", 3: "encoding"}
+
+
+def tokenize(
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    tokenizer: str = "train",
+    vocab_size: int = 50257,
+    sample_bytes: int = 1_000_000_000,
+    seed: int = 0,
+    min_frequency: int = 2,
+    threads: int = 0,
+    shard_bytes: int = 128 << 20,
+    strict_utf8: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    h5: bool = False,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Tokenize `inputs` into the token store `out`; returns the summary dict.
+
+    `tokenizer` is "train" (learn a byte-level BPE on a sample), "bytes" (no merges), or the path
+    of a tokenizer.json. Ctrl-C stops the job cleanly (CancelledError); `resume=True` continues.
+    """
+    job = _arrows.TokenizeJob(
+        [str(p) for p in inputs],
+        str(out),
+        tokenizer=str(tokenizer),
+        vocab_size=vocab_size,
+        sample_bytes=sample_bytes,
+        seed=seed,
+        min_frequency=min_frequency,
+        threads=threads,
+        shard_bytes=shard_bytes,
+        strict_utf8=strict_utf8,
+        resume=resume,
+        force=force,
+    )
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["summary"] = job.run()
+        except BaseException as e:  # handed to the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=work, name="arrows-tokenize", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+            if reporter is not None:
+                phase, done, total, tokens, replaced = job.progress()
+                if phase in _PHASES:
+                    extra = f"{tokens:,} tokens" if phase == 3 else ""
+                    unit = "merges" if phase == 2 else "bytes"
+                    reporter.update(_PHASES[phase], done, total, unit, extra)
+    except KeyboardInterrupt:
+        job.cancel()
+        thread.join()
+        raise CancelledError(f"interrupted; continue with the same command and --resume (output: {out})") from None
+    if "error" in outcome:
+        raise outcome["error"]
+    summary = outcome["summary"]
+    if h5:
+        from arrows.h5 import write_h5
+
+        summary["h5"] = str(write_h5(out, reporter=reporter))
+    return summary
