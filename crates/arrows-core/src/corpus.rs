@@ -8,6 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
+#[derive(Debug)]
 pub struct InputFile {
     pub path: PathBuf,
     pub size: u64,
@@ -15,6 +16,7 @@ pub struct InputFile {
     pub start: u64,
 }
 
+#[derive(Debug)]
 pub struct Corpus {
     pub files: Vec<InputFile>,
     pub total: u64,

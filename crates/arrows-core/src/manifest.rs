@@ -77,7 +77,6 @@ pub struct TrainingEntry {
     pub sample_bytes: u64,
     pub distinct_words: u64,
     pub merges: usize,
-    pub seconds: f64,
 }
 
 pub fn hex(v: u64) -> String {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Instant;
 
-/// Work unit of the parallel encoder (a setting recorded in the manifest: it places shard ends).
+/// Default work unit of the parallel encoder (recorded in the manifest: it places shard ends).
 pub const CHUNK_BYTES: u64 = 1 << 20;
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 const LOCK_FILE: &str = ".arrows.lock";
@@ -45,6 +45,8 @@ pub struct TokenizeOptions {
     /// 0 = every core.
     pub threads: usize,
     pub shard_bytes: u64,
+    /// Size of the pieces encoded in parallel (`CHUNK_BYTES`; tests use tiny ones).
+    pub chunk_bytes: u64,
     pub strict_utf8: bool,
     pub resume: bool,
     pub force: bool,
@@ -101,6 +103,8 @@ pub struct Summary {
     /// Input bytes already encoded by an earlier run (0 for a fresh run).
     pub resumed_at: u64,
     pub trained: Option<TrainingEntry>,
+    /// Time spent training the tokenizer in this run.
+    pub train_seconds: Option<f64>,
     pub seconds: f64,
     /// Things worth telling the user (a damaged shard re-encoded on resume, ...).
     pub notes: Vec<String>,
@@ -126,6 +130,9 @@ pub fn tokenize(opts: &TokenizeOptions, progress: &Progress) -> Result<Summary> 
 fn check_options(opts: &TokenizeOptions) -> Result<()> {
     if opts.shard_bytes == 0 {
         return Err(Error::Input("--shard-bytes must be positive".into()));
+    }
+    if opts.chunk_bytes == 0 {
+        return Err(Error::Input("the chunk size must be positive".into()));
     }
     if let TokenizerSpec::Train { vocab_size, sample_bytes, .. } = opts.tokenizer {
         if vocab_size < 257 {
@@ -169,6 +176,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         .collect();
     let settings = settings_of(opts);
     let mut notes = Vec::new();
+    let mut train_seconds = None;
 
     let existing = match Manifest::read(out) {
         Ok(m) => Some(m),
@@ -202,6 +210,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
             // A fresh start: whatever an interrupted earlier attempt left is ours to replace.
             remove_outputs(out)?;
             let (tokenizer, training) = make_tokenizer(opts, corpus, &maps, progress)?;
+            train_seconds = training.as_ref().map(|t| t.1);
             write_atomic(&out.join(TOKENIZER_FILE), tokenizer.json.as_bytes())?;
             let manifest = Manifest {
                 format: crate::manifest::FORMAT.into(),
@@ -220,7 +229,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
                 complete: false,
                 tokens: 0,
                 replaced_bytes: 0,
-                training,
+                training: training.map(|t| t.0),
             };
             manifest.write(out)?;
             (tokenizer, manifest)
@@ -239,6 +248,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         vocab_size: tokenizer.vocab_size,
         resumed_at,
         trained: manifest.training.clone(),
+        train_seconds,
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
@@ -259,7 +269,7 @@ fn settings_of(opts: &TokenizeOptions) -> Settings {
         seed,
         min_frequency,
         shard_bytes: opts.shard_bytes,
-        chunk_bytes: CHUNK_BYTES,
+        chunk_bytes: opts.chunk_bytes,
         strict_utf8: opts.strict_utf8,
     }
 }
@@ -377,7 +387,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
-fn make_tokenizer(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], progress: &Progress) -> Result<(Tokenizer, Option<TrainingEntry>)> {
+/// The tokenizer, and for a trained one what it was trained on and how long it took.
+fn make_tokenizer(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], progress: &Progress) -> Result<(Tokenizer, Option<(TrainingEntry, f64)>)> {
     match &opts.tokenizer {
         TokenizerSpec::Bytes => Ok((Tokenizer::from_bpe(&ByteBpe::bytes_only()), None)),
         TokenizerSpec::File(path) => Ok((Tokenizer::from_file(path)?, None)),
@@ -407,13 +418,8 @@ fn make_tokenizer(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], 
             progress.set_phase(Phase::Merging, 0, wanted);
             let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
             let bpe = train_bpe(&counts, *vocab_size, *min_frequency, &report, &progress.cancel)?;
-            let entry = TrainingEntry {
-                sample_bytes: sample_total,
-                distinct_words: counts.len() as u64,
-                merges: bpe.merges.len(),
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            Ok((Tokenizer::from_bpe(&bpe), Some(entry)))
+            let entry = TrainingEntry { sample_bytes: sample_total, distinct_words: counts.len() as u64, merges: bpe.merges.len() };
+            Ok((Tokenizer::from_bpe(&bpe), Some((entry, t0.elapsed().as_secs_f64()))))
         }
     }
 }
@@ -428,11 +434,11 @@ struct Chunk {
 
 /// The next chunk starting at global offset `pos` (< total), cut where the tokenizer allows.
 /// Empty files hold no offset, so a chunk is never empty.
-fn next_chunk(corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, pos: u64) -> Chunk {
+fn next_chunk(corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, pos: u64, chunk_bytes: u64) -> Chunk {
     let (file, local) = corpus.locate(pos);
     let bytes = maps[file].bytes();
     let start = local as usize;
-    let target = start + CHUNK_BYTES as usize;
+    let target = start + chunk_bytes as usize;
     let end = if target >= bytes.len() {
         bytes.len()
     } else {
@@ -477,7 +483,7 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
             let mut chunks = Vec::with_capacity(batch);
             let mut p = pos;
             while chunks.len() < batch && p < corpus.total {
-                let c = next_chunk(corpus, maps, tokenizer, p);
+                let c = next_chunk(corpus, maps, tokenizer, p, opts.chunk_bytes);
                 p += (c.end - c.start) as u64;
                 chunks.push(c);
             }

@@ -5,7 +5,7 @@ use arrows_core::error::Error;
 use arrows_core::manifest::hex;
 use arrows_core::shard;
 use arrows_core::store::Store;
-use arrows_core::tokenize::{tokenize, Progress, TokenizeOptions, TokenizerSpec};
+use arrows_core::tokenize::{tokenize, Progress, TokenizeOptions, TokenizerSpec, CHUNK_BYTES};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -71,7 +71,7 @@ impl TokenizeJob {
             "bytes" => TokenizerSpec::Bytes,
             path => TokenizerSpec::File(PathBuf::from(path)),
         };
-        let options = TokenizeOptions { inputs, out, tokenizer, threads, shard_bytes, strict_utf8, resume, force };
+        let options = TokenizeOptions { inputs, out, tokenizer, threads, shard_bytes, chunk_bytes: CHUNK_BYTES, strict_utf8, resume, force };
         TokenizeJob { options, progress: Arc::new(Progress::default()) }
     }
 
@@ -94,7 +94,7 @@ impl TokenizeJob {
             td.set_item("sample_bytes", t.sample_bytes)?;
             td.set_item("distinct_words", t.distinct_words)?;
             td.set_item("merges", t.merges)?;
-            td.set_item("seconds", t.seconds)?;
+            td.set_item("seconds", s.train_seconds)?;
             d.set_item("trained", td)?;
         }
         Ok(d)

@@ -1,0 +1,242 @@
+//! The `arrows tokenize` job end to end: identical streams whatever the threads and shard size,
+//! byte-identical results after a crash at any point, and the refusals.
+
+use arrows_core::bpe::WordCache;
+use arrows_core::manifest::Manifest;
+use arrows_core::store::Store;
+use arrows_core::tokenize::{tokenize, Progress, TokenizeOptions, TokenizerSpec};
+use arrows_core::tokenizer::Tokenizer;
+use arrows_core::Error;
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Text with words, numbers, punctuation, several kinds of whitespace and some non-ASCII.
+fn random_text(seed: u64, len: usize) -> String {
+    let words = ["the", "arrow", "of", "time", "café", "naïve", "日本", "x", "42", "3.14", "don't", "it's", "—", "!!", "\t", "  ", "\n", "\n\n", "Ωμέγα"];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = String::new();
+    while s.len() < len {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(words[(state >> 33) as usize % words.len()]);
+        if (state >> 20) % 3 != 0 {
+            s.push(' ');
+        }
+    }
+    s
+}
+
+fn options(inputs: Vec<PathBuf>, out: &Path) -> TokenizeOptions {
+    TokenizeOptions {
+        inputs,
+        out: out.to_path_buf(),
+        tokenizer: TokenizerSpec::Train { vocab_size: 400, sample_bytes: 1 << 30, seed: 0, min_frequency: 2 },
+        threads: 2,
+        shard_bytes: 2000,
+        chunk_bytes: 300,
+        strict_utf8: false,
+        resume: false,
+        force: false,
+    }
+}
+
+fn write_corpus(dir: &Path, texts: &[Vec<u8>]) -> Vec<PathBuf> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let p = dir.join(format!("in{i}.txt"));
+            std::fs::write(&p, t).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn run(opts: &TokenizeOptions) -> arrows_core::Result<arrows_core::tokenize::Summary> {
+    tokenize(opts, &Progress::default())
+}
+
+fn stream(dir: &Path) -> Vec<u32> {
+    Store::open(dir, false).unwrap().read_all().unwrap()
+}
+
+/// Every file of a folder, by name, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != ".arrows.lock")
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn stream_is_independent_of_threads_and_shards_and_equals_whole_file_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = vec![random_text(1, 20_000).into_bytes(), Vec::new(), random_text(2, 7_000).into_bytes()];
+    let inputs = write_corpus(tmp.path(), &texts);
+
+    let base = tmp.path().join("base");
+    run(&options(inputs.clone(), &base)).unwrap();
+    let expected = stream(&base);
+    let tok = Tokenizer::from_file(&base.join("tokenizer.json")).unwrap();
+    let mut whole = Vec::new();
+    for t in &texts {
+        tok.encode(std::str::from_utf8(t).unwrap(), &mut WordCache::new(), &mut whole).unwrap();
+    }
+    assert_eq!(expected, whole, "chunked encoding differs from encoding each file whole");
+    assert!(Store::open(&base, false).unwrap().shards.len() > 3);
+
+    for (threads, shard_bytes, chunk_bytes) in [(1, 2000, 300), (3, 2000, 300), (2, 1 << 30, 300), (2, 1, 50), (1, 5000, 1 << 20)] {
+        let out = tmp.path().join(format!("t{threads}_{shard_bytes}_{chunk_bytes}"));
+        let mut o = options(inputs.clone(), &out);
+        (o.threads, o.shard_bytes, o.chunk_bytes) = (threads, shard_bytes, chunk_bytes);
+        run(&o).unwrap();
+        assert_eq!(stream(&out), expected, "threads {threads}, shard {shard_bytes}, chunk {chunk_bytes}");
+        assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), std::fs::read(base.join("tokenizer.json")).unwrap());
+    }
+}
+
+#[test]
+fn invalid_utf8_is_replaced_and_counted_or_refused_when_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bad = b"good text here ".repeat(50);
+    bad.extend_from_slice(b"\xff\xfe and \xe2\x82 more");
+    let inputs = write_corpus(tmp.path(), &[b"clean file ".to_vec(), bad.clone()]);
+    let mut o = options(inputs.clone(), &tmp.path().join("lossy"));
+    o.tokenizer = TokenizerSpec::Bytes;
+    let s = run(&o).unwrap();
+    assert_eq!(s.replaced_bytes, 4);
+    let lossy = String::from_utf8_lossy(&bad);
+    let ids = stream(&tmp.path().join("lossy"));
+    let expected: Vec<u32> = b"clean file ".iter().chain(lossy.as_bytes()).map(|&b| b as u32 + 1).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(Manifest::read(&tmp.path().join("lossy")).unwrap().replaced_bytes, 4);
+
+    o.out = tmp.path().join("strict");
+    o.strict_utf8 = true;
+    match run(&o).unwrap_err() {
+        Error::InvalidUtf8 { path, offset } => {
+            assert_eq!(path, std::path::absolute(&inputs[1]).unwrap());
+            assert_eq!(offset, 15 * 50);
+        }
+        e => panic!("expected InvalidUtf8, got {e}"),
+    }
+}
+
+#[test]
+fn refusals_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(3, 5000).into_bytes()]);
+    let out = tmp.path().join("out");
+    run(&options(inputs.clone(), &out)).unwrap();
+
+    // A non-empty folder without --resume or --force.
+    let msg = run(&options(inputs.clone(), &out)).unwrap_err().to_string();
+    assert!(msg.contains("--resume") && msg.contains("--force"), "{msg}");
+
+    // Resuming with other settings or another input lists every difference.
+    let mut o = options(inputs.clone(), &out);
+    o.resume = true;
+    o.shard_bytes = 999;
+    let changed = random_text(3, 5000).replacen("the", "eht", 1); // same size, other content
+    std::fs::write(&inputs[0], changed).unwrap();
+    match run(&o).unwrap_err() {
+        Error::ResumeMismatch(m) => assert!(m.contains("--shard-bytes was 2000, now 999") && m.contains("changed content"), "{m}"),
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+
+    // --force starts over.
+    let mut o = options(inputs.clone(), &out);
+    o.force = true;
+    run(&o).unwrap();
+
+    // An empty corpus, a vocabulary below 257.
+    let empty = write_corpus(&tmp.path().join(""), &[Vec::new()]);
+    assert!(run(&options(empty, &tmp.path().join("e"))).unwrap_err().to_string().contains("empty"));
+    let mut o = options(inputs, &tmp.path().join("v"));
+    o.tokenizer = TokenizerSpec::Train { vocab_size: 100, sample_bytes: 1000, seed: 0, min_frequency: 2 };
+    assert!(run(&o).unwrap_err().to_string().contains("257"));
+}
+
+#[test]
+fn a_second_job_on_a_locked_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(5, 3000).into_bytes()]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let holder = std::fs::File::create(out.join(".arrows.lock")).unwrap();
+    holder.lock().unwrap();
+    let msg = run(&options(inputs.clone(), &out)).unwrap_err().to_string();
+    assert!(msg.contains("another arrows process"), "{msg}");
+    drop(holder);
+    run(&options(inputs, &out)).unwrap();
+}
+
+#[test]
+fn cancelling_leaves_a_resumable_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(6, 20_000).into_bytes()]);
+    let out = tmp.path().join("out");
+    let progress = Progress::default();
+    progress.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut o = options(inputs.clone(), &out);
+    o.tokenizer = TokenizerSpec::Bytes;
+    assert!(matches!(tokenize(&o, &progress), Err(Error::Cancelled)));
+    o.resume = true;
+    run(&o).unwrap();
+    let expected: Vec<u32> = random_text(6, 20_000).bytes().map(|b| b as u32 + 1).collect();
+    assert_eq!(stream(&out), expected);
+}
+
+/// The states a crash can leave, built from a finished run: the manifest as it was after shard
+/// `k`, optionally shard `k`'s file already renamed but not yet listed, optionally a torn `.tmp`.
+fn crash_state(finished: &Path, dir: &Path, k: usize, renamed_next: bool, torn_tmp: Option<usize>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut m = Manifest::read(finished).unwrap();
+    let all = m.shards.clone();
+    std::fs::copy(finished.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    for s in &all[..k] {
+        std::fs::copy(finished.join(&s.file), dir.join(&s.file)).unwrap();
+    }
+    if let Some(next) = all.get(k) {
+        let bytes = std::fs::read(finished.join(&next.file)).unwrap();
+        if renamed_next {
+            std::fs::write(dir.join(&next.file), &bytes).unwrap();
+        }
+        if let Some(cut) = torn_tmp {
+            std::fs::write(dir.join(format!("{}.tmp", next.file)), &bytes[..cut % bytes.len()]).unwrap();
+        }
+    }
+    m.shards.truncate(k);
+    m.tokens = m.shards.iter().map(|s| s.tokens).sum();
+    m.replaced_bytes = m.shards.iter().map(|s| s.replaced_bytes).sum();
+    m.complete = false;
+    m.write(dir).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn resume_after_any_crash_point_is_byte_identical(k in 0usize..12, renamed in any::<bool>(), torn in proptest::option::of(0usize..10_000), threads in 1usize..4) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut text = random_text(k as u64, 24_000).into_bytes();
+        text.extend_from_slice(b"\xc3 tail"); // a replaced byte, to check the counts survive
+        let inputs = write_corpus(tmp.path(), &[text]);
+        let finished = tmp.path().join("finished");
+        run(&options(inputs.clone(), &finished)).unwrap();
+        let n = Manifest::read(&finished).unwrap().shards.len();
+        prop_assume!(k < n);
+
+        let crashed = tmp.path().join("crashed");
+        crash_state(&finished, &crashed, k, renamed, torn);
+        let mut o = options(inputs, &crashed);
+        o.resume = true;
+        o.threads = threads;
+        run(&o).unwrap();
+        // Same folder name for both, so the manifests (which hold no paths of the output) compare equal.
+        prop_assert_eq!(snapshot(&crashed), snapshot(&finished));
+    }
+}
