@@ -89,7 +89,7 @@ def tokenize(
         raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes')", param_hint="--tokenizer")
     if tokenizer is not None and vocab_size != 50257:
         raise typer.BadParameter("--vocab-size applies only when training a tokenizer; drop it or drop --tokenizer", param_hint="--vocab-size")
-    with Reporter() as reporter:
+    with Reporter.from_env() as reporter:
         s = run(
             inputs, out, tokenizer=spec, vocab_size=vocab_size, sample_bytes=parse_size(sample_bytes, "--sample-bytes"),
             seed=seed, threads=threads, shard_bytes=parse_size(shard_bytes, "--shard-bytes"), strict_utf8=strict_utf8,

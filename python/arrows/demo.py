@@ -35,6 +35,6 @@ def run_demo(out: Path) -> None:
     corpus = out / "corpus.txt"
     corpus.write_text(demo_text(50_000), encoding="utf-8")
     print(f"generated    {corpus} ({corpus.stat().st_size:,} bytes)")
-    with Reporter() as reporter:
+    with Reporter.from_env() as reporter:
         tokenize([corpus], out / "tokens", vocab_size=1000, reporter=reporter)
     inspect(out / "tokens", verify=True, show=16)

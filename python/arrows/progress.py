@@ -41,6 +41,13 @@ class Reporter:
         self._last_print = 0.0
         self._rate_mark = None  # (time, done) when the current phase started
 
+    @classmethod
+    def from_env(cls) -> "Reporter":
+        """`ARROWS_PROGRESS_SECONDS` sets the interval of plain lines (default 5)."""
+        import os
+
+        return cls(every=float(os.environ.get("ARROWS_PROGRESS_SECONDS", "5")))
+
     def __enter__(self):
         if self.live:
             from rich.console import Console

@@ -474,6 +474,8 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
     progress.replaced_bytes.store(manifest.replaced_bytes, Relaxed);
     // Enough chunks in flight to keep every thread busy while results are written in order.
     let batch = 4 * rayon::current_num_threads();
+    // Shards end at chunk ends: small shards need chunks no larger.
+    let chunk_bytes = opts.chunk_bytes.min(opts.shard_bytes);
     let mut writer: Option<ShardWriter> = None;
     let mut shard_replaced = 0u64;
 
@@ -483,7 +485,7 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
             let mut chunks = Vec::with_capacity(batch);
             let mut p = pos;
             while chunks.len() < batch && p < corpus.total {
-                let c = next_chunk(corpus, maps, tokenizer, p, opts.chunk_bytes);
+                let c = next_chunk(corpus, maps, tokenizer, p, chunk_bytes);
                 p += (c.end - c.start) as u64;
                 chunks.push(c);
             }

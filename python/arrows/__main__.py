@@ -1,0 +1,3 @@
+from arrows.cli import main
+
+main()

@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+ARROWS = Path(sys.executable).parent / "arrows"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real texts beside the project; a user's clone has none, and those tests skip."""
+    if not (SHARED_DATA / "debian_reference_en.txt").exists():
+        pytest.skip("../shared/data is not beside the project")
+    return SHARED_DATA
+
+
+def arrows(*args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `arrows` command as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([str(ARROWS), *map(str, args)], capture_output=True, text=True, env=full_env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"arrows {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def random_text(seed: int, nbytes: int, specials: bool = True) -> str:
+    """Words, numbers, punctuation, all sorts of whitespace, non-ASCII; and, unless
+    `specials=False`, the literal `<|endoftext|>` (which tokenizers encode as the special id 0)."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "arrow", "of", "time", "café", "naïve", "日本語", "x", "42", "3.14", "don't", "it's", "—", "!!", "Ωμέγα"]
+    if specials:
+        words.append("<|endoftext|>")
+    seps = [" ", " ", " ", "  ", "\n", "\t", "\n\n", "\u00a0", "", "\r\n"]
+    out, size = [], 0
+    while size < nbytes:
+        w = rng.choice(words) + rng.choice(seps)
+        out.append(w)
+        size += len(w.encode())
+    return "".join(out)

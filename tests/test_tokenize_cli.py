@@ -1,0 +1,258 @@
+"""`arrows tokenize` and `arrows inspect`, run as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ARROWS, arrows, random_text
+from tokenizers import Tokenizer
+
+from arrows.data import TokenStore
+
+
+def hf_ids(tokenizer_json: Path, texts: list[str]) -> list[int]:
+    """The reference: each file encoded whole by the `tokenizers` Python package."""
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    ids = []
+    for t in texts:
+        ids.extend(tok.encode(t).ids)
+    return ids
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = "import sys; from arrows.cli import app; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = arrows("--help").stdout
+    for command in ("tokenize", "inspect", "demo"):
+        assert command in out
+    help_text = arrows("tokenize", "--help", env={"COLUMNS": "200"}).stdout
+    for option in ("--out", "--tokenizer", "--vocab-size", "--sample-bytes", "--seed", "--threads", "--shard-bytes", "--strict-utf8", "--resume", "--force", "--h5"):
+        assert option in help_text
+
+
+def test_real_text_matches_the_tokenizers_package(tmp_path, shared_data):
+    inputs = [shared_data / "debian_reference_en.txt", shared_data / "debian_reference_fr.txt"]
+    out = tmp_path / "store"
+    proc = arrows("tokenize", *inputs, "--out", out, "--vocab-size", "5000", "--shard-bytes", "200KB")
+    assert "tokens" in proc.stdout and "bytes/token" in proc.stdout
+    texts = [p.read_bytes().decode("utf-8") for p in inputs]
+    store = TokenStore(out)
+    expected = hf_ids(out / "tokenizer.json", texts)
+    assert len(store) == len(expected)
+    assert np.array_equal(store[:], np.array(expected))
+    assert store.vocab_size == 5000 and store.bos_id == 0 and store.dtype == np.dtype("<u2")
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).id_to_token(0) == "<|endoftext|>"
+    # bytes/token of a 5000-merge BPE on English/French prose: well above plain bytes
+    assert sum(len(t.encode()) for t in texts) / len(store) > 3.0
+    assert len(store.manifest["shards"]) >= 8
+
+    # One thread, another shard size: the same stream.
+    other = tmp_path / "one_thread"
+    arrows("tokenize", *inputs, "--out", other, "--tokenizer", out / "tokenizer.json", "--threads", "1", "--shard-bytes", "10MB")
+    assert np.array_equal(TokenStore(other)[:], store[:])
+
+
+def test_default_vocabulary_is_gpt2_sized(tmp_path, shared_data):
+    out = tmp_path / "store"
+    arrows("tokenize", shared_data / "debian_reference_en.txt", "--out", out)
+    store = TokenStore(out)
+    text = (shared_data / "debian_reference_en.txt").read_text(encoding="utf-8")
+    assert np.array_equal(store[:], np.array(hf_ids(out / "tokenizer.json", [text])))
+    # 0.8 MB cannot fill 50257 ids with pairs seen twice: the trainer stops early and says so.
+    assert 257 < store.vocab_size <= 50257
+
+
+def test_generated_text_edge_cases(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a_empty.txt").write_bytes(b"")
+    (corpus / "b_invalid.txt").write_bytes(b"valid start \xff\xfe then \xe2\x82 broken \xc3")
+    # One 3 MB line without a newline, and a 1 MB run of letters without any space.
+    (corpus / "c_huge_line.txt").write_text(random_text(1, 3_000_000).replace("\n", " "), encoding="utf-8")
+    (corpus / "d_no_space.txt").write_text("abcdefghij" * 100_000, encoding="utf-8")
+    small = corpus / "many"
+    small.mkdir()
+    for i in range(300):
+        (small / f"{i:04d}.txt").write_text(random_text(100 + i, 50), encoding="utf-8")
+    (corpus / "ignored.md").write_text("not a txt file")
+
+    out = tmp_path / "store"
+    proc = arrows("tokenize", corpus, "--out", out, "--vocab-size", "1000", "--shard-bytes", "1MB")
+    assert "replaced     5 invalid UTF-8 bytes" in proc.stdout
+    files = sorted(p for p in corpus.rglob("*.txt"))
+    assert [Path(i["path"]) for i in json.loads((out / "manifest.json").read_text())["inputs"]] == files
+    texts = [p.read_bytes().decode("utf-8", errors="replace") for p in files]
+    store = TokenStore(out)
+    assert store.manifest["replaced_bytes"] == 5
+    assert np.array_equal(store[:], np.array(hf_ids(out / "tokenizer.json", texts)))
+
+
+def test_strict_utf8_names_file_and_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"0123456789 abc \x80 rest")
+    proc = arrows("tokenize", bad, "--out", tmp_path / "out", "--tokenizer", "bytes", "--strict-utf8", check=False)
+    assert proc.returncode == 1
+    assert "bad.txt" in proc.stderr and "byte offset 15" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.txt"], "No such file"),
+        (["{empty}"], "empty"),
+        (["{text}", "--vocab-size", "100"], "257"),
+        (["{text}", "--tokenizer", "nope.json"], "no such tokenizer file"),
+        (["{text}", "--tokenizer", "{notjson}"], "not a tokenizer.json"),
+        (["{text}", "--shard-bytes", "lots"], "not a size"),
+        (["{text}", "--resume", "--force"], "contradict"),
+    ],
+)
+def test_bad_inputs_give_one_clear_message(tmp_path, args, message):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "text.txt").write_text("some text " * 100)
+    (tmp_path / "notjson.json").write_text("{ nope")
+    subst = {"{empty}": tmp_path / "empty.txt", "{text}": tmp_path / "text.txt", "{notjson}": tmp_path / "notjson.json"}
+    args = [subst.get(a, a) for a in args]
+    proc = arrows("tokenize", *args, "--out", tmp_path / "out", check=False, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_non_empty_output_is_refused_unless_resume_or_force(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(2, 20_000))
+    out = tmp_path / "out"
+    arrows("tokenize", text, "--out", out, "--tokenizer", "bytes")
+    proc = arrows("tokenize", text, "--out", out, "--tokenizer", "bytes", check=False)
+    assert proc.returncode == 1 and "--resume" in proc.stderr and "--force" in proc.stderr
+    arrows("tokenize", text, "--out", out, "--tokenizer", "bytes", "--resume")  # already complete: nothing to do
+    arrows("tokenize", text, "--out", out, "--tokenizer", "bytes", "--force")
+    # Resuming with another input is refused, saying what differs.
+    text.write_text(random_text(3, 20_000))
+    proc = arrows("tokenize", text, "--out", out, "--tokenizer", "bytes", "--resume", check=False)
+    assert proc.returncode == 1 and "t.txt was" in proc.stderr
+
+
+def test_kill_9_then_resume_is_byte_identical(tmp_path):
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(random_text(7, 40_000_000), encoding="utf-8")
+    common = ["--tokenizer", "bytes", "--shard-bytes", "2MB", "--threads", "2"]
+    reference = tmp_path / "reference"
+    arrows("tokenize", corpus, "--out", reference, *common)
+    ref_files = {p.name: p.read_bytes() for p in reference.iterdir() if not p.name.startswith(".")}
+    assert len(ref_files) > 10
+
+    out = tmp_path / "crashed"
+    kills = 0
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        args = [str(ARROWS), "tokenize", str(corpus), "--out", str(out), *common, "--resume"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the job finished before any kill: make the corpus bigger"
+    arrows("tokenize", corpus, "--out", out, *common, "--resume")
+    got = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert got.keys() == ref_files.keys()
+    for name in ref_files:
+        assert got[name] == ref_files[name], name
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(random_text(8, 30_000_000, specials=False), encoding="utf-8")
+    out = tmp_path / "out"
+    args = [str(ARROWS), "tokenize", str(corpus), "--out", str(out), "--tokenizer", "bytes", "--shard-bytes", "2MB", "--threads", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    if proc.returncode == 0:
+        pytest.skip("finished before the interrupt")
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert not list(out.glob("*.tmp"))
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--shard-bytes", "2MB", "--resume")
+    assert np.array_equal(TokenStore(out)[:], np.frombuffer(corpus.read_bytes(), dtype=np.uint8).astype(np.int64) + 1)
+
+
+def test_progress_lines_in_a_log(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(9, 10_000_000))
+    proc = arrows("tokenize", corpus, "--out", tmp_path / "out", "--tokenizer", "bytes", "--threads", "1", env={"ARROWS_PROGRESS_SECONDS": "0"})
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("encoding:")]
+    assert lines, proc.stderr
+    assert "MB /" in lines[-1] and "%" in lines[-1]
+    assert "bytes/token" in proc.stdout and "time" in proc.stdout
+
+
+def test_inspect_and_verify_find_a_damaged_shard(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(10, 300_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--vocab-size", "600", "--shard-bytes", "50KB")
+    proc = arrows("inspect", out, "--verify")
+    assert "verified" in proc.stdout and "bytes/token" in proc.stdout and "decoded" in proc.stdout
+    shard = sorted(out.glob("shard_*.bin"))[3]
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 0x01
+    shard.write_bytes(bytes(data))
+    proc = arrows("inspect", out, "--verify", check=False)
+    assert proc.returncode == 1 and shard.name in proc.stderr and "checksum" in proc.stderr
+    # A truncated shard is caught when the store is opened at all.
+    shard.write_bytes(bytes(data[:-5]))
+    proc = arrows("inspect", out, check=False)
+    assert proc.returncode == 1 and shard.name in proc.stderr and "truncated" in proc.stderr
+
+
+def test_h5_export_is_readable_like_the_reference(tmp_path):
+    import h5py
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(11, 200_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--vocab-size", "500", "--h5")
+    with h5py.File(out / "tokens.h5", "r") as f:
+        ds = f["tokens"]
+        assert ds.dtype == np.int32 and ds.chunks is None and ds.compression is None
+        assert np.array_equal(ds[:], TokenStore(out)[:].astype(np.int32))
+
+
+def test_token_store_api(tmp_path):
+    corpus = tmp_path / "t.txt"
+    text = random_text(12, 100_000, specials=False)
+    corpus.write_text(text)
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--shard-bytes", "10KB")
+    store = TokenStore(out)
+    raw = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) + 1
+    assert len(store) == len(raw) and len(store.manifest["shards"]) >= 9
+    assert np.array_equal(store[:], raw)
+    for a, b in [(0, 1), (5, 10_500), (9_990, 10_010), (len(raw) - 3, len(raw)), (50, 50)]:
+        assert np.array_equal(store[a:b], raw[a:b])
+    assert store[-1] == raw[-1] and store[123] == raw[123]
+    assert np.array_equal(store[10:40:3], raw[10:40:3])
+    within = store[100:200]
+    assert isinstance(within.base, np.memmap) or isinstance(within, np.memmap)  # a view: no copy
+    assert store.tokenizer.decode(store[:50].tolist()) == text.encode()[:50].decode("utf-8", errors="replace")
+    with pytest.raises(IndexError):
+        store[len(raw)]
+    assert store.verify() == []
+
+
+def test_unfinished_store_is_refused_by_token_store(tmp_path):
+    from arrows.errors import InputError
+
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="not a token store"):
+        TokenStore(tmp_path / "nothing")
