@@ -108,7 +108,7 @@ impl ByteBpe {
         let doc: Value = serde_json::from_str(text).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
         let model = doc.get("model").ok_or_else(|| bad("no \"model\" section: not a tokenizer.json".into()))?;
         let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let is_null_or = |v: Option<&Value>, ok: &dyn Fn(&Value) -> bool| v.map_or(true, |x| x.is_null() || ok(x));
+        let is_null_or = |v: Option<&Value>, ok: &dyn Fn(&Value) -> bool| v.is_none_or(|x| x.is_null() || ok(x));
 
         if str_of(model, "type").as_deref() != Some("BPE") {
             return Ok(None);
@@ -133,8 +133,11 @@ impl ByteBpe {
         for t in doc.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
             let content = str_of(t, "content").ok_or_else(|| bad("an added token has no content".into()))?;
             let id = t.get("id").and_then(Value::as_u64).ok_or_else(|| bad(format!("added token {content:?} has no id")))?;
-            if t.get("special").and_then(Value::as_bool) != Some(true) {
-                return Ok(None); // non-special added tokens are normalized and matched differently
+            let flag = |k: &str| t.get(k).and_then(Value::as_bool) == Some(true);
+            if !flag("special") || flag("lstrip") || flag("rstrip") || flag("single_word") {
+                // Non-special added tokens are normalized and matched differently, and these flags
+                // change how the text around a token is split: leave such files to `tokenizers`.
+                return Ok(None);
             }
             specials.push((content, id as u32));
         }
