@@ -90,3 +90,12 @@ class TokenStore:
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r}, tokens={len(self)}, vocab_size={self.vocab_size})"
+
+
+def __getattr__(name):
+    # WindowLoader imports torch when used; keep `import arrows.data` light.
+    if name == "WindowLoader":
+        from arrows.loader import WindowLoader
+
+        return WindowLoader
+    raise AttributeError(name)

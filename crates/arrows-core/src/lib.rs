@@ -8,6 +8,7 @@
 //! - `shard`, `manifest`: the on-disk token store format
 //! - `tokenize`: the resumable, parallel `arrows tokenize` job
 //! - `store`: opening and verifying a token store
+//! - `source`, `windows`, `prefetch`: the window loader (mapped stream, sampler, background batches)
 //! - `error`: the one error type
 
 pub mod bpe;
@@ -15,13 +16,16 @@ pub mod bytelevel;
 pub mod corpus;
 pub mod error;
 pub mod manifest;
+pub mod prefetch;
 pub mod pretokenize;
 pub mod sample;
 pub mod shard;
+pub mod source;
 pub mod store;
 pub mod tokenize;
 pub mod tokenizer;
 pub mod train;
 pub mod vocab;
+pub mod windows;
 
 pub use error::{Error, Result};

@@ -6,7 +6,12 @@ use arrows_core::manifest::hex;
 use arrows_core::shard;
 use arrows_core::store::Store;
 use arrows_core::tokenize::{tokenize, Progress, TokenizeOptions, TokenizerSpec, CHUNK_BYTES};
-use pyo3::exceptions::PyOSError;
+use arrows_core::prefetch::{Lease, Prefetcher};
+use arrows_core::source::{IdType, TokenSource};
+use arrows_core::windows::{Order, Sampler, SamplerOptions, Split};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use std::os::raw::c_int;
+use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -145,9 +150,172 @@ fn read_shard_header<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py,
     Ok(d)
 }
 
+/// The Rust half of `arrows.data.WindowLoader`: a sampler and its background prefetcher.
+#[pyclass(frozen)]
+struct LoaderCore {
+    sampler: Arc<Sampler>,
+    threads: usize,
+    buffers: usize,
+    prefetcher: Mutex<Option<Prefetcher>>,
+}
+
+#[pymethods]
+impl LoaderCore {
+    /// `source`: ("store", dir) or ("raw", path, byte offset, count, id type) for an h5 dataset.
+    /// `order`: "forward", "backward" or a permutation of range(attn_length).
+    #[new]
+    #[pyo3(signature = (source, *, attn_length, batch_size, order, split, valid_tokens, stride, seed, shuffle, rank, world_size, drop_last, bos_id, vocab_size, threads, buffers))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        attn_length: usize,
+        batch_size: usize,
+        order: &Bound<'_, PyAny>,
+        split: &str,
+        valid_tokens: u64,
+        stride: usize,
+        seed: u64,
+        shuffle: bool,
+        rank: usize,
+        world_size: usize,
+        drop_last: bool,
+        bos_id: i64,
+        vocab_size: Option<u64>,
+        threads: usize,
+        buffers: usize,
+    ) -> PyResult<Self> {
+        let kind: String = source.get_item(0)?.extract()?;
+        let src = match kind.as_str() {
+            "store" => {
+                let dir: PathBuf = source.get_item(1)?.extract()?;
+                let mut s = core(py, py.detach(|| TokenSource::from_store(&dir)))?;
+                if vocab_size.is_some() {
+                    s.vocab_size = vocab_size;
+                }
+                s
+            }
+            "raw" => {
+                let (_, path, offset, count, ids): (String, PathBuf, u64, u64, String) = source.extract()?;
+                let ids = IdType::from_name(&ids).ok_or_else(|| PyValueError::new_err(format!("unsupported id type {ids}")))?;
+                core(py, TokenSource::from_raw(&path, offset, count, ids, vocab_size))?
+            }
+            other => return Err(PyValueError::new_err(format!("unknown source kind {other}"))),
+        };
+        let order = if let Ok(name) = order.extract::<String>() {
+            match name.as_str() {
+                "forward" => Order::Forward,
+                "backward" => Order::Backward,
+                _ => return Err(PyValueError::new_err(format!("order must be 'forward', 'backward' or a permutation, not {name:?}"))),
+            }
+        } else {
+            Order::Permuted(order.extract()?)
+        };
+        let split = match split {
+            "train" => Split::Train,
+            "valid" => Split::Valid,
+            other => return Err(PyValueError::new_err(format!("split must be 'train' or 'valid', not {other:?}"))),
+        };
+        let opts = SamplerOptions { attn_length, batch_size, order, split, valid_tokens, stride, seed, shuffle, rank, world_size, drop_last, bos_id };
+        let sampler = core(py, Sampler::new(Arc::new(src), opts))?;
+        Ok(LoaderCore { sampler: Arc::new(sampler), threads, buffers, prefetcher: Mutex::new(None) })
+    }
+
+    #[getter]
+    fn windows(&self) -> u64 {
+        self.sampler.windows()
+    }
+
+    #[getter]
+    fn batches_per_epoch(&self) -> u64 {
+        self.sampler.batches_per_epoch()
+    }
+
+    #[getter]
+    fn source_tokens(&self) -> u64 {
+        self.sampler.source.len()
+    }
+
+    /// Buffers the current prefetcher has allocated.
+    #[getter]
+    fn buffers_allocated(&self) -> usize {
+        self.prefetcher.lock().unwrap().as_ref().map_or(0, |p| p.buffers())
+    }
+
+    /// (Re)start serving at batch `first_batch` of `epoch`; batches prepared before are dropped.
+    fn start(&self, epoch: u64, first_batch: u64) {
+        let mut slot = self.prefetcher.lock().unwrap();
+        *slot = None; // stop the old workers first
+        *slot = Some(Prefetcher::start(self.sampler.clone(), epoch, first_batch, self.threads, self.buffers));
+    }
+
+    /// The next batch as a buffer of int64 `[inputs | targets]`, or None at the end of the epoch.
+    fn next(&self, py: Python<'_>) -> PyResult<Option<BatchBuffer>> {
+        let got = py.detach(|| self.prefetcher.lock().unwrap().as_ref().and_then(|p| p.next()));
+        match got {
+            None => Ok(None),
+            Some(r) => {
+                let mut lease = core(py, r)?;
+                let ptr = lease.data_mut().as_mut_ptr() as usize;
+                let len = lease.data().len();
+                Ok(Some(BatchBuffer { rows: lease.rows, ptr, shape: [len as isize], stride: [8], _lease: lease }))
+            }
+        }
+    }
+
+    /// Stream offsets of this rank's spans for `epoch`, in the order they are served.
+    fn span_starts(&self, epoch: u64) -> Vec<u64> {
+        let s = &self.sampler;
+        (0..s.batches_per_epoch()).flat_map(|b| (0..s.batch_len(b)).map(move |j| s.span_start(epoch, b, j))).collect()
+    }
+}
+
+/// One batch's memory, exported through the buffer protocol without a copy. The buffer returns
+/// to the loader's ring only when this object, and so every array or tensor viewing it, is gone.
+#[pyclass(frozen)]
+struct BatchBuffer {
+    #[pyo3(get)]
+    rows: usize,
+    ptr: usize,
+    shape: [isize; 1],
+    stride: [isize; 1],
+    _lease: Lease,
+}
+
+#[pymethods]
+impl BatchBuffer {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        use pyo3::ffi;
+        if view.is_null() {
+            return Err(PyValueError::new_err("NULL view in getbuffer"));
+        }
+        let this = slf.get();
+        // SAFETY: `view` is a valid Py_buffer to fill (the protocol's contract). The memory stays
+        // valid while `obj` (a strong reference to this object, which owns the lease) is held.
+        unsafe {
+            (*view).obj = slf.clone().into_any().into_ptr();
+            (*view).buf = this.ptr as *mut std::ffi::c_void;
+            (*view).len = this.shape[0] * 8;
+            (*view).readonly = 0;
+            (*view).itemsize = 8;
+            (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT { c"q".as_ptr() as *mut _ } else { std::ptr::null_mut() };
+            (*view).ndim = 1;
+            (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND { this.shape.as_ptr() as *mut _ } else { std::ptr::null_mut() };
+            (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES { this.stride.as_ptr() as *mut _ } else { std::ptr::null_mut() };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+}
+
 #[pymodule]
 fn _arrows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TokenizeJob>()?;
+    m.add_class::<LoaderCore>()?;
+    m.add_class::<BatchBuffer>()?;
     m.add_function(wrap_pyfunction!(open_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(read_shard_header, m)?)?;

@@ -1,0 +1,187 @@
+//! Background batch assembly: worker threads fill a ring of reusable buffers with the next batches
+//! while the consumer trains on earlier ones.
+//!
+//! Ownership is explicit: a buffer is Free, being filled by one worker, Ready for the consumer, or
+//! Leased to it. A lease returns its buffer only when dropped, so a buffer can never be overwritten
+//! while anything (e.g. a tensor viewing it from Python) still holds its lease. If the consumer
+//! keeps every buffer leased and asks for more, the ring grows rather than deadlocking.
+
+use crate::error::{Error, Result};
+use crate::windows::Sampler;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// One buffer: inputs then targets, `2 × batch_size × L` i64, allocated once.
+struct Buffer(Box<[i64]>);
+
+struct State {
+    /// Buffers not in use; a worker takes one to fill.
+    free: Vec<Buffer>,
+    /// Filled batches by sequence number, waiting for the consumer.
+    ready: HashMap<u64, (Buffer, Result<()>)>,
+    /// Next sequence number a worker will fill, and the next the consumer will take.
+    next_claim: u64,
+    next_take: u64,
+    /// Sequence numbers to produce: 0..end.
+    end: u64,
+    /// Buffers allocated so far (free + being filled + ready + leased).
+    allocated: usize,
+    lookahead: u64,
+    stop: bool,
+}
+
+struct Shared {
+    sampler: Arc<Sampler>,
+    epoch: u64,
+    first_batch: u64,
+    buffer_len: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+pub struct Prefetcher {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A filled batch. Its buffer goes back to the ring when this is dropped.
+pub struct Lease {
+    shared: Arc<Shared>,
+    buffer: Option<Buffer>,
+    /// Windows in this batch.
+    pub rows: usize,
+    pub attn_length: usize,
+}
+
+impl Lease {
+    /// `[inputs (rows × L) | targets (rows × L)]`, contiguous.
+    pub fn data(&self) -> &[i64] {
+        &self.buffer.as_ref().unwrap().0[..2 * self.rows * self.attn_length]
+    }
+    pub fn data_mut(&mut self) -> &mut [i64] {
+        let n = 2 * self.rows * self.attn_length;
+        &mut self.buffer.as_mut().unwrap().0[..n]
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut st = self.shared.state.lock().unwrap();
+            st.free.push(buffer);
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl Prefetcher {
+    /// Serve batches `first_batch ..` of `epoch` (to the end of the epoch) using `threads`
+    /// workers and `buffers` buffers (so up to `buffers` batches are prepared ahead).
+    pub fn start(sampler: Arc<Sampler>, epoch: u64, first_batch: u64, threads: usize, buffers: usize) -> Prefetcher {
+        let end = sampler.batches_per_epoch().saturating_sub(first_batch);
+        let buffer_len = 2 * sampler.opts.batch_size * sampler.opts.attn_length;
+        let buffers = buffers.max(1);
+        let state = State {
+            free: (0..buffers).map(|_| Buffer(vec![0i64; buffer_len].into_boxed_slice())).collect(),
+            ready: HashMap::new(),
+            next_claim: 0,
+            next_take: 0,
+            end,
+            allocated: buffers,
+            lookahead: buffers as u64,
+            stop: false,
+        };
+        let shared = Arc::new(Shared { sampler, epoch, first_batch, buffer_len, state: Mutex::new(state), changed: Condvar::new() });
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new().name(format!("arrows-loader-{i}")).spawn(move || work(&shared)).expect("spawn a loader thread")
+            })
+            .collect();
+        Prefetcher { shared, workers }
+    }
+
+    /// Batches left to serve.
+    pub fn remaining(&self) -> u64 {
+        let st = self.shared.state.lock().unwrap();
+        st.end - st.next_take
+    }
+
+    /// The next batch, waiting for it if needed; `None` at the end of the epoch.
+    pub fn next(&self) -> Option<Result<Lease>> {
+        let sh = &self.shared;
+        let mut st = sh.state.lock().unwrap();
+        let seq = st.next_take;
+        if seq >= st.end {
+            return None;
+        }
+        loop {
+            if let Some((buffer, result)) = st.ready.remove(&seq) {
+                st.next_take += 1;
+                sh.changed.notify_all();
+                drop(st);
+                let lease = Lease {
+                    shared: sh.clone(),
+                    buffer: Some(buffer),
+                    rows: sh.sampler.batch_len(sh.first_batch + seq),
+                    attn_length: sh.sampler.opts.attn_length,
+                };
+                return Some(result.map(|_| lease));
+            }
+            // Nobody is filling `seq` and no buffer is free: the consumer holds them all.
+            if st.next_claim <= seq && st.free.is_empty() {
+                st.free.push(Buffer(vec![0i64; sh.buffer_len].into_boxed_slice()));
+                st.allocated += 1;
+                sh.changed.notify_all();
+            }
+            st = sh.changed.wait(st).unwrap();
+        }
+    }
+
+    /// Buffers allocated (grows only when leases are held).
+    pub fn buffers(&self) -> usize {
+        self.shared.state.lock().unwrap().allocated
+    }
+}
+
+fn work(sh: &Shared) {
+    let mut span = Vec::new();
+    loop {
+        let (seq, mut buffer) = {
+            let mut st = sh.state.lock().unwrap();
+            loop {
+                if st.stop || st.next_claim >= st.end {
+                    return;
+                }
+                if st.next_claim < st.next_take + st.lookahead && !st.free.is_empty() {
+                    break;
+                }
+                st = sh.changed.wait(st).unwrap();
+            }
+            let seq = st.next_claim;
+            st.next_claim += 1;
+            (seq, st.free.pop().unwrap())
+        };
+        let b = sh.first_batch + seq;
+        let rows = sh.sampler.batch_len(b);
+        let l = sh.sampler.opts.attn_length;
+        let (inputs, targets) = buffer.0[..2 * rows * l].split_at_mut(rows * l);
+        // A panic here would leave the consumer waiting forever: turn it into an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sh.sampler.fill(sh.epoch, b, inputs, targets, &mut span)))
+            .unwrap_or_else(|_| Err(Error::Input(format!("internal error while assembling batch {b}"))));
+        let mut st = sh.state.lock().unwrap();
+        st.ready.insert(seq, (buffer, result));
+        sh.changed.notify_all();
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().stop = true;
+        self.shared.changed.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,225 @@
+"""`WindowLoader`: training windows, forward or backward, served from the Rust core to torch.
+
+The core gathers each batch straight from the memory-mapped token stream into a reusable buffer
+on background threads, reversing (or permuting) while it copies. Python wraps that buffer as a
+torch tensor without copying it; the buffer goes back to the core only when no tensor views it
+any more, so a batch can never be overwritten under a tensor that is still in use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arrows import _arrows
+from arrows.errors import InputError
+
+_H5_SUFFIXES = (".h5", ".hdf5")
+_H5_IDS = {"<i4": "i32", "<i8": "i64", "<u2": "u16", "<u4": "u32", "|u1": None}
+
+
+def open_source(path: str | Path, vocab_size: int | None = None):
+    """Describe a token source for the core: (source tuple, tokens, bos id, vocab size)."""
+    path = Path(path)
+    if path.is_dir():
+        from arrows.data import TokenStore
+
+        store = TokenStore(path)
+        return ("store", str(path)), len(store), store.bos_id if store.bos_id is not None else 0, vocab_size or store.vocab_size
+    if path.suffix.lower() in _H5_SUFFIXES and path.is_file():
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "tokens" not in f:
+                raise InputError(f"{path}: no 'tokens' dataset (it has: {', '.join(f.keys()) or 'nothing'}); arrows reads the reference format, a 1-D integer dataset named 'tokens'")
+            ds = f["tokens"]
+            ids = _H5_IDS.get(ds.dtype.str)
+            if ds.ndim != 1 or ids is None:
+                raise InputError(f"{path}: 'tokens' is {ds.ndim}-D {ds.dtype}; arrows reads a 1-D dataset of int32, int64, uint16 or uint32 ids")
+            offset = ds.id.get_offset()
+            if ds.chunks is not None or ds.compression is not None or offset is None:
+                raise InputError(
+                    f"{path}: the 'tokens' dataset is chunked or compressed, so it cannot be memory-mapped; "
+                    f"convert it once with `h5repack -l tokens:CONTI {path} contiguous.h5` (from the hdf5-tools package), "
+                    f"or re-tokenize with `arrows tokenize ... --h5`"
+                )
+            count = int(ds.shape[0])
+        return ("raw", str(path), int(offset), count, ids), count, 0, vocab_size
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    raise InputError(f"{path}: not a token source; give a folder written by `arrows tokenize` or a reference .h5 file")
+
+
+class WindowLoader:
+    """Batches of `(inputs, targets)`, int64 tensors of shape `(batch_size, attn_length)`.
+
+    Windows are spans `s = t[i:i+L]` every `stride` tokens (default `(L-1)//2`): forward,
+    `inputs = [BOS] + s[:-1]`, `targets = s`; backward, the same span flipped; `permutation`, any
+    fixed order of the L positions (`inputs = [BOS] + s[perm[:-1]]`, `targets = s[perm]`).
+
+    The validation split is the last `valid_tokens` (or `valid_fraction` of the) tokens of the
+    stream, contiguous, untouched by any training window, and identical for every direction.
+
+    Iterating yields the rest of the current epoch, then moves to the next one. The order is a
+    permutation drawn from `(seed, epoch)`; rank `r` of `world_size` gets a disjoint share (W ranks
+    with batch B serve exactly what one process with batch W·B would). `state_dict()` records the
+    position, so that after `load_state_dict()` the next batch is the one an uninterrupted run
+    would have served.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        attn_length: int,
+        batch_size: int,
+        *,
+        backward: bool = False,
+        permutation=None,
+        split: str = "train",
+        valid_fraction: float = 0.01,
+        valid_tokens: int | None = None,
+        stride: int | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool | None = None,
+        drop_last: bool | None = None,
+        threads: int = 2,
+        prefetch: int = 4,
+        device: str = "cpu",
+        vocab_size: int | None = None,
+    ):
+        import torch
+
+        if split not in ("train", "valid"):
+            raise InputError(f"split must be 'train' or 'valid', not {split!r}")
+        if permutation is not None and backward:
+            raise InputError("give either backward=True or a permutation, not both")
+        if not 0.0 <= valid_fraction < 1.0:
+            raise InputError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
+        source, total, bos_id, vocab = open_source(path, vocab_size)
+        if valid_tokens is None:
+            valid_tokens = int(total * valid_fraction)
+        if permutation is not None:
+            order = [int(i) for i in permutation]
+        else:
+            order = "backward" if backward else "forward"
+        self.path = Path(path)
+        self.attn_length = int(attn_length)
+        self.batch_size = int(batch_size)
+        self.stride = int(stride) if stride is not None else max((self.attn_length - 1) // 2, 1)
+        self.split = split
+        self.order = order
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.valid_tokens = int(valid_tokens)
+        self.bos_id = bos_id
+        self.vocab_size = vocab
+        self.device = torch.device(device)
+        self._core = _arrows.LoaderCore(
+            source,
+            attn_length=self.attn_length,
+            batch_size=self.batch_size,
+            order=order,
+            split=split,
+            valid_tokens=self.valid_tokens,
+            stride=self.stride,
+            seed=self.seed,
+            shuffle=(split == "train") if shuffle is None else bool(shuffle),
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=(split == "train") if drop_last is None else bool(drop_last),
+            bos_id=bos_id,
+            vocab_size=vocab,
+            threads=int(threads),
+            buffers=max(int(prefetch), 1),
+        )
+        self.epoch = int(epoch)
+        self.batch = 0  # index, within the epoch, of the next batch to serve
+        self._staging = None  # pinned host buffers for asynchronous copies to a GPU
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        return self._core.batches_per_epoch
+
+    @property
+    def windows(self) -> int:
+        """Windows in the split (all ranks together)."""
+        return self._core.windows
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in the whole stream."""
+        return self._core.source_tokens
+
+    def __iter__(self):
+        if self.batch >= len(self):
+            self.epoch, self.batch = self.epoch + 1, 0
+        self._core.start(self.epoch, self.batch)
+        while (buf := self._core.next()) is not None:
+            self.batch += 1
+            yield self._tensors(buf)
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def _tensors(self, buf):
+        import torch
+
+        flat = torch.frombuffer(buf, dtype=torch.int64)  # a view: keeps `buf` (and its buffer) alive
+        pair = flat.view(2, buf.rows, self.attn_length)
+        if self.device.type == "cpu":
+            return pair[0], pair[1]
+        return self._to_device(pair)
+
+    def _to_device(self, pair):
+        """Copy into a pinned staging buffer (releasing the core's buffer at once), then to the
+        device asynchronously; a staging buffer is reused only once its copy has completed."""
+        import torch
+
+        if self._staging is None:
+            shape = (2, self.batch_size, self.attn_length)
+            self._staging = [[torch.empty(shape, dtype=torch.int64, pin_memory=True), None] for _ in range(3)]
+            self._next_staging = 0
+        slot = self._staging[self._next_staging]
+        self._next_staging = (self._next_staging + 1) % len(self._staging)
+        if slot[1] is not None:
+            slot[1].synchronize()
+        host = slot[0][:, : pair.shape[1]]
+        host.copy_(pair)
+        on_device = host.to(self.device, non_blocking=True)
+        slot[1] = torch.cuda.Event()
+        slot[1].record()
+        return on_device[0], on_device[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch = int(epoch), 0
+
+    def window_starts(self, epoch: int | None = None):
+        """Stream offsets of this rank's spans in `epoch` (default: the current one), in the order
+        they are served: row j of batch b is `starts[b * batch_size + j]`."""
+        import numpy as np
+
+        return np.asarray(self._core.span_starts(self.epoch if epoch is None else int(epoch)), dtype=np.int64)
+
+    def _identity(self) -> dict:
+        return {
+            "attn_length": self.attn_length,
+            "batch_size": self.batch_size,
+            "stride": self.stride,
+            "split": self.split,
+            "order": self.order,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "valid_tokens": self.valid_tokens,
+            "tokens": self.tokens,
+        }
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, **self._identity()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._identity()
+        diffs = [f"{k}: saved {state.get(k)!r}, now {v!r}" for k, v in mine.items() if state.get(k) != v]
+        if diffs:
+            raise InputError("the loader state belongs to another data setup: " + "; ".join(diffs))
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
