@@ -120,13 +120,13 @@ def test_ranks_are_disjoint_and_together_equal_one_big_batch(tmp_path, world):
     single = WindowLoader(path, 12, 4 * world, seed=9)
     ranks = [WindowLoader(path, 12, 4, seed=9, rank=r, world_size=world) for r in range(world)]
     assert all(len(r) == len(single) for r in ranks)
-    starts = [r.window_starts() for r in ranks]
+    starts = [r.window_starts(0) for r in ranks]
     assert not set(starts[0]) & set(starts[1])
     iters = [iter(r) for r in ranks]
     for x, _ in single:
         assert torch.equal(torch.cat([next(it)[0] for it in iters]), x)
     joined = np.concatenate([np.stack([s[b * 4 : (b + 1) * 4] for s in starts]).reshape(-1) for b in range(len(single))])
-    assert np.array_equal(joined, single.window_starts())
+    assert np.array_equal(joined, single.window_starts(0))
 
 
 def test_resume_mid_epoch_serves_the_next_batch_exactly(tmp_path):
