@@ -14,6 +14,11 @@ thread, 2 threads >= 1.8x 1 thread, training no slower and no larger than the re
 
 from __future__ import annotations
 
+import sys
+
+# This folder holds a `tokenize.py`, which would shadow the standard library's module of that name.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0])]
+
 import argparse
 import json
 import random

@@ -143,10 +143,10 @@ impl Sampler {
             match &self.opts.order {
                 // Straight into place: target = s.
                 Order::Forward => self.source.read(start, tgt)?,
-                // Reversed while copying out of the scratch span.
+                // Read into place, then reverse in place (cheaper than a reversing copy).
                 Order::Backward => {
-                    self.source.read(start, span)?;
-                    tgt.iter_mut().zip(span.iter().rev()).for_each(|(t, &v)| *t = v);
+                    self.source.read(start, tgt)?;
+                    tgt.reverse();
                 }
                 Order::Permuted(p) => {
                     self.source.read(start, span)?;
