@@ -256,3 +256,39 @@ def test_unfinished_store_is_refused_by_token_store(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(InputError, match="not a token store"):
         TokenStore(tmp_path / "nothing")
+
+
+def test_full_disk_is_a_clear_error_and_resumable(tmp_path):
+    """A file-size limit stands in for a full disk: writes past it fail with EFBIG."""
+    import resource
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(13, 8_000_000), encoding="utf-8")
+    common = ["--tokenizer", "bytes", "--shard-bytes", "2MB"]  # 4 MB shard files (u16 ids)
+    reference = tmp_path / "reference"
+    arrows("tokenize", corpus, "--out", reference, *common)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+    out = tmp_path / "out"
+    proc = subprocess.run([str(ARROWS), "tokenize", str(corpus), "--out", str(out), *common], capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert "shard_" in proc.stderr and "too large" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert not list(out.glob("*.tmp"))
+    arrows("tokenize", corpus, "--out", out, *common, "--resume")
+    for p in reference.glob("shard_*.bin"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+
+
+def test_corrupted_manifest_is_named(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(14, 10_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes")
+    (out / "manifest.json").write_text('{"format": "arrows-token-store", "version": 1, "tok')
+    proc = arrows("inspect", out, check=False)
+    assert proc.returncode == 1 and "manifest.json" in proc.stderr and "unreadable manifest" in proc.stderr
+    proc = arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--resume", check=False)
+    assert proc.returncode == 1 and "manifest.json" in proc.stderr and "--force" in proc.stderr

@@ -87,7 +87,7 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path).at(&path)?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}; re-create the folder with `arrows tokenize ... --force`")))?;
         if m.format != FORMAT || m.version != VERSION {
             return Err(Error::corrupt(&path, format!("format {:?} version {}, expected {FORMAT:?} version {VERSION}", m.format, m.version)));
         }
