@@ -141,26 +141,38 @@ def test_non_empty_output_is_refused_unless_resume_or_force(tmp_path):
     assert proc.returncode == 1 and "t.txt was" in proc.stderr
 
 
+def big_corpus(path: Path, mb: int) -> None:
+    """Many MB quickly: a 1 MB random block repeated, with the copy number mixed in."""
+    block = random_text(7, 1_000_000, specials=False)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(mb):
+            f.write(f"copy {i}\n")
+            f.write(block)
+
+
 def test_kill_9_then_resume_is_byte_identical(tmp_path):
     corpus = tmp_path / "big.txt"
-    corpus.write_text(random_text(7, 40_000_000), encoding="utf-8")
-    common = ["--tokenizer", "bytes", "--shard-bytes", "2MB", "--threads", "2"]
+    big_corpus(corpus, 150)
+    common = ["--tokenizer", "bytes", "--shard-bytes", "4MB", "--threads", "2"]
     reference = tmp_path / "reference"
+    t0 = time.monotonic()
     arrows("tokenize", corpus, "--out", reference, *common)
+    duration = time.monotonic() - t0
     ref_files = {p.name: p.read_bytes() for p in reference.iterdir() if not p.name.startswith(".")}
-    assert len(ref_files) > 10
+    assert len(ref_files) > 30
 
     out = tmp_path / "crashed"
     kills = 0
-    for delay in (0.3, 0.8, 1.5, 2.5):
+    # Kill points spread over the run (each attempt resumes where the last one stopped).
+    for fraction in (0.25, 0.3, 0.35, 0.4, 0.5):
         args = [str(ARROWS), "tokenize", str(corpus), "--out", str(out), *common, "--resume"]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        time.sleep(fraction * duration)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1, "the job finished before any kill: make the corpus bigger"
+    assert kills >= 2, "the job finished before the kills: make the corpus bigger"
     arrows("tokenize", corpus, "--out", out, *common, "--resume")
     got = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     assert got.keys() == ref_files.keys()
@@ -170,11 +182,14 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     corpus = tmp_path / "big.txt"
-    corpus.write_text(random_text(8, 30_000_000, specials=False), encoding="utf-8")
+    big_corpus(corpus, 200)
     out = tmp_path / "out"
     args = [str(ARROWS), "tokenize", str(corpus), "--out", str(out), "--tokenizer", "bytes", "--shard-bytes", "2MB", "--threads", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while not (out / "manifest.json").exists() and time.monotonic() < deadline:  # the job has started
+        time.sleep(0.02)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     if proc.returncode == 0:

@@ -161,7 +161,11 @@ def demo(
 
 
 def main() -> None:
-    app(prog_name="arrows")
+    try:
+        app(prog_name="arrows")
+    except KeyboardInterrupt:  # outside a command's own handling (e.g. while starting up)
+        _err("interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ class Reporter:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def update(self, desc: str, done: float, total: float, unit: str = "bytes", extra: str = ""):
+    def update(self, desc: str, done: float, total: float, unit: str = "bytes", extra: str = "", final: bool = False):
+        """Show progress; `final=True` marks the phase's last update (always printed in a log)."""
         now = time.monotonic()
         if desc != self._desc:
             self._desc = desc
@@ -89,7 +90,7 @@ class Reporter:
         info = "  ".join(x for x in (amount, speed, extra) if x)
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=max(total, 1), info=info)
-        elif now - self._last_print >= self.every:
+        elif final or now - self._last_print >= self.every:
             self._last_print = now
             pct = 100.0 * done / total if total else 100.0
             eta = f"ETA {human_seconds((total - done) / rate)}" if rate > 0 else ""

@@ -50,31 +50,40 @@ def tokenize(
         force=force,
     )
     outcome: dict = {}
+    finished = threading.Event()
 
     def work():
         try:
             outcome["summary"] = job.run()
         except BaseException as e:  # handed to the main thread
             outcome["error"] = e
+        finally:
+            finished.set()
 
-    thread = threading.Thread(target=work, name="arrows-tokenize", daemon=True)
+    def report(final=False):
+        phase, done, total, tokens, _replaced = job.progress()
+        if reporter is not None and phase in _PHASES:
+            extra = f"{tokens:,} tokens" if phase == 3 else ""
+            unit = "merges" if phase == 2 else "bytes"
+            reporter.update(_PHASES[phase], done, total, unit, extra, final=final)
+
+    # Not a daemon: the interpreter never exits (and tears down) while the job still runs in Rust.
+    # Completion is signalled by an Event: Thread.join() interrupted by Ctrl-C can return early.
+    thread = threading.Thread(target=work, name="arrows-tokenize")
     thread.start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
-            if reporter is not None:
-                phase, done, total, tokens, replaced = job.progress()
-                if phase in _PHASES:
-                    extra = f"{tokens:,} tokens" if phase == 3 else ""
-                    unit = "merges" if phase == 2 else "bytes"
-                    reporter.update(_PHASES[phase], done, total, unit, extra)
+        while not finished.wait(0.2):
+            report()
     except KeyboardInterrupt:
         job.cancel()
-        thread.join()
+        finished.wait()
         raise CancelledError(f"interrupted; continue with the same command and --resume (output: {out})") from None
     if "error" in outcome:
         raise outcome["error"]
     summary = outcome["summary"]
+    if reporter is not None:
+        mb = summary["input_bytes"]
+        reporter.update("encoding", mb, mb, "bytes", f"{summary['tokens']:,} tokens", final=True)
     if h5:
         from arrows.h5 import write_h5
 
