@@ -307,3 +307,17 @@ def test_corrupted_manifest_is_named(tmp_path):
     assert proc.returncode == 1 and "manifest.json" in proc.stderr and "unreadable manifest" in proc.stderr
     proc = arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--resume", check=False)
     assert proc.returncode == 1 and "manifest.json" in proc.stderr and "--force" in proc.stderr
+
+
+def test_force_with_the_folders_own_tokenizer(tmp_path):
+    """--force clears the folder, but a --tokenizer file inside it is read first."""
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(15, 50_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--vocab-size", "400")
+    before = TokenStore(out)[:].copy()
+    kept = tmp_path / "kept.json"
+    kept.write_bytes((out / "tokenizer.json").read_bytes())
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", out / "tokenizer.json", "--force")
+    assert np.array_equal(TokenStore(out)[:], before)
+    assert (out / "tokenizer.json").read_bytes() == kept.read_bytes()

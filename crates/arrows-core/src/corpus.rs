@@ -102,6 +102,9 @@ impl MappedFile {
         // SAFETY: the file is only read; the corpus must not be modified while it is tokenized
         // (the fingerprint check on resume catches a changed file).
         let map = unsafe { Mmap::map(&f) }.at(path)?;
+        // Encoding reads every byte once, front to back within each chunk: ask for readahead.
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
         Ok(MappedFile { map: Some(map) })
     }
 

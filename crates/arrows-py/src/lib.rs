@@ -93,6 +93,7 @@ impl TokenizeJob {
         d.set_item("vocab_size", s.vocab_size)?;
         d.set_item("resumed_at", s.resumed_at)?;
         d.set_item("seconds", s.seconds)?;
+        d.set_item("encode_seconds", s.encode_seconds)?;
         d.set_item("notes", s.notes)?;
         if let Some(t) = s.trained {
             let td = PyDict::new(py);
