@@ -185,3 +185,79 @@ impl Drop for Prefetcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{IdType, TokenSource};
+    use crate::windows::{Order, SamplerOptions, Split};
+
+    fn sampler(dir: &std::path::Path, order: Order) -> Arc<Sampler> {
+        let ids: Vec<u8> = (0..4000i32).flat_map(|i| (i % 1000).to_le_bytes()).collect();
+        let path = dir.join("ids.bin");
+        std::fs::write(&path, ids).unwrap();
+        let source = TokenSource::from_raw(&path, 0, 4000, IdType::I32, Some(1000)).unwrap();
+        let opts = SamplerOptions {
+            attn_length: 9,
+            batch_size: 5,
+            order,
+            split: Split::Train,
+            valid_tokens: 0,
+            stride: 4,
+            seed: 1,
+            shuffle: true,
+            rank: 0,
+            world_size: 1,
+            drop_last: true,
+            bos_id: 0,
+        };
+        Arc::new(Sampler::new(Arc::new(source), opts).unwrap())
+    }
+
+    #[test]
+    fn batches_arrive_in_order_with_the_sampler_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sampler(dir.path(), Order::Backward);
+        let p = Prefetcher::start(s.clone(), 3, 2, 3, 2);
+        let mut b = 2;
+        while let Some(lease) = p.next() {
+            let lease = lease.unwrap();
+            let (mut x, mut y, mut span) = (vec![0; 45], vec![0; 45], Vec::new());
+            s.fill(3, b, &mut x, &mut y, &mut span).unwrap();
+            assert_eq!(lease.data(), [x, y].concat().as_slice(), "batch {b}");
+            b += 1;
+        }
+        assert_eq!(b, s.batches_per_epoch());
+    }
+
+    #[test]
+    fn held_leases_are_never_refilled_and_the_ring_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sampler(dir.path(), Order::Forward);
+        let p = Prefetcher::start(s, 0, 0, 2, 2);
+        let mut held = Vec::new();
+        while let Some(lease) = p.next() {
+            let lease = lease.unwrap();
+            let copy = lease.data().to_vec();
+            held.push((lease, copy));
+        }
+        assert!(p.buffers() >= held.len());
+        for (lease, copy) in &held {
+            assert_eq!(lease.data(), copy.as_slice()); // nothing wrote into a held buffer
+        }
+        let n = held.len();
+        drop(held);
+        assert!(n > 50);
+    }
+
+    #[test]
+    fn released_leases_keep_the_ring_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sampler(dir.path(), Order::Forward);
+        let p = Prefetcher::start(s, 0, 0, 2, 3);
+        while let Some(lease) = p.next() {
+            drop(lease.unwrap());
+        }
+        assert_eq!(p.buffers(), 3);
+    }
+}
