@@ -151,6 +151,79 @@ def inspect(
 
 @app.command()
 @friendly_errors
+def train(
+    config: Path = typer.Argument(..., help="A JSON config in the reference format (model_params, training_params, optim_params); see cli/configs/."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated CUDA devices, e.g. 0,1: one process per GPU with DistributedDataParallel (NCCL)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on CPU (gloo), for data parallelism without GPUs."),
+    model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm: the model type, for configs that have no model_type key (GRU/LSTM configs)."),
+    resume: str = typer.Option("auto", "--resume", help="auto: continue from the run's latest checkpoint if there is one; never: start over; or a checkpoint path."),
+    more: Optional[int] = typer.Option(None, "--more", help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Override training_params.run_name (the run folder's name under save_loc)."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
+    wandb: Optional[str] = typer.Option(None, "--wandb", help="Also log to this wandb project (needs the wandb package)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check config, data, tokenizer and devices; print the model, its exact parameter count and the plan; do not train."),
+):
+    """Train a GPT, GRU or LSTM forward, backward or in any fixed window order."""
+    from arrows.config import check_paths, load_config
+    from arrows.train import TrainOptions
+    from arrows.train import train as run
+
+    overrides: dict = {"training_params": {}}
+    if steps is not None:
+        overrides["training_params"]["steps_to_train"] = steps
+    if run_name is not None:
+        overrides["training_params"]["run_name"] = run_name
+    cfg = load_config(config, model_type=model, overrides=overrides)
+    cfg = cfg.with_paths(check_paths(cfg, vocab_size_of_data=None))  # paths first, then the vocabulary there
+    check_paths(cfg, vocab_size_of_data=_data_vocab(cfg))
+    gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
+    opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
+    result = run(cfg, opts)
+    if dry_run:
+        for note in getattr(cfg, "notes", []):
+            print(f"note: {note}")
+        print(f"model        {result['model_type']}, {result['parameters']:,} parameters ({result['parameters'] / 1e6:.1f}M)")
+        print(f"data         {result['tokens']:,} tokens, {result['train_windows']:,} training windows")
+        print(f"plan         {result['planned_steps']:,} steps of {result['tokens_per_step']:,} tokens ({result['steps_per_epoch']:,} steps per epoch)")
+        print(f"devices      {', '.join(result['devices'])}")
+        print(f"run folder   {result['run_dir']}")
+        return
+    if result["valid_loss"] is None:
+        print(f"nothing to do: the run is already at step {result['steps']} (use --more N to train further) → {result['run_dir']}")
+    else:
+        print(f"trained to step {result['steps']}; validation loss {result['valid_loss']:.4f} nats/token → {result['run_dir']}")
+
+
+def _data_vocab(cfg) -> int | None:
+    """The vocabulary of the dataset, when it says (a token store's manifest)."""
+    import json as _json
+
+    manifest = Path(cfg.training.dataset_folder) / "manifest.json"
+    if manifest.is_file():
+        return int(_json.loads(manifest.read_text())["tokenizer"]["vocab_size"])
+    return None
+
+
+@app.command()
+@friendly_errors
+def generate(
+    run: Path = typer.Argument(..., help="A run folder written by `arrows train`."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue. For a backward model, the END of the text: it writes what comes before."),
+    tokens: int = typer.Option(100, "--tokens", "-n", help="How many tokens to generate."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
+):
+    """Sample text from a trained run (backward models write the text that leads to the prompt)."""
+    from arrows.generate import generate_text
+
+    print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed))
+
+
+@app.command()
+@friendly_errors
 def demo(
     out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files (made anew)."),
 ):

@@ -1,0 +1,55 @@
+"""Sampling from a trained run. A backward model reads text from its end: its prompt is the end of
+the text, reversed into the model's order, and what it generates is flipped back into reading
+order before decoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from arrows.errors import InputError
+
+
+def load_run(run: Path):
+    """The model of a run folder (latest checkpoint), its resolved config dict, and its tokenizer."""
+    from tokenizers import Tokenizer
+
+    from arrows import checkpoint
+    from arrows.config import config_from_dict
+    from arrows.models import build_model
+
+    run = Path(run)
+    cfg_path, ckpt = run / "config.json", run / "checkpoints" / checkpoint.LATEST
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise InputError(f"{run}: not a trained run (needs config.json and checkpoints/{checkpoint.LATEST})")
+    cfg = json.loads(cfg_path.read_text())
+    model = build_model(config_from_dict(cfg).model_dict())
+    model.load_state_dict(checkpoint.load(ckpt)["model"])
+    model.eval()
+    t = cfg["training_params"]
+    for c in ([t.get("tokenizer_path")] if t.get("tokenizer_path") else []) + [str(Path(t["dataset_folder"]) / "tokenizer.json")]:
+        f = Path(c) / "tokenizer.json" if Path(c).is_dir() else Path(c)
+        if f.is_file():
+            return model, cfg, Tokenizer.from_file(str(f))
+    raise InputError(f"{run}: no tokenizer found (dataset_folder has none; set training_params.tokenizer_path)")
+
+
+def generate_text(run: Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:
+    import torch
+
+    model, cfg, tok = load_run(run)
+    t = cfg["training_params"]
+    backward = bool(t.get("backwards"))
+    if t.get("permutation"):
+        raise InputError("sampling from a model trained on a permuted window order has no reading order; use a forward or backward run")
+    bos = tok.token_to_id("<|endoftext|>") or 0
+    ids = tok.encode(prompt).ids if prompt else []
+    if backward:
+        ids = ids[::-1]
+    start = torch.tensor([[bos] + ids], dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(start, tokens, temperature=temperature, top_k=top_k, generator=gen)[0, 1:].tolist()
+    if backward:
+        out = out[::-1]
+    return tok.decode(out, skip_special_tokens=False)

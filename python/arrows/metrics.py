@@ -1,0 +1,73 @@
+"""Metrics of a run: `metrics.jsonl` always (one JSON object per line), TensorBoard event files
+when the `tensorboard` package is installed, wandb only when asked (`--wandb PROJECT`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Metrics:
+    def __init__(self, run_dir: Path, *, resume_step: int | None, config: dict, wandb_project: str | None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        elif self.path.exists():
+            self.path.unlink()
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
+        except ImportError:
+            pass  # the tensorboard package is optional
+        self._wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+            self._wandb = wandb.init(project=wandb_project, name=run_dir.name, config=config, resume="allow", id=run_dir.name)
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged
+        for them, so the file reads like one uninterrupted run."""
+        if not self.path.exists():
+            return
+        keep = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except json.JSONDecodeError:
+                    break  # a line torn by the crash
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        step = record["step"]
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

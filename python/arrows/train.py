@@ -1,0 +1,443 @@
+"""`arrows train`: the training loop (one process per device; see distributed.py for launching).
+
+A step is one optimizer update over `batch_size × aggregate` windows (split evenly over the
+processes). The loop: set the step's learning rate, accumulate `aggregate` micro-batches, clip the
+gradient norm, step AdamW; then log, validate, sample and checkpoint at their cadences. Everything
+the next step depends on is in the checkpoint, so a run killed at any point and resumed on CPU
+reproduces the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arrows import checkpoint
+from arrows.distributed import World, close_group, external_world, init_group, launched_externally, spawn
+from arrows.errors import ArrowsError, InputError
+from arrows.schedule import lr_at
+
+
+class TrainingStopped(ArrowsError):
+    """Training met a non-finite loss or ran out of memory; the last checkpoint is intact."""
+
+
+@dataclass
+class TrainOptions:
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    gpus: list[int] | None = None  # CUDA devices, one process each
+    nproc: int = 1  # CPU processes (gloo)
+    resume: str = "auto"  # "auto" (latest checkpoint if any), "never", or a checkpoint path
+    more: int | None = None  # train this many steps beyond the checkpoint instead of up to steps_to_train
+    compile: bool = True  # torch.compile on CUDA
+    wandb: str | None = None
+    dry_run: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def run_dir_of(config) -> Path:
+    t = config.training
+    return Path(t.save_loc) / t.run_name
+
+
+def train(config, opts: TrainOptions) -> dict:
+    """Train (or dry-run) `config`; returns the summary of rank 0."""
+    if opts.dry_run:
+        return dry_run(config, opts)
+    if launched_externally():
+        return _worker_main(external_world(opts.gpus), config, opts)
+    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+    if nprocs > 1:
+        spawn(_spawned, nprocs, (config, opts))
+        return json.loads((run_dir_of(config) / "summary.json").read_text())
+    return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
+
+
+def _device(opts: TrainOptions, local_rank: int) -> str:
+    import torch
+
+    if opts.gpus:
+        return f"cuda:{opts.gpus[local_rank]}"
+    if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is visible")
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def _spawned(rank: int, config, opts: TrainOptions) -> None:
+    import os
+
+    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
+    _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
+
+
+def _worker_main(world: World, config, opts: TrainOptions) -> dict:
+    import torch
+
+    if world.device == "cpu" and world.distributed:
+        # Share the cores between the processes instead of oversubscribing them.
+        torch.set_num_threads(max(1, (torch.get_num_threads() or 1) // world.world_size))
+    init_group(world)
+    try:
+        return Trainer(config, world, opts).fit()
+    finally:
+        close_group(world)
+
+
+class Trainer:
+    def __init__(self, config, world: World, opts: TrainOptions):
+        import torch
+
+        from arrows.loader import WindowLoader
+        from arrows.models import build_model
+
+        self.config, self.world, self.opts = config, world, opts
+        t, o = config.training, config.optim
+        self.t, self.o = t, o
+        self.run_dir = run_dir_of(config)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = torch.device(world.device)
+        self.cuda = self.device.type == "cuda"
+        L = config.model.attn_length
+        self.L = L
+        for name, size in (("batch_size", t.batch_size), ("val_batch_size", t.val_batch_size)):
+            if size % world.world_size:
+                raise InputError(f"training_params.{name} {size} does not split evenly over {world.world_size} processes")
+        common = dict(backward=t.backwards, permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed,
+                      rank=world.rank, world_size=world.world_size, threads=t.threads, device=world.device,
+                      vocab_size=config.model.vocab_size)
+        self.train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world.world_size, **common)
+        self.valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world.world_size, split="valid", **common)
+        self.steps_per_epoch = len(self.train_loader) // t.aggregate
+        if self.steps_per_epoch == 0:
+            raise InputError(f"one epoch has {len(self.train_loader)} batches, fewer than aggregate={t.aggregate}")
+
+        # The same initial weights in every process (DDP also broadcasts rank 0's).
+        torch.manual_seed(t.seed)
+        self.model = build_model(config.model_dict()).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **({"fused": True} if self.cuda else {})
+        )
+        self.step = 0
+        resume_from = self._resume_point()
+        if resume_from is not None:
+            self._load(resume_from)
+        else:
+            # Seeded per rank after init: dropout differs between ranks, as independent batches would.
+            torch.manual_seed(t.seed + 1000 * world.rank)
+        self.total_steps = self._planned_steps()
+        self.net = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.cuda else None)
+        if self.cuda and opts.compile and config.model.model_type == "gpt":
+            # The RNNs stay eager: dynamo does not trace nn.GRU/nn.LSTM (cuDNN runs them anyway).
+            self.net = torch.compile(self.net)
+        self.tokenizer = self._tokenizer()
+
+    # ---- setup helpers -------------------------------------------------------------------
+    def _resume_point(self) -> Path | None:
+        if self.opts.resume == "never":
+            return None
+        if self.opts.resume != "auto":
+            path = Path(self.opts.resume)
+            if not path.is_file():
+                raise InputError(f"--resume {path}: no such checkpoint")
+            return path
+        latest = self.ckpt_dir / checkpoint.LATEST
+        return latest if latest.exists() else None
+
+    def _load(self, path: Path) -> None:
+        payload = checkpoint.load(path)
+        saved = payload["config"]
+        mine = self.config.to_dict()
+        diffs = [
+            f"{sec}.{k}: checkpoint {saved[sec].get(k)!r}, config {v!r}"
+            for sec, keys in (("model_params", None), ("training_params", ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed")))
+            for k, v in mine[sec].items()
+            if (keys is None or k in keys) and saved[sec].get(k) != v
+        ]
+        if diffs:
+            raise InputError(f"{path} was written with another setup; resume with the same config or use --resume never:\n  " + "\n  ".join(diffs))
+        ranks = payload["per_rank"]
+        if len(ranks) != self.world.world_size:
+            raise InputError(f"{path} was written by {len(ranks)} process(es); resume with the same number (now {self.world.world_size})")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        mine_rank = ranks[self.world.rank]
+        self.train_loader.load_state_dict(mine_rank["loader"])
+        checkpoint.set_rng_state(mine_rank["rng"])
+        self.resumed_from = self.step
+
+    def _planned_steps(self) -> int:
+        if self.opts.more is not None:
+            return self.step + self.opts.more
+        if self.t.steps_to_train is not None:
+            return int(self.t.steps_to_train)
+        return self.steps_per_epoch  # steps_to_train null: one epoch
+
+    def _tokenizer(self):
+        """For decoding samples: the store's tokenizer, or tokenizer_path, or none (no samples)."""
+        path = Path(self.t.dataset_folder)
+        candidates = [Path(self.t.tokenizer_path)] if self.t.tokenizer_path else []
+        if path.is_dir():
+            candidates.append(path / "tokenizer.json")
+        for c in candidates:
+            f = c / "tokenizer.json" if c.is_dir() else c
+            if f.is_file():
+                from tokenizers import Tokenizer
+
+                return Tokenizer.from_file(str(f))
+        return None
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        import torch
+
+        from arrows.metrics import Metrics
+
+        w, t = self.world, self.t
+        resumed = getattr(self, "resumed_from", None)
+        if w.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_run(self.run_dir)
+            checkpoint.remove_partial(self.ckpt_dir)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
+        valid_every = t.valid_every or self.total_steps
+        tokens_per_step = t.batch_size * t.aggregate * self.L
+        batches = self._batches()
+        bar = _Progress(self.total_steps, self.step) if w.is_main else None
+        window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+        last_valid = None
+        try:
+            while self.step < self.total_steps:
+                loss, grad_norm = self._train_step(batches)
+                self.step += 1
+                window_loss += loss
+                window_steps += 1
+                if self.step % t.step_log == 0 or self.step == self.total_steps:
+                    dt = time.perf_counter() - window_t0
+                    record = {"step": self.step, "loss": window_loss / window_steps, "lr": self._lr(self.step - 1), "grad_norm": grad_norm,
+                              "tokens_per_s": tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
+                    if w.is_main:
+                        self.metrics.log(record)
+                        bar.update(self.step, record)
+                    window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+                if self.step % valid_every == 0 or self.step == self.total_steps:
+                    last_valid = self._validate()
+                    if w.is_main:
+                        self.metrics.log({"step": self.step, "valid_loss": last_valid})
+                        bar.note(f"step {self.step}: validation loss {last_valid:.4f}")
+                        self._sample()
+                if self.step % t.save_every == 0 or self.step == self.total_steps:
+                    self._save(checkpoint.LATEST)
+                if t.backup_every and self.step % t.backup_every == 0:
+                    self._save(f"step_{self.step:08d}.pt")
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingStopped(
+                f"CUDA out of memory at training_params.batch_size {t.batch_size} (× attn_length {self.L}); lower batch_size and raise "
+                f"aggregate to keep the same effective batch, or use a smaller model. The last checkpoint is intact."
+            ) from None
+        finally:
+            if bar is not None:
+                bar.close()
+            if w.is_main:
+                self.metrics.close()
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": last_valid, "tokens_seen": self.step * tokens_per_step}
+        if w.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _lr(self, step: int) -> float:
+        return lr_at(step, self.o, self.total_steps, self.t.cooldown_finish)
+
+    def _batches(self):
+        """Training batches forever, epoch after epoch (the loader tracks its position)."""
+        while True:
+            yield from self.train_loader
+
+    def _train_step(self, batches) -> tuple[float, float]:
+        import torch
+
+        lr = self._lr(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.net.train()
+        agg = self.t.aggregate
+        total = torch.zeros((), device=self.device)
+        for micro in range(agg):
+            x, y = next(batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            # Gradients are averaged between processes only on the last micro-batch.
+            sync = self.world.distributed and micro < agg - 1
+            with (self.net.no_sync() if sync and hasattr(self.net, "no_sync") else contextlib.nullcontext()):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                    _, loss = self.net(x, y)
+                (loss / agg).backward()
+            total += loss.detach() / agg
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.o.clip if self.o.clip is not None else float("inf"))
+        if self.world.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(total, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
+            if self.device.type != "cuda":
+                total /= self.world.world_size  # gloo has no AVG
+        loss_value, norm_value = float(total), float(grad_norm)
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingStopped(
+                f"the loss became {loss_value} (gradient norm {norm_value}) at step {self.step + 1}; nothing was saved after step "
+                f"{self._last_saved()} — the checkpoint in {self.ckpt_dir} is intact. Lower optim_params.lr or raise warmup_steps, then resume."
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value
+
+    def _last_saved(self):
+        latest = self.ckpt_dir / checkpoint.LATEST
+        return "none yet" if not latest.exists() else "the latest checkpoint"
+
+    def _validate(self) -> float:
+        import torch
+
+        self.net.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.valid_loader.set_epoch(0)  # the same spans, in the same order, every time
+        with torch.no_grad():
+            for b, (x, y) in enumerate(self.valid_loader):
+                if self.t.valid_batches is not None and b >= self.t.valid_batches:
+                    break
+                x, y = x.to(self.device), y.to(self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                    _, loss = self.model(x, y)
+                sums += torch.stack([loss.double() * y.numel(), torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
+        if self.world.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+
+    def _sample(self) -> None:
+        """A short text from BOS, decoded in reading order (a backward model's output is flipped).
+        Uses its own generator: the training random stream is untouched (exact resume)."""
+        import torch
+
+        if self.tokenizer is None or not self.t.sample_tokens:
+            return
+        gen = torch.Generator(device=self.device).manual_seed(self.t.seed + self.step)
+        start = torch.full((1, 1), self.train_loader.bos_id, dtype=torch.long, device=self.device)
+        self.model.eval()
+        with torch.no_grad():
+            ids = self.model.generate(start, self.t.sample_tokens, generator=gen)[0, 1:].tolist()
+        ids = _reading_order(ids, self.t.backwards, self.t.permutation)
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, "text": text}) + "\n")
+
+    def _save(self, name: str) -> None:
+        import torch.distributed as dist
+
+        per_rank = {"loader": self.train_loader.state_dict(), "rng": checkpoint.rng_state()}
+        if self.world.distributed:
+            gathered = [None] * self.world.world_size
+            dist.all_gather_object(gathered, per_rank)
+        else:
+            gathered = [per_rank]
+        if self.world.is_main:
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "per_rank": gathered,
+                "loader": gathered[0]["loader"],
+                "rng": gathered[0]["rng"],
+                "config": self.config.to_dict(),
+            }
+            checkpoint.save(self.ckpt_dir / name, payload)
+        if self.world.distributed:
+            dist.barrier()
+
+
+def _reading_order(ids: list[int], backward: bool, permutation) -> list[int]:
+    if backward:
+        return ids[::-1]
+    return ids  # a permuted model's samples are shown in generation order
+
+
+def _lock_run(run_dir: Path):
+    """Hold an exclusive lock on the run folder: a second `arrows train` into it is refused."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"{run_dir}: another arrows train is running in this folder") from None
+    return f
+
+
+class _Progress:
+    """A bar with loss, tokens/s and ETA on a terminal; plain lines otherwise (rank 0 only)."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.live = total, sys.stderr.isatty()
+        self._bar = None
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, record: dict) -> None:
+        info = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  lr {record['lr']:.2e}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+        else:
+            print(f"step {step}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def dry_run(config, opts: TrainOptions) -> dict:
+    """Check config, data, tokenizer and devices; report the model and the plan. No training."""
+    from arrows.loader import WindowLoader
+    from arrows.models import count_parameters
+
+    t = config.training
+    device = _device(opts, 0) if not opts.gpus else f"cuda:{opts.gpus[0]}"
+    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+    loader = WindowLoader(t.dataset_folder, config.model.attn_length, max(t.batch_size // nprocs, 1), backward=t.backwards,
+                          permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed, vocab_size=config.model.vocab_size)
+    steps_per_epoch = len(loader) * 1 // t.aggregate
+    steps = opts.more if opts.more is not None else (t.steps_to_train or steps_per_epoch)
+    return {
+        "model_type": config.model.model_type,
+        "parameters": count_parameters(config.model_dict()),
+        "devices": [f"cuda:{g}" for g in opts.gpus] if opts.gpus else [device] * nprocs,
+        "tokens": loader.tokens,
+        "train_windows": loader.windows,
+        "steps_per_epoch": steps_per_epoch,
+        "planned_steps": steps,
+        "tokens_per_step": t.batch_size * t.aggregate * config.model.attn_length,
+        "run_dir": str(run_dir_of(config)),
+    }

@@ -1,0 +1,157 @@
+"""`arrows train` and `arrows generate` on CPU, run as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import ARROWS, arrows, random_text
+
+torch = pytest.importorskip("torch")
+
+from arrows.metrics import read as read_metrics  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """English text with a small BPE: real language when ../shared is there, generated text else."""
+    from conftest import SHARED_DATA
+
+    tmp = tmp_path_factory.mktemp("data")
+    src = SHARED_DATA / "debian_reference_en.txt"
+    text = tmp / "en.txt"
+    text.write_text(src.read_text(encoding="utf-8")[:400_000] if src.exists() else random_text(0, 400_000), encoding="utf-8")
+    arrows("tokenize", text, "--out", tmp / "store", "--vocab-size", "512")
+    return tmp / "store"
+
+
+def write_config(path, store, **training):
+    model = training.pop("model", {"n_layers": 2, "n_heads": 2, "embed_dim": 48, "attn_length": 32, "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": None})
+    model.setdefault("vocab_size", 512)
+    cfg = {
+        "model_params": model,
+        "training_params": {
+            "dataset_folder": str(store), "batch_size": 16, "aggregate": 1, "backwards": False, "steps_to_train": 40,
+            "save_every": 20, "backup_every": 40, "step_log": 5, "valid_steps": 20, "state_save_loc": str(path.parent / "runs"),
+            "valid_batches": 4, **training,
+        },
+        "optim_params": {"lr": 3e-3, "warmup_steps": 5, "oscil_steps": 1000, "lr_shrink": 0.85, "lr_init": 1e-7, "lr_min": 1e-6},
+    }
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+
+@pytest.mark.parametrize("kind", ["gpt", "gru", "lstm"])
+def test_tiny_models_learn_real_text(tmp_path, store, kind):
+    model = {"n_layers": 1, "embed_dim": 64, "dropout": 0.0, "embd_dropout": None}
+    model |= {"n_heads": 2, "attn_length": 32, "mlp_ratio": 4.0} if kind == "gpt" else {"desired_attn_length": 32}
+    cfg = write_config(tmp_path / f"{kind}.json", store, model=model, steps_to_train=60, run_name=kind)
+    arrows("train", cfg, "--model", kind)
+    run = tmp_path / "runs" / kind
+    ls = losses(run)
+    assert ls[0] > 5.0 and ls[-1] < ls[0] - 0.8, ls  # from about ln(512) = 6.2 down
+    valid = [r["valid_loss"] for r in read_metrics(run) if "valid_loss" in r]
+    assert valid and valid[-1] < 6.24 - 0.8  # ln(512) = 6.24 for a model that knows nothing
+    assert (run / "checkpoints" / "latest.pt").exists() and (run / "config.json").exists()
+    assert (run / "samples.jsonl").exists()
+
+
+def test_reference_configs_run_unchanged(tmp_path, store):
+    from conftest import ROOT
+
+    refs = ROOT.parent / "shared" / "reference-configs"
+    if not refs.exists():
+        pytest.skip("../shared/reference-configs is not beside the project")
+    expected = {"en_small.json": "55,670,760 parameters (55.7M)", "en_med_backwards.json": "405,499,904 parameters (405.5M)", "later_blueprint.json": None, "gru_en_med.json": None}
+    for name, count in expected.items():
+        cfg = json.loads((refs / name).read_text())
+        cfg["training_params"]["dataset_folder"] = str(store)  # only the data path changes
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg))
+        args = ["train", path, "--dry-run"] + (["--model", "gru"] if name.startswith("gru") else [])
+        out = arrows(*args, cwd=tmp_path).stdout
+        assert "parameters" in out and "planned_steps" not in out
+        if count:
+            assert count in out, out
+
+
+def test_bad_config_lists_every_problem(tmp_path, store):
+    cfg = json.loads(write_config(tmp_path / "c.json", store).read_text())
+    cfg["training_params"]["bacth_size"] = 4
+    cfg["training_params"]["aggregate"] = -1
+    cfg["model_params"]["dropout"] = "high"
+    cfg["optim_params"]["lr_shrink"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(cfg))
+    proc = arrows("train", tmp_path / "bad.json", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    for needle in ("bacth_size", "batch_size", "aggregate", "dropout", "lr_shrink"):
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_two_gloo_processes_equal_one(tmp_path, store):
+    model = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
+    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=12, step_log=1, run_name="one", valid_steps=6)
+    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=12, step_log=1, run_name="two", valid_steps=6)
+    arrows("train", one, "--device", "cpu")
+    arrows("train", two, "--device", "cpu", "--nproc", "2")
+    a, b = losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "two")
+    assert len(a) == len(b) == 12
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-5), (a, b)
+    va = [r["valid_loss"] for r in read_metrics(tmp_path / "runs" / "one") if "valid_loss" in r]
+    vb = [r["valid_loss"] for r in read_metrics(tmp_path / "runs" / "two") if "valid_loss" in r]
+    assert np.allclose(va, vb, rtol=1e-4)
+
+
+def test_kill_9_then_resume_reproduces_the_losses_exactly(tmp_path, store):
+    kw = dict(steps_to_train=30, step_log=1, save_every=3, valid_steps=10)
+    cfg = write_config(tmp_path / "c.json", store, run_name="straight", **kw)
+    arrows("train", cfg, "--device", "cpu")
+    straight = losses(tmp_path / "runs" / "straight")
+
+    cfg2 = write_config(tmp_path / "c2.json", store, run_name="killed", **kw)
+    run = tmp_path / "runs" / "killed"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([str(ARROWS), "train", str(cfg2), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.2, 1.5)))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    arrows("train", cfg2, "--device", "cpu")
+    assert losses(run) == straight  # bit for bit
+
+
+def test_nan_stops_with_the_checkpoint_intact(tmp_path, store):
+    cfg = write_config(tmp_path / "c.json", store, run_name="nan", steps_to_train=40, save_every=2)
+    data = json.loads(cfg.read_text())
+    data["optim_params"].update(lr=1e6, warmup_steps=0)
+    cfg.write_text(json.dumps(data))
+    proc = arrows("train", cfg, "--device", "cpu", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "nan" in proc.stderr.lower() or "inf" in proc.stderr.lower()
+    assert "intact" in proc.stderr
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_generate_reads_in_order(tmp_path, store, backward):
+    cfg = write_config(tmp_path / "c.json", store, run_name="g", backwards=backward, steps_to_train=10)
+    arrows("train", cfg, "--device", "cpu")
+    out = arrows("generate", tmp_path / "runs" / "g", "--prompt", "The system", "--tokens", "12").stdout
+    assert "The system" in out
+    if backward:
+        assert out.rstrip("\n").endswith("The system")
+    else:
+        assert out.startswith("The system")
