@@ -340,3 +340,27 @@ def test_reference_configs_build(name):
     expected = {"en_small.json": "55.7", "en_med_backwards.json": "405.5"}.get(name)
     if expected:
         assert f"{n / 1e6:.1f}" == expected
+
+
+def test_flex_attention_equals_plain_attention_forward():
+    """FlexAttention (a fused kernel under torch.compile on CUDA) against the written-out softmax.
+    On CPU FlexAttention runs forward only, so gradients are compared on GPUs alone."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    cfg = {"model_type": "gpt", "vocab_size": 97, "n_layers": 2, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "dropout": 0.0}
+    torch.manual_seed(0)
+    flex = build_model({**cfg, "attention_impl": "flex"}).eval()
+    plain = build_model({**cfg, "attention_impl": "plain"}).eval()
+    plain.load_state_dict(flex.state_dict())
+    idx = torch.randint(0, 97, (3, 16))
+    with torch.no_grad():
+        for T in (1, 7, 16):
+            assert torch.allclose(flex(idx[:, :T])[0], plain(idx[:, :T])[0], atol=1e-5)
+    if torch.cuda.is_available():
+        flex, plain = flex.cuda().train(), plain.cuda().train()
+        idx = idx.cuda()
+        flex(idx, idx)[1].backward()
+        plain(idx, idx)[1].backward()
+        for (n, a), (_, b) in zip(flex.named_parameters(), plain.named_parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4), n
+    with pytest.raises(ValueError, match="flex"):
+        build_model({**cfg, "attention_impl": "flex", "dropout": 0.1})

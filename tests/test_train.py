@@ -61,6 +61,9 @@ def test_tiny_models_learn_real_text(tmp_path, store, kind):
     assert valid and valid[-1] < 6.24 - 0.8  # ln(512) = 6.24 for a model that knows nothing
     assert (run / "checkpoints" / "latest.pt").exists() and (run / "config.json").exists()
     assert (run / "samples.jsonl").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    samples = [json.loads(line)["text"] for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(isinstance(t, str) for t in samples)
 
 
 def test_reference_configs_run_unchanged(tmp_path, store):

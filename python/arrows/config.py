@@ -27,7 +27,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `mlp_ratio` | `4.0` | MLP width / `embed_dim` (GPT) |
 | `dropout` | `0.1` | dropout, in [0, 1) |
 | `embd_dropout` | `null` = `dropout` | dropout after the embeddings, in [0, 1) |
-| `attention` *(new)* | `"sdpa"` | GPT attention: `"sdpa"` (fused kernel) or `"plain"` (hand-written, the reference's) |
+| `attention` *(new)* | `"sdpa"` | GPT attention: `"sdpa"` (fused kernel), `"flex"` (FlexAttention compiled by torch.compile on CUDA; needs `dropout` 0) or `"plain"` (hand-written, the reference's) |
 
 `training_params`
 
@@ -101,7 +101,7 @@ __all__ = [
 ]
 
 MODEL_TYPES = ("gpt", "gru", "lstm")
-ATTENTIONS = ("sdpa", "plain")
+ATTENTIONS = ("sdpa", "flex", "plain")
 SECTIONS = ("model_params", "training_params", "optim_params")
 
 
