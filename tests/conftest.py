@@ -21,6 +21,7 @@ def shared_data() -> Path:
 def arrows(*args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
     """Run the installed `arrows` command as a user would."""
     full_env = {**os.environ, **(env or {})}
+    kw.setdefault("timeout", 900)  # a hang fails the test instead of blocking the suite
     proc = subprocess.run([str(ARROWS), *map(str, args)], capture_output=True, text=True, env=full_env, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"arrows {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")

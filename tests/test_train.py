@@ -158,3 +158,21 @@ def test_generate_reads_in_order(tmp_path, store, backward):
         assert out.rstrip("\n").endswith("The system")
     else:
         assert out.startswith("The system")
+
+
+def test_torchrun_joins_instead_of_spawning(tmp_path, store):
+    """Under torchrun (RANK/WORLD_SIZE set) arrows joins the group: the same losses as one process."""
+    import sys
+
+    model = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
+    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=6, step_log=1, run_name="one", valid_steps=6)
+    tr = write_config(tmp_path / "tr.json", store, model=model, steps_to_train=6, step_log=1, run_name="tr", valid_steps=6)
+    arrows("train", one, "--device", "cpu")
+    from arrows.distributed import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "arrows", "train", str(tr), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.allclose(losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "tr"), rtol=1e-4, atol=1e-5)

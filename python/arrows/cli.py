@@ -4,6 +4,7 @@ commands that need them, so that `arrows --help` answers at once."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -190,6 +191,8 @@ def train(
         print(f"devices      {', '.join(result['devices'])}")
         print(f"run folder   {result['run_dir']}")
         return
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun/SLURM, rank 0 reports
     if result["valid_loss"] is None:
         print(f"nothing to do: the run is already at step {result['steps']} (use --more N to train further) → {result['run_dir']}")
     else:

@@ -37,8 +37,9 @@ def launched_externally() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
 
 
-def external_world(gpus: list[int] | None) -> World:
-    """The world described by torchrun's or SLURM's environment variables."""
+def external_world(gpus: list[int] | None, device: str = "auto") -> World:
+    """The world described by torchrun's or SLURM's environment variables; each process takes
+    the GPU of its local rank (or from `gpus`), or the CPU with `device="cpu"` or without CUDA."""
     if "RANK" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
@@ -49,8 +50,8 @@ def external_world(gpus: list[int] | None) -> World:
         os.environ.setdefault("WORLD_SIZE", str(world))
         if "MASTER_ADDR" not in os.environ:
             raise SystemExit("under SLURM, set MASTER_ADDR and MASTER_PORT in the job script (see cli/launch/slurm.sh)")
-    device = f"cuda:{gpus[local] if gpus else local}" if gpus is not None or _cuda() else "cpu"
-    return World(rank, world, local, device)
+    use_cuda = gpus is not None or (device != "cpu" and _cuda())
+    return World(rank, world, local, f"cuda:{gpus[local] if gpus else local}" if use_cuda else "cpu")
 
 
 def free_port() -> int:

@@ -50,7 +50,7 @@ def train(config, opts: TrainOptions) -> dict:
     if opts.dry_run:
         return dry_run(config, opts)
     if launched_externally():
-        return _worker_main(external_world(opts.gpus), config, opts)
+        return _worker_main(external_world(opts.gpus, opts.device), config, opts)
     nprocs = len(opts.gpus) if opts.gpus else opts.nproc
     if nprocs > 1:
         spawn(_spawned, nprocs, (config, opts))
@@ -238,7 +238,10 @@ class Trainer:
                     if w.is_main:
                         self.metrics.log({"step": self.step, "valid_loss": last_valid})
                         bar.note(f"step {self.step}: validation loss {last_valid:.4f}")
-                        self._sample()
+                if w.is_main and t.sample_every and (self.step % t.sample_every == 0 or self.step == self.total_steps):
+                    sample = self._sample()
+                    if sample is not None:
+                        bar.note(f"step {self.step}: sample {sample[:120]!r}")
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
                     self._save(checkpoint.LATEST)
                 if t.backup_every and self.step % t.backup_every == 0:
@@ -327,13 +330,13 @@ class Trainer:
             dist.all_reduce(sums)
         return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
 
-    def _sample(self) -> None:
+    def _sample(self) -> str | None:
         """A short text from BOS, decoded in reading order (a backward model's output is flipped).
         Uses its own generator: the training random stream is untouched (exact resume)."""
         import torch
 
-        if self.tokenizer is None or not self.t.sample_tokens:
-            return
+        if self.tokenizer is None:
+            return None
         gen = torch.Generator(device=self.device).manual_seed(self.t.seed + self.step)
         start = torch.full((1, 1), self.train_loader.bos_id, dtype=torch.long, device=self.device)
         self.model.eval()
@@ -343,6 +346,7 @@ class Trainer:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "text": text}) + "\n")
+        return text
 
     def _save(self, name: str) -> None:
         import torch.distributed as dist
