@@ -15,7 +15,6 @@ use crate::pretokenize;
 use crate::vocab::ByteBpe;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Pre-tokens longer than this are rare: they are merged in O(n log n) (`merge_long`) instead of
@@ -26,61 +25,9 @@ const MAX_CACHED_WORDS: usize = 1 << 18;
 /// No merge for this pair.
 const NO_RANK: u32 = u32::MAX;
 
-/// The FxHash of rustc (multiply and rotate, 8 bytes at a time): several times faster than
-/// SipHash on short keys, and the keys here (text, token ids) are not chosen by an attacker who
-/// could profit from collisions.
-#[derive(Default, Clone, Copy)]
-struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline(always)]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(n as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-    #[inline]
-    fn write_u128(&mut self, n: u128) {
-        self.add(n as u64);
-        self.add((n >> 64) as u64);
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        // The table picks buckets with the low bits, and a product's low bits only see the low
-        // bits of its inputs: bring the well-mixed high bits down.
-        self.hash.rotate_left(26)
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// FxHash (rustc's hasher, from the rustc-hash crate): several times faster than SipHash on the
+/// short keys here (text, token ids), which no attacker chooses.
+type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 #[inline(always)]
 fn pair_key(left: u32, right: u32) -> u64 {
