@@ -465,7 +465,24 @@ thread_local! {
     static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::new());
 }
 
-fn encode_chunk(c: Chunk, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, strict: bool) -> Result<(Vec<u32>, u64)> {
+/// Id vectors handed back by the writer for reuse: a megabyte-sized vector per chunk would be
+/// allocated and faulted in afresh each time; recycled ones are already mapped.
+#[derive(Default)]
+struct IdBuffers(std::sync::Mutex<Vec<Vec<u32>>>);
+
+impl IdBuffers {
+    fn take(&self, capacity: usize) -> Vec<u32> {
+        let mut v = self.0.lock().unwrap().pop().unwrap_or_default();
+        v.clear();
+        v.reserve(capacity);
+        v
+    }
+    fn give(&self, v: Vec<u32>) {
+        self.0.lock().unwrap().push(v);
+    }
+}
+
+fn encode_chunk(c: Chunk, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, strict: bool, buffers: &IdBuffers) -> Result<(Vec<u32>, u64)> {
     let bytes = &maps[c.file].bytes()[c.start..c.end];
     if strict {
         if let Err(e) = std::str::from_utf8(bytes) {
@@ -473,7 +490,7 @@ fn encode_chunk(c: Chunk, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Toke
         }
     }
     let (text, replaced) = decode_lossy(bytes);
-    let mut ids = Vec::with_capacity(bytes.len() / 3);
+    let mut ids = buffers.take(bytes.len() / 3);
     WORD_CACHE.with_borrow_mut(|cache| tokenizer.encode(&text, cache, &mut ids))?;
     Ok((ids, replaced))
 }
@@ -495,9 +512,10 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
     let chunk_bytes = opts.chunk_bytes.min(opts.shard_bytes);
     // One batch being written while the next is encoded.
     let (send, receive) = std::sync::mpsc::sync_channel::<Encoded>(1);
+    let buffers = IdBuffers::default();
 
     std::thread::scope(|scope| {
-        let writer = scope.spawn(|| write_shards(opts, corpus, tokenizer, manifest, progress, receive, start));
+        let writer = scope.spawn(|| write_shards(opts, corpus, tokenizer, manifest, progress, receive, start, &buffers));
         let mut p = start;
         while p < corpus.total && !progress.cancel.load(Relaxed) {
             let mut chunks = Vec::with_capacity(batch);
@@ -506,7 +524,7 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
                 p += (c.end - c.start) as u64;
                 chunks.push(c);
             }
-            let encoded: Encoded = chunks.par_iter().map(|&c| (c, encode_chunk(c, corpus, maps, tokenizer, opts.strict_utf8))).collect();
+            let encoded: Encoded = chunks.par_iter().map(|&c| (c, encode_chunk(c, corpus, maps, tokenizer, opts.strict_utf8, &buffers))).collect();
             if send.send(encoded).is_err() {
                 break; // the writer stopped on an error, which it returns
             }
@@ -523,6 +541,7 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
 
 /// Append encoded batches to shards in order, closing each shard (and rewriting the manifest)
 /// when it covers `shard_bytes` of input. An unfinished shard is deleted on the way out.
+#[allow(clippy::too_many_arguments)]
 fn write_shards(
     opts: &TokenizeOptions,
     corpus: &Corpus,
@@ -531,6 +550,7 @@ fn write_shards(
     progress: &Progress,
     batches: std::sync::mpsc::Receiver<Encoded>,
     mut pos: u64,
+    buffers: &IdBuffers,
 ) -> Result<()> {
     let out = opts.out.as_path();
     let dtype = Dtype::for_vocab(tokenizer.vocab_size);
@@ -548,10 +568,12 @@ fn write_shards(
                 }
                 let w = writer.as_mut().unwrap();
                 w.append(&ids, chunk_end)?;
+                let n_ids = ids.len() as u64;
+                buffers.give(ids);
                 shard_replaced += replaced;
                 pos = chunk_end;
                 progress.done.store(pos, Relaxed);
-                progress.tokens.fetch_add(ids.len() as u64, Relaxed);
+                progress.tokens.fetch_add(n_ids, Relaxed);
                 progress.replaced_bytes.fetch_add(replaced, Relaxed);
                 if chunk_end - w.input_start() >= opts.shard_bytes || chunk_end == corpus.total {
                     let file = shard_name(manifest.shards.len());
