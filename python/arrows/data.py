@@ -92,6 +92,20 @@ class TokenStore:
         return f"TokenStore({str(self.path)!r}, tokens={len(self)}, vocab_size={self.vocab_size})"
 
 
+def find_tokenizer(dataset_folder: str | Path, tokenizer_path: str | Path | None = None):
+    """The tokenizer that decodes a dataset: `tokenizer_path` (a tokenizer.json, or a folder
+    holding one) if given, else the token store's own; None when there is none (an .h5 file)."""
+    from tokenizers import Tokenizer
+
+    candidates = [Path(tokenizer_path)] if tokenizer_path else []
+    candidates.append(Path(dataset_folder))
+    for c in candidates:
+        f = c / "tokenizer.json" if c.is_dir() else c
+        if f.is_file() and f.suffix == ".json":
+            return Tokenizer.from_file(str(f))
+    return None
+
+
 def __getattr__(name):
     # WindowLoader imports torch when used; keep `import arrows.data` light.
     if name == "WindowLoader":

@@ -12,9 +12,8 @@ from arrows.errors import InputError
 
 def load_run(run: Path):
     """The model of a run folder (latest checkpoint), its resolved config dict, and its tokenizer."""
-    from tokenizers import Tokenizer
-
     from arrows import checkpoint
+    from arrows.data import find_tokenizer
     from arrows.config import config_from_dict
     from arrows.models import build_model
 
@@ -27,11 +26,10 @@ def load_run(run: Path):
     model.load_state_dict(checkpoint.load(ckpt)["model"])
     model.eval()
     t = cfg["training_params"]
-    for c in ([t.get("tokenizer_path")] if t.get("tokenizer_path") else []) + [str(Path(t["dataset_folder"]) / "tokenizer.json")]:
-        f = Path(c) / "tokenizer.json" if Path(c).is_dir() else Path(c)
-        if f.is_file():
-            return model, cfg, Tokenizer.from_file(str(f))
-    raise InputError(f"{run}: no tokenizer found (dataset_folder has none; set training_params.tokenizer_path)")
+    tok = find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
+    if tok is None:
+        raise InputError(f"{run}: no tokenizer found (dataset_folder has none; set training_params.tokenizer_path)")
+    return model, cfg, tok
 
 
 def generate_text(run: Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:

@@ -186,18 +186,10 @@ class Trainer:
         return self.steps_per_epoch  # steps_to_train null: one epoch
 
     def _tokenizer(self):
-        """For decoding samples: the store's tokenizer, or tokenizer_path, or none (no samples)."""
-        path = Path(self.t.dataset_folder)
-        candidates = [Path(self.t.tokenizer_path)] if self.t.tokenizer_path else []
-        if path.is_dir():
-            candidates.append(path / "tokenizer.json")
-        for c in candidates:
-            f = c / "tokenizer.json" if c.is_dir() else c
-            if f.is_file():
-                from tokenizers import Tokenizer
+        """For decoding samples (None: no samples)."""
+        from arrows.data import find_tokenizer
 
-                return Tokenizer.from_file(str(f))
-        return None
+        return find_tokenizer(self.t.dataset_folder, self.t.tokenizer_path)
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -299,16 +291,12 @@ class Trainer:
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingStopped(
-                f"the loss became {loss_value} (gradient norm {norm_value}) at step {self.step + 1}; nothing was saved after step "
-                f"{self._last_saved()} — the checkpoint in {self.ckpt_dir} is intact. Lower optim_params.lr or raise warmup_steps, then resume."
+                f"the loss became {loss_value} (gradient norm {norm_value}) at step {self.step + 1}; training stopped before that update, "
+                f"and the last checkpoint in {self.ckpt_dir} is intact. Lower optim_params.lr or raise warmup_steps, then resume."
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value
-
-    def _last_saved(self):
-        latest = self.ckpt_dir / checkpoint.LATEST
-        return "none yet" if not latest.exists() else "the latest checkpoint"
 
     def _validate(self) -> float:
         import torch
@@ -342,7 +330,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             ids = self.model.generate(start, self.t.sample_tokens, generator=gen)[0, 1:].tolist()
-        ids = _reading_order(ids, self.t.backwards, self.t.permutation)
+        if self.t.backwards:
+            ids = ids[::-1]  # back into reading order (a permuted model's output stays as generated)
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "text": text}) + "\n")
@@ -371,12 +360,6 @@ class Trainer:
             checkpoint.save(self.ckpt_dir / name, payload)
         if self.world.distributed:
             dist.barrier()
-
-
-def _reading_order(ids: list[int], backward: bool, permutation) -> list[int]:
-    if backward:
-        return ids[::-1]
-    return ids  # a permuted model's samples are shown in generation order
 
 
 def _lock_run(run_dir: Path):

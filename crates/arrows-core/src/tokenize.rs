@@ -216,9 +216,13 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         None => {
             // A fresh start: whatever an interrupted earlier attempt left is ours to replace.
             remove_outputs(out)?;
-            let (tokenizer, training) = match given {
-                Some(t) => (t, None),
-                None => make_tokenizer(opts, corpus, &maps, progress)?,
+            let (tokenizer, training) = match (given, &opts.tokenizer) {
+                (Some(t), _) => (t, None),
+                (None, TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency }) => {
+                    let (t, entry, seconds) = train_tokenizer(corpus, &maps, *vocab_size, *sample_bytes, *seed, *min_frequency, progress)?;
+                    (t, Some((entry, seconds)))
+                }
+                (None, _) => (Tokenizer::from_bpe(&ByteBpe::bytes_only()), None),
             };
             train_seconds = training.as_ref().map(|t| t.1);
             write_atomic(&out.join(TOKENIZER_FILE), tokenizer.json.as_bytes())?;
@@ -399,42 +403,43 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
-/// The tokenizer to train or build (a given file is loaded by the caller), and for a trained one
-/// what it was trained on and how long it took.
-fn make_tokenizer(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], progress: &Progress) -> Result<(Tokenizer, Option<(TrainingEntry, f64)>)> {
-    match &opts.tokenizer {
-        TokenizerSpec::Bytes => Ok((Tokenizer::from_bpe(&ByteBpe::bytes_only()), None)),
-        TokenizerSpec::File(path) => Ok((Tokenizer::from_file(path)?, None)), // not reached: loaded up front
-        TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency } => {
-            let t0 = Instant::now();
-            let pieces = crate::sample::plan_sample(corpus, maps, *sample_bytes, *seed);
-            let sample_total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-            progress.set_phase(Phase::Counting, 0, sample_total);
-            let counts = pieces
-                .par_iter()
-                .fold(WordCounts::new, |mut counts, piece| {
-                    if !progress.cancel.load(Relaxed) {
-                        let (text, _) = decode_lossy(piece);
-                        for part in text.split(END_OF_TEXT) {
-                            counts.add_text(part);
-                        }
-                        progress.done.fetch_add(piece.len() as u64, Relaxed);
-                    }
-                    counts
-                })
-                .reduce(WordCounts::new, |mut a, b| {
-                    a.merge(b);
-                    a
-                });
-            progress.check_cancel()?;
-            let wanted = vocab_size.saturating_sub(257) as u64;
-            progress.set_phase(Phase::Merging, 0, wanted);
-            let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
-            let bpe = train_bpe(&counts, *vocab_size, *min_frequency, &report, &progress.cancel)?;
-            let entry = TrainingEntry { sample_bytes: sample_total, distinct_words: counts.len() as u64, merges: bpe.merges.len() };
-            Ok((Tokenizer::from_bpe(&bpe), Some((entry, t0.elapsed().as_secs_f64()))))
-        }
-    }
+/// Train a byte-level BPE on a sample of the corpus: the tokenizer, what it was trained on, and
+/// how long it took.
+fn train_tokenizer(
+    corpus: &Corpus,
+    maps: &[MappedFile],
+    vocab_size: usize,
+    sample_bytes: u64,
+    seed: u64,
+    min_frequency: u64,
+    progress: &Progress,
+) -> Result<(Tokenizer, TrainingEntry, f64)> {
+    let t0 = Instant::now();
+    let pieces = crate::sample::plan_sample(corpus, maps, sample_bytes, seed);
+    let sample_total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+    progress.set_phase(Phase::Counting, 0, sample_total);
+    let counts = pieces
+        .par_iter()
+        .fold(WordCounts::new, |mut counts, piece| {
+            if !progress.cancel.load(Relaxed) {
+                let (text, _) = decode_lossy(piece);
+                for part in text.split(END_OF_TEXT) {
+                    counts.add_text(part);
+                }
+                progress.done.fetch_add(piece.len() as u64, Relaxed);
+            }
+            counts
+        })
+        .reduce(WordCounts::new, |mut a, b| {
+            a.merge(b);
+            a
+        });
+    progress.check_cancel()?;
+    progress.set_phase(Phase::Merging, 0, vocab_size.saturating_sub(257) as u64);
+    let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
+    let bpe = train_bpe(&counts, vocab_size, min_frequency, &report, &progress.cancel)?;
+    let entry = TrainingEntry { sample_bytes: sample_total, distinct_words: counts.len() as u64, merges: bpe.merges.len() };
+    Ok((Tokenizer::from_bpe(&bpe), entry, t0.elapsed().as_secs_f64()))
 }
 
 /// A piece of one input file: bytes `start..end` of file `file`.

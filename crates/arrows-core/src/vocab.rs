@@ -53,14 +53,6 @@ impl ByteBpe {
         self.specials.iter().find(|(s, _)| s == END_OF_TEXT).map(|&(_, id)| id)
     }
 
-    /// Id of the token made by merge `rank`.
-    pub fn merge_result(&self, index: &HashMap<&[u8], u32>, rank: usize) -> u32 {
-        let (a, b) = self.merges[rank];
-        let mut t = self.tokens[a as usize].clone();
-        t.extend_from_slice(&self.tokens[b as usize]);
-        index[t.as_slice()]
-    }
-
     /// The `tokenizer.json` text: byte-level pre-tokenizer (GPT-2 pattern, no prefix space),
     /// BPE model, byte-level decoder, the special tokens as added tokens.
     pub fn to_json(&self) -> String {
