@@ -66,7 +66,7 @@ def load(path: Path) -> dict:
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptDataError(f"{path}: unreadable checkpoint ({e}); use a backup from the same folder with --resume PATH, or start over with --resume never") from None
-    for key in ("model", "optimizer", "step", "loader", "rng"):
+    for key in ("model", "optimizer", "step", "per_rank", "config"):
         if key not in payload:
             raise CorruptDataError(f"{path}: not an arrows checkpoint (no {key!r})")
     return payload

@@ -352,9 +352,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
                 "total_steps": self.total_steps,
-                "per_rank": gathered,
-                "loader": gathered[0]["loader"],
-                "rng": gathered[0]["rng"],
+                "per_rank": gathered,  # each process's loader position and random states
                 "config": self.config.to_dict(),
             }
             checkpoint.save(self.ckpt_dir / name, payload)
@@ -411,16 +409,17 @@ def dry_run(config, opts: TrainOptions) -> dict:
     from arrows.models import count_parameters
 
     t = config.training
-    device = _device(opts, 0) if not opts.gpus else f"cuda:{opts.gpus[0]}"
     nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+    # Rank 0's share, as training would see it: every rank has as many batches.
     loader = WindowLoader(t.dataset_folder, config.model.attn_length, max(t.batch_size // nprocs, 1), backward=t.backwards,
-                          permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed, vocab_size=config.model.vocab_size)
-    steps_per_epoch = len(loader) * 1 // t.aggregate
+                          permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed, vocab_size=config.model.vocab_size,
+                          rank=0, world_size=nprocs)
+    steps_per_epoch = len(loader) // t.aggregate
     steps = opts.more if opts.more is not None else (t.steps_to_train or steps_per_epoch)
     return {
         "model_type": config.model.model_type,
         "parameters": count_parameters(config.model_dict()),
-        "devices": [f"cuda:{g}" for g in opts.gpus] if opts.gpus else [device] * nprocs,
+        "devices": [_device(opts, rank) for rank in range(nprocs)],
         "tokens": loader.tokens,
         "train_windows": loader.windows,
         "steps_per_epoch": steps_per_epoch,
