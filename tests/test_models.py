@@ -306,7 +306,8 @@ def test_gpt_init_follows_mingpt():
 # The configuration files
 
 
-ALL_CONFIGS = sorted(CONFIGS.rglob("*.json"))
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.json") if "paper" not in p.relative_to(CONFIGS).parts)
+PAPER_CONFIGS = sorted((CONFIGS / "paper").rglob("*.json"))
 
 
 def test_the_papers_configs_are_there():
@@ -326,6 +327,31 @@ def test_config_file_loads_counts_and_matches_the_readme(path):
     row = re.search(rf"^\| `{re.escape(str(path.relative_to(CONFIGS)))}` \|.*$", readme, re.MULTILINE)
     assert row, f"{path.name} is missing from cli/configs/README.md"
     assert f"| {n:,} |" in row.group(0)
+
+
+def test_paper_study_configs_are_there():
+    names = {str(p.relative_to(CONFIGS / "paper")) for p in PAPER_CONFIGS}
+    expected = {"medium_en.json", "medium_fr.json"}
+    expected |= {f"context/fr_ctx{T}.json" for T in [16, 32, 64, 128, 256, 512]}
+    expected |= {f"sizes/en_{s}.json" for s in ["nano", "micro", "mini", "small", "gpt1", "medium", "xl"]}
+    expected |= {f"rnn/{k}_{s}_en.json" for k in ["gru", "lstm"] for s in ["1x256", "3x512", "5x768"]}
+    assert names == expected
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_paper_study_config_loads_and_matches_its_readme(path):
+    """Each is a valid study config (no direction set) whose README row has its exact size."""
+    from arrows.config import load_config
+
+    cfg = load_config(path)
+    assert not cfg.training.backwards and cfg.training.permutation is None
+    assert cfg.training.dataset_folder in ("data/cc100_en", "data/cc100_fr")
+    n = count_parameters(cfg.model_dict())
+    readme = (CONFIGS / "paper" / "README.md").read_text()
+    row = re.search(rf"^\| `{re.escape(str(path.relative_to(CONFIGS / 'paper')))}` \|.*$", readme, re.MULTILINE)
+    assert row, f"{path.name} is missing from cli/configs/paper/README.md"
+    t = cfg.training
+    assert f"| {n:,} |" in row.group(0) and f"| {t.batch_size * t.aggregate * cfg.model.attn_length:,} |" in row.group(0)
 
 
 @pytest.mark.parametrize("name", ["en_small.json", "en_med_backwards.json", "gru_en_med.json", "later_blueprint.json"])

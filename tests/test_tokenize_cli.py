@@ -322,9 +322,3 @@ def test_force_with_the_folders_own_tokenizer(tmp_path):
     assert np.array_equal(TokenStore(out)[:], before)
     assert (out / "tokenizer.json").read_bytes() == kept.read_bytes()
 
-
-def test_demo_runs_end_to_end(tmp_path):
-    proc = arrows("demo", "--out", tmp_path / "demo")
-    assert "verified" in proc.stdout and "decoded" in proc.stdout
-    store = TokenStore(tmp_path / "demo" / "tokens")
-    assert len(store) > 100_000 and store.vocab_size > 257

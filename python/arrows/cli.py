@@ -167,7 +167,6 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check config, data, tokenizer and devices; print the model, its exact parameter count and the plan; do not train."),
 ):
     """Train a GPT, GRU or LSTM forward, backward or in any fixed window order."""
-    from arrows.config import check_paths, load_config
     from arrows.train import TrainOptions
     from arrows.train import train as run
 
@@ -176,9 +175,7 @@ def train(
         overrides["training_params"]["steps_to_train"] = steps
     if run_name is not None:
         overrides["training_params"]["run_name"] = run_name
-    cfg = load_config(config, model_type=model, overrides=overrides)
-    cfg = cfg.with_paths(check_paths(cfg, vocab_size_of_data=None))  # paths first, then the vocabulary there
-    check_paths(cfg, vocab_size_of_data=_data_vocab(cfg))
+    cfg = _load_train_config(config, model, overrides["training_params"])
     gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
     result = run(cfg, opts)
@@ -227,13 +224,157 @@ def generate(
 
 @app.command()
 @friendly_errors
+def synth(
+    kind: str = typer.Argument(..., help="sparse-linear (a forward arrow), sparse-linear-reversed (a backward arrow), reversible (no arrow) or primes (p*q=n)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Text file to write, one example per line; the parameters go to <stem>.synth.json beside it."),
+    lines: int = typer.Option(100_000, "--lines", "-n", help="Number of examples (lines)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the language (matrix, graph) and of the examples."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="sparse-linear: length of x and of y (default 8)."),
+    row_weight: Optional[int] = typer.Option(None, "--row-weight", help="sparse-linear: x bits that each y bit is the parity of (default 2)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="reversible: nodes of the graph, written as letters a, b, ... (default 8)."),
+    walk_length: Optional[int] = typer.Option(None, "--walk-length", help="reversible: steps of each walk, i.e. letters per line (default 16)."),
+    edges_per_node: Optional[float] = typer.Option(None, "--edges-per-node", help="reversible: average edges per node of the random graph (default 2)."),
+    max_prime: Optional[int] = typer.Option(None, "--max-prime", help="primes: the primes are below this (default 1000)."),
+    pad: Optional[bool] = typer.Option(None, "--pad/--no-pad", help="primes: zero-pad the numbers so that every line has the same length (default: no)."),
+):
+    """Write a synthetic language whose arrow of time is known (tokenize it with --tokenizer bytes)."""
+    from arrows.synth import DEFAULTS, KINDS, sidecar_path, write_language
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"{kind!r}: choose one of {', '.join(KINDS)}", param_hint="KIND")
+    given = {"bits": bits, "row_weight": row_weight, "nodes": nodes, "walk_length": walk_length, "edges_per_node": edges_per_node, "max_prime": max_prime, "pad": pad}
+    wrong = [k for k, v in given.items() if v is not None and k not in DEFAULTS[kind]]
+    if wrong:
+        raise typer.BadParameter(f"{kind} does not take {', '.join('--' + w.replace('_', '-') for w in wrong)}", param_hint="KIND")
+    info = write_language(kind, out, lines, seed, **given)
+    print(f"wrote        {out} ({info['bytes']:,} bytes, {lines:,} lines of {info['format']})")
+    print(f"parameters   {sidecar_path(out)}")
+    if kind.startswith("sparse-linear"):
+        print(f"hard bits    {info['hard_bits']} of {info['params']['bits']} need more than {info['params']['row_weight']} known bits in the hard direction (costs {info['hard_direction_costs']})")
+    print(f"expected     {info['expected_arrow']} arrow   next: arrows tokenize {out} --tokenizer bytes --out TOKENS")
+
+
+@app.command()
+@friendly_errors
+def reverse(
+    src: Path = typer.Argument(..., help="A UTF-8 text file."),
+    dst: Path = typer.Argument(..., help="Where to write it reversed (replaced if it exists)."),
+):
+    """Reverse a whole text character by character (the reference's control). Streams: any size."""
+    from arrows.progress import Reporter, human_bytes
+    from arrows.reverse import reverse_file
+
+    if not src.is_file():
+        raise typer.BadParameter(f"{src}: no such file", param_hint="SRC")
+    with Reporter.from_env() as reporter:
+        n = reverse_file(src, dst, reporter=reporter)
+    print(f"reversed     {src} → {dst} ({human_bytes(n)})")
+
+
+def _load_train_config(config: Path, model: Optional[str], training_overrides: dict):
+    """A config as `arrows train` reads it: checked, paths resolved, the data's vocabulary checked."""
+    from arrows.config import check_paths, load_config
+
+    cfg = load_config(config, model_type=model, overrides={"training_params": training_overrides})
+    cfg = cfg.with_paths(check_paths(cfg, vocab_size_of_data=None))  # paths first, then the vocabulary there
+    check_paths(cfg, vocab_size_of_data=_data_vocab(cfg))
+    return cfg
+
+
+@app.command()
+@friendly_errors
+def study(
+    config: Path = typer.Argument(..., help="A training config (as for `arrows train`), without backwards/permutation: the study trains both directions."),
+    seeds: int = typer.Option(1, "--seeds", help="Train this many forward/backward pairs (seeds S, S+1, ...; S = training_params.seed)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder (default <save_loc>/<config stem>). Running a study again resumes its runs."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
+    model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm, for configs without model_type."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPUs. With two or more, forward and backward train at the same time, each on half of them."),
+    parallel: bool = typer.Option(False, "--parallel", help="Train forward and backward at the same time (separate processes) even without GPUs."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Compare on at most this many validation windows (default: all)."),
+):
+    """Train the forward and the backward model on identical settings, then compare them."""
+    from arrows.study import run_study
+
+    overrides = {} if steps is None else {"steps_to_train": steps}
+    cfg = _load_train_config(config, model, overrides)
+    study_dir = out or Path(cfg.training.save_loc) / config.stem
+    gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
+    pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
+    _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
+
+
+@app.command()
+@friendly_errors
+def compare(
+    runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md, report.json and the figures (default: <study>/report, or ./arrows-report)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Evaluate on at most this many validation windows (default: all)."),
+    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples for the 95% interval."),
+):
+    """Evaluate forward and backward runs on the same validation windows: losses, δ with a 95% paired
+    bootstrap interval, loss by position, curves; as a table, report.md, report.json and PNG figures."""
+    from arrows.compare import resolve_pairs
+
+    pairs = resolve_pairs(runs)
+    if out is None:
+        out = runs[0] / "report" if len(runs) == 1 else Path("arrows-report")
+    _compare_and_print(pairs, out, device=device, max_windows=max_windows, resamples=resamples)
+
+
+def _compare_and_print(pairs, out: Path, *, device: str, max_windows: int | None = None, resamples: int = 2000) -> dict:
+    from arrows.compare import compare_runs
+    from arrows.progress import Reporter
+    from arrows.report import write_report
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with Reporter.from_env() as reporter:
+        report = compare_runs(pairs, device=device, max_windows=max_windows, resamples=resamples, reporter=reporter)
+    paths = write_report(report, out)
+    print_table(report)
+    print(f"report       {paths['markdown']}")
+    return report
+
+
+def print_table(report: dict, title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = report["summary"]
+    table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left")
+    for col in ("", "forward", "backward", "δ = (L_bw − L_fw)/L_fw", "95% interval"):
+        table.add_column(col, justify="right")
+    table.add_row("loss (nats/token)", f"{s['loss_fw']:.4f}", f"{s['loss_bw']:.4f}", f"{100 * s['delta']:+.2f}%", f"[{100 * s['low']:+.2f}%, {100 * s['high']:+.2f}%]")
+    if len(report["pairs"]) > 1:
+        for p in report["pairs"]:
+            table.add_row(f"seed {p['seed']}", f"{p['loss_fw']:.4f}", f"{p['loss_bw']:.4f}", f"{100 * p['delta']:+.2f}%", f"[{100 * p['low']:+.2f}%, {100 * p['high']:+.2f}%]")
+    console = Console(highlight=False)
+    console.print(table)
+    if len(report["pairs"]) > 1:
+        console.print(f"seed-to-seed: δ {100 * s['delta_seed_mean']:+.2f}% ± {100 * s['delta_seed_std']:.2f}% (mean ± sd over {len(report['pairs'])} seeds)")
+    if report.get("synthetic"):
+        console.print(report["synthetic"]["verdict"])
+    for n in report["notes"]:
+        console.print(f"note: {n}")
+
+
+@app.command()
+@friendly_errors
 def demo(
     out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files (made anew)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per run (default: the demo's tuned budget; fewer for a quick look)."),
 ):
-    """The built-in example, no download: generates a corpus, trains a tokenizer and tokenizes it."""
+    """The built-in example, no download: synthetic languages with a known arrow, tokenized, trained
+    forward and backward with a small GPT, compared; ends with the table and the report's path."""
     from arrows.demo import run_demo
 
-    run_demo(out)
+    run_demo(out, steps=steps)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `sample_every` *(new)* | the validation cadence | print a generated sample every so many steps; 0 = never |
 | `sample_tokens` *(new)* | `64` | tokens per generated sample |
 | `threads` *(new)* | `2` | data-loader threads (per process) |
+| `stride` *(new)* | `null` = `(attn_length − 1) // 2` | tokens between the starts of consecutive windows (the reference's overlap by default). For text of fixed-length lines, the line length makes every window start at a line start |
 
 `optim_params`
 
@@ -164,6 +165,7 @@ class TrainingConfig:
     sample_every: int  # 0: never
     sample_tokens: int
     threads: int
+    stride: int | None  # None: (attn_length - 1) // 2, the reference's
 
     @property
     def direction(self) -> str:
@@ -339,6 +341,7 @@ _TRAINING_KEYS = (
     _Key("run_name", "str", None, nullable=True, check=_name),
     _Key("seed", "int", 0, check=_non_negative),
     _Key("threads", "int", 2, check=_positive),
+    _Key("stride", "int", None, nullable=True, check=_positive),
     _Key("fast_scrambling", "bool", False),
     _Key("cooldown_finish", "float", None, nullable=True, check=_open_unit),
 )

@@ -111,7 +111,7 @@ class Trainer:
             if size % world.world_size:
                 raise InputError(f"training_params.{name} {size} does not split evenly over {world.world_size} processes")
         common = dict(backward=t.backwards, permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed,
-                      rank=world.rank, world_size=world.world_size, threads=t.threads, device=world.device,
+                      rank=world.rank, world_size=world.world_size, threads=t.threads, device=world.device, stride=t.stride,
                       vocab_size=config.model.vocab_size)
         self.train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world.world_size, **common)
         self.valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world.world_size, split="valid", **common)
@@ -413,7 +413,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
     # Rank 0's share, as training would see it: every rank has as many batches.
     loader = WindowLoader(t.dataset_folder, config.model.attn_length, max(t.batch_size // nprocs, 1), backward=t.backwards,
                           permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed, vocab_size=config.model.vocab_size,
-                          rank=0, world_size=nprocs)
+                          stride=t.stride, rank=0, world_size=nprocs)
     steps_per_epoch = len(loader) // t.aggregate
     steps = opts.more if opts.more is not None else (t.steps_to_train or steps_per_epoch)
     return {

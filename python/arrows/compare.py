@@ -1,0 +1,391 @@
+"""`arrows compare`: a forward and a backward run evaluated on the same validation spans.
+
+Both models score the same windows: the same stream ranges of the validation split, read forwards
+by one and flipped by the other, so they predict exactly the same tokens. Windows are taken
+`eval_stride` apart (a multiple of the runs' stride, at least the window length), so they do not
+overlap and the per-window losses are close to independent; the paired bootstrap resamples them.
+
+The asymmetry is δ = (L_bw − L_fw) / L_fw with L the mean loss in nats per token. Its 95% interval
+is the percentile interval of δ over bootstrap resamples of the windows (the same resample for both
+directions: paired). It measures evaluation noise only; the seed-to-seed spread (with `--seeds`)
+measures training noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from arrows.errors import InputError
+
+STUDY_FILE = "study.json"
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """δ = (mean bw − mean fw) / mean fw over paired per-window losses (each window's mean loss per
+    token; every window has as many tokens), with a percentile bootstrap interval."""
+    fw, bw = np.asarray(fw, dtype=np.float64), np.asarray(bw, dtype=np.float64)
+    if fw.shape != bw.shape or fw.ndim != 1 or len(fw) == 0:
+        raise ValueError(f"need two equal-length, non-empty 1-D arrays, got {fw.shape} and {bw.shape}")
+    n = len(fw)
+    delta = (bw.mean() - fw.mean()) / fw.mean()
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(resamples)
+    # Resample in chunks: resamples × n indices at once could be large.
+    chunk = max(1, 2_000_000 // n)
+    for a in range(0, resamples, chunk):
+        b = min(resamples, a + chunk)
+        idx = rng.integers(0, n, size=(b - a, n))
+        f, g = fw[idx].sum(axis=1), bw[idx].sum(axis=1)
+        deltas[a:b] = (g - f) / f
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(deltas, [tail, 1 - tail])
+    return {"delta": float(delta), "low": float(lo), "high": float(hi), "level": level, "resamples": resamples, "windows": n}
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    checkpoint: Path
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def training(self) -> dict:
+        return self.config["training_params"]
+
+    @property
+    def model(self) -> dict:
+        return self.config["model_params"]
+
+    @property
+    def direction(self) -> str:
+        if self.training.get("backwards"):
+            return "backward"
+        return "permutation" if self.training.get("permutation") is not None else "forward"
+
+    @property
+    def seed(self) -> int:
+        return int(self.training.get("seed", 0))
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{path}: not a run folder (no config.json); give folders written by `arrows train` or `arrows study`")
+    checkpoint = path / "checkpoints" / "latest.pt"
+    if not checkpoint.is_file():
+        raise InputError(f"{path}: no checkpoint yet ({checkpoint} is missing); train it first")
+    metrics = []
+    metrics_file = path / "metrics.jsonl"
+    if metrics_file.is_file():
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                metrics.append(json.loads(line))
+    return Run(path, json.loads(config_file.read_text()), checkpoint, metrics)
+
+
+def _data_identity(run: Run) -> dict:
+    """What the data of a run is: the store's content (tokenizer hash, inputs' fingerprints,
+    token count), so that two copies of one store compare equal and two stores at one path do not."""
+    folder = Path(run.training["dataset_folder"])
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        return {"tokenizer": m["tokenizer"]["hash"], "inputs": [i["fingerprint"] for i in m["inputs"]], "tokens": m["tokens"]}
+    return {"file": str(folder.resolve()), "size": folder.stat().st_size if folder.exists() else None}
+
+
+def mismatches(fw: Run, bw: Run) -> list[str]:
+    """Why two runs cannot be compared (empty: they can)."""
+    problems = []
+    if fw.direction != "forward":
+        problems.append(f"{fw.path} is a {fw.direction} run; the first run must be forward")
+    if bw.direction != "backward":
+        problems.append(f"{bw.path} is a {bw.direction} run; the second run must be backward")
+    a, b = _data_identity(fw), _data_identity(bw)
+    if a != b:
+        problems.append(f"data: {fw.training['dataset_folder']} ({a}) vs {bw.training['dataset_folder']} ({b})")
+    for section, key in (("model_params", "attn_length"), ("model_params", "vocab_size"), ("training_params", "valid_fraction"), ("training_params", "stride")):
+        x, y = fw.config[section].get(key), bw.config[section].get(key)
+        if x != y:
+            problems.append(f"{section}.{key}: {x!r} in {fw.path}, {y!r} in {bw.path}")
+    return problems
+
+
+def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """`RUN` (a study folder) → its pairs; `FW BW [FW BW ...]` → those pairs."""
+    if len(paths) == 1:
+        study = Path(paths[0]) / STUDY_FILE
+        if not study.is_file():
+            raise InputError(f"{paths[0]}: not a study folder (no {STUDY_FILE}); give a study folder, or FW BW run folders in pairs")
+        pairs = json.loads(study.read_text())["pairs"]
+        return [(Path(paths[0]) / p["fw"], Path(paths[0]) / p["bw"]) for p in pairs]
+    if len(paths) % 2:
+        raise InputError(f"give a study folder, or forward and backward run folders in pairs (FW BW FW BW ...); got {len(paths)} paths")
+    return [(Path(paths[i]), Path(paths[i + 1])) for i in range(0, len(paths), 2)]
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    window_loss: np.ndarray  # (windows,) mean loss per token of each window
+    position_loss: np.ndarray  # (L,) mean loss at each position of the window, in the model's order
+    target_stream_positions: np.ndarray | None  # (windows, L) stream index of each target
+    target_losses: np.ndarray | None  # (windows, L) each target's loss (kept for per-field breakdowns)
+    tokens: int
+
+
+def eval_stride(run: Run) -> int:
+    """Disjoint windows that are also the runs' own validation windows: the smallest multiple of
+    the run's stride that is at least the window length."""
+    L = int(run.model["attn_length"])
+    stride = run.training.get("stride") or max((L - 1) // 2, 1)
+    return stride * math.ceil(L / stride)
+
+
+def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int = 64, keep_targets: bool = False) -> Evaluation:
+    import torch
+
+    from arrows import checkpoint
+    from arrows.loader import WindowLoader
+    from arrows.models import build_model
+
+    t, L = run.training, int(run.model["attn_length"])
+    loader = WindowLoader(
+        t["dataset_folder"], L, batch_size, backward=run.direction == "backward", split="valid",
+        valid_fraction=t["valid_fraction"], stride=eval_stride(run), shuffle=False, drop_last=False,
+        vocab_size=run.model["vocab_size"], device=device,
+    )
+    if loader.windows == 0:
+        raise InputError(f"{run.path}: the validation split of {t['dataset_folder']} holds no window of {L} tokens; use more data or a larger valid_fraction")
+    payload = checkpoint.load(run.checkpoint)
+    from arrows.config import config_from_dict
+
+    with torch.device("cpu"):
+        model = build_model(config_from_dict(run.config).model_dict())
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    n_windows = loader.windows if max_windows is None else min(loader.windows, max_windows)
+    losses = np.empty((n_windows, L), dtype=np.float64) if keep_targets else None
+    window_loss = np.empty(n_windows)
+    position_sum = np.zeros(L)
+    done = 0
+    with torch.no_grad():
+        for x, y in loader:
+            take = min(len(x), n_windows - done)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+                lp = model.loss_per_position(x[:take], y[:take]).double().cpu().numpy()
+            window_loss[done : done + take] = lp.mean(axis=1)
+            position_sum += lp.sum(axis=0)
+            if losses is not None:
+                losses[done : done + take] = lp
+            done += take
+            if done >= n_windows:
+                break
+    stream = None
+    if keep_targets:
+        starts = loader.window_starts(0)[:n_windows]
+        offsets = np.arange(L)[::-1] if run.direction == "backward" else np.arange(L)
+        stream = starts[:, None] + offsets[None, :]
+    return Evaluation(window_loss, position_sum / n_windows, stream, losses, n_windows * L)
+
+
+# ---- synthetic languages: loss by field of the line ---------------------------------------------
+def synthetic_sidecar(run: Run) -> dict | None:
+    """The sidecar of a synthetic language, when the run's data is one tokenized with bytes."""
+    from arrows.synth import sidecar_path
+
+    manifest = Path(run.training["dataset_folder"]) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    m = json.loads(manifest.read_text())
+    if len(m["inputs"]) != 1 or m["settings"].get("tokenizer") != "bytes":
+        return None
+    side = sidecar_path(Path(m["inputs"][0]["path"]))
+    return json.loads(side.read_text()) if side.is_file() else None
+
+
+def field_of_positions(tokens: np.ndarray, separators: str) -> np.ndarray:
+    """For a byte-token stream (id = byte + 1): the index of the field of the line each token is in,
+    -1 for separators and newlines. Tokens before the first newline of the range get -2 (their
+    line's start is not in the range)."""
+    ids = tokens.astype(np.int64) - 1
+    newline = ids == ord("\n")
+    sep = np.isin(ids, [ord(c) for c in separators]) if separators else np.zeros(len(ids), dtype=bool)
+    seps_so_far = np.cumsum(sep)
+    line_start = np.maximum.accumulate(np.where(newline, np.arange(len(ids)), -1))  # last newline at or before
+    before = np.where(line_start >= 0, seps_so_far[np.maximum(line_start, 0)], 0)
+    field = seps_so_far - before - sep  # separators counted strictly before this token, in its line
+    field = np.where(sep | newline, -1, field)
+    return np.where(line_start < 0, -2, field)
+
+
+def field_losses(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
+    from arrows.data import TokenStore
+
+    store = TokenStore(run.training["dataset_folder"])
+    lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
+    fields = field_of_positions(np.asarray(store[lo:hi]), sidecar["separators"])
+    f = fields[ev.target_stream_positions - lo]
+    names = sidecar["fields"]
+    out = {name: float(ev.target_losses[f == i].mean()) for i, name in enumerate(names) if (f == i).any()}
+    if (f == -1).any():
+        out["separators"] = float(ev.target_losses[f == -1].mean())
+    return out
+
+
+def unigram_entropy(run: Run, ev: Evaluation | None = None) -> float:
+    """Entropy of the validation split's token frequencies: the loss of a model that learned only
+    which tokens are common. A run at or above it has not learned anything from context."""
+    from arrows.data import TokenStore
+
+    store = TokenStore(run.training["dataset_folder"])
+    n = len(store)
+    valid = np.asarray(store[n - int(n * run.training["valid_fraction"]) :])
+    counts = np.bincount(valid.astype(np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ---- the comparison -----------------------------------------------------------------------------
+def _curves(run: Run) -> dict:
+    return {
+        "train": [(m["step"], m["loss"]) for m in run.metrics if "loss" in m],
+        "valid": [(m["step"], m["valid_loss"]) for m in run.metrics if "valid_loss" in m],
+    }
+
+
+def _field_chance(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
+    """Entropy of the token frequencies within each field: what a model pays that guesses."""
+    from arrows.data import TokenStore
+
+    store = TokenStore(run.training["dataset_folder"])
+    lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
+    tokens = np.asarray(store[lo:hi]).astype(np.int64)
+    fields = field_of_positions(tokens, sidecar["separators"])
+    out = {}
+    for i, name in enumerate(sidecar["fields"]):
+        counts = np.bincount(tokens[fields == i])
+        p = counts[counts > 0] / max(counts.sum(), 1)
+        out[name] = float(-(p * np.log(p)).sum())
+    return out
+
+
+def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float], summary: dict) -> tuple[str, list[str]]:
+    """What the run shows against what the language is built to show, and notes on any field
+    that a direction should have computed but did not learn."""
+    notes = []
+    names = sidecar["fields"]
+    if len(names) >= 2:
+        # The field read last is a function of the others (y = A·x, n = p·q, ...): a direction
+        # that learned its computation predicts it almost for free.
+        last = {"forward": names[-1], "backward": names[0]}
+        for direction, field in last.items():
+            loss = pairs[0]["fields"][direction].get(field)
+            if loss is None:
+                continue
+            guess = chance.get(field, float("nan"))
+            if loss < 0.1 * guess:
+                state = "learned"
+            elif loss < 0.75 * guess:
+                state = "partly learned"
+            else:
+                state = "NOT learned"
+            notes.append(
+                f"{direction}: the field read last, `{field}`, is a function of the rest of the line; it costs {loss:.3f} nats/token "
+                f"against {guess:.3f} for a guess: {state}"
+            )
+    expected = sidecar["expected_arrow"]
+    lo, hi = summary["low"], summary["high"]
+    measured = "forward" if lo > 0 else "backward" if hi < 0 else "none"
+    if expected == "none":
+        ok = abs(summary["delta"]) < 0.01
+        verdict = f"Measured δ = {100 * summary['delta']:+.2f}%: {'within' if ok else 'OUTSIDE'} ±1%, as a reversible language should be."
+    else:
+        ok = measured == expected
+        verdict = (
+            f"Measured: {'a ' + measured + ' arrow' if measured != 'none' else 'no arrow (the interval includes 0)'}"
+            f"{', as expected' if ok else ', NOT the expected one: see the notes on what each direction learned'}."
+        )
+    return verdict, notes
+
+
+def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_windows: int | None = None,
+                 resamples: int = 2000, seed: int = 0, reporter=None) -> dict:
+    """Evaluate each (forward, backward) pair on the same validation windows; the report dict."""
+    runs = [(load_run(f), load_run(b)) for f, b in pairs]
+    problems = []
+    for fw, bw in runs:
+        problems += mismatches(fw, bw)
+    for fw, _ in runs[1:]:
+        problems += [p.replace("backward", "other pair's") for p in mismatches(runs[0][0], fw) if "must be" not in p]
+    if problems:
+        raise InputError("these runs cannot be compared:\n  " + "\n  ".join(problems))
+    sidecar = synthetic_sidecar(runs[0][0])
+    entries, notes, window_losses = [], [], []
+    chance = {}
+    for k, (fw, bw) in enumerate(runs):
+        if reporter is not None:
+            reporter.update("evaluating", k, len(runs), "pairs")
+        ev = {}
+        for run in (fw, bw):
+            ev[run.direction] = evaluate(run, device=device, max_windows=max_windows, keep_targets=sidecar is not None)
+        f, b = ev["forward"], ev["backward"]
+        assert f.tokens == b.tokens and len(f.window_loss) == len(b.window_loss)
+        stats = paired_bootstrap(f.window_loss, b.window_loss, resamples=resamples, seed=seed)
+        window_losses.append((f.window_loss, b.window_loss))
+        entry = {
+            "fw": str(fw.path), "bw": str(bw.path), "seed": fw.seed,
+            "steps_fw": int(fw.metrics[-1]["step"]) if fw.metrics else None,
+            "steps_bw": int(bw.metrics[-1]["step"]) if bw.metrics else None,
+            "loss_fw": float(f.window_loss.mean()), "loss_bw": float(b.window_loss.mean()),
+            **stats, "tokens": f.tokens,
+            "position_loss_fw": f.position_loss.tolist(), "position_loss_bw": b.position_loss.tolist(),
+            "curves": {"forward": _curves(fw), "backward": _curves(bw)},
+        }
+        if sidecar is not None:
+            # Identical spans: the same multiset of predicted stream positions.
+            assert np.array_equal(np.sort(f.target_stream_positions, axis=None), np.sort(b.target_stream_positions, axis=None))
+            entry["fields"] = {"forward": field_losses(fw, f, sidecar), "backward": field_losses(bw, b, sidecar)}
+            if k == 0:
+                chance = _field_chance(fw, f, sidecar)
+        entries.append(entry)
+    unigram = unigram_entropy(runs[0][0])
+    for e in entries:
+        for direction, key, path in (("forward", "loss_fw", "fw"), ("backward", "loss_bw", "bw")):
+            if e[key] >= 0.99 * unigram:
+                notes.append(f"the {direction} run {e[path]} has not learned beyond token frequencies: loss {e[key]:.4f} ≥ {unigram:.4f}, the entropy of the validation tokens' frequencies")
+    deltas = np.array([e["delta"] for e in entries])
+    summary = {
+        "loss_fw": float(np.mean([e["loss_fw"] for e in entries])),
+        "loss_bw": float(np.mean([e["loss_bw"] for e in entries])),
+        "windows": entries[0]["windows"], "tokens": entries[0]["tokens"],
+        "delta_seed_mean": float(deltas.mean()),
+        "delta_seed_std": float(deltas.std(ddof=1)) if len(deltas) > 1 else None,
+        "unigram_entropy": unigram,
+    }
+    # The headline interval: every pair scored the same windows, so average each window's loss over
+    # the seeds and bootstrap those (the mean model pair; with one seed, that pair's own figures).
+    mean_fw = np.mean([w[0] for w in window_losses], axis=0)
+    mean_bw = np.mean([w[1] for w in window_losses], axis=0)
+    summary.update({k: v for k, v in paired_bootstrap(mean_fw, mean_bw, resamples=resamples, seed=seed).items() if k != "windows"})
+    report = {
+        "data": runs[0][0].training["dataset_folder"], "attn_length": int(runs[0][0].model["attn_length"]),
+        "summary": summary, "pairs": entries, "notes": notes,
+    }
+    if sidecar is not None:
+        verdict, field_notes = _synthetic_verdict(sidecar, entries, chance, summary)
+        report["synthetic"] = {"kind": sidecar["kind"], "expected_arrow": sidecar["expected_arrow"], "verdict": verdict,
+                               "ideal": sidecar.get("nats_per_token", {}).get("ideal"), "chance_by_field": chance}
+        report["notes"] = field_notes + notes
+    if reporter is not None:
+        reporter.update("evaluating", len(runs), len(runs), "pairs", final=True)
+    return report

@@ -1,0 +1,149 @@
+"""The report of `arrows compare`: `report.json` (every figure), `report.md` (tables and
+pictures) and the PNG figures, drawn off-screen with matplotlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FIGURES = {"curves": "curves.png", "positions": "loss_by_position.png", "delta": "delta.png"}
+COLOURS = {"forward": "tab:blue", "backward": "tab:orange"}
+
+
+def write_report(report: dict, out: Path) -> dict:
+    """Write report.json, report.md and the figures into `out`; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / file for name, file in FIGURES.items()}
+    _plot_curves(report, paths["curves"])
+    _plot_positions(report, paths["positions"])
+    _plot_delta(report, paths["delta"])
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    return {"json": out / "report.json", "markdown": out / "report.md", **paths}
+
+
+def _fmt_delta(d: dict) -> str:
+    return f"{100 * d['delta']:+.2f}% [{100 * d['low']:+.2f}%, {100 * d['high']:+.2f}%]"
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [
+        "# Arrow of time: forward vs backward",
+        "",
+        f"Data: `{report['data']}`, window {report['attn_length']} tokens; both directions scored on the same "
+        f"{s['windows']:,} validation windows ({s['tokens']:,} tokens) per pair.",
+        "",
+        "| | forward | backward | δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval |",
+        "|---|---|---|---|",
+        f"| validation loss (nats/token) | {s['loss_fw']:.4f} | {s['loss_bw']:.4f} | {_fmt_delta(s)} |",
+    ]
+    if len(report["pairs"]) > 1:
+        lines += [
+            "",
+            f"Over {len(report['pairs'])} seeds: δ = {100 * s['delta_seed_mean']:+.2f}% ± {100 * s['delta_seed_std']:.2f}% "
+            "(mean ± standard deviation over seeds: the training noise, which the interval above does not include).",
+            "",
+            "| seed | forward | backward | δ [95% interval] |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {p['seed']} | {p['loss_fw']:.4f} | {p['loss_bw']:.4f} | {_fmt_delta(p)} |" for p in report["pairs"]]
+    synth = report.get("synthetic")
+    if synth:
+        lines += ["", f"## Synthetic language `{synth['kind']}`", "", f"Expected arrow: **{synth['expected_arrow']}**. {synth['verdict']}", ""]
+        if synth.get("ideal") is not None:
+            lines.append(f"Best possible loss (the language's entropy, the same in both directions): {synth['ideal']:.4f} nats/token.")
+            lines.append("")
+        fields = report["pairs"][0].get("fields")
+        if fields:
+            names = list(fields["forward"])
+            lines += ["Loss by field of the line (nats/token, first seed):", "", "| field | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for direction in ("forward", "backward"):
+                lines.append(f"| {direction} | " + " | ".join(f"{fields[direction][n]:.4f}" for n in names) + " |")
+            lines.append("")
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![training and validation curves]({FIGURES['curves']})",
+        "",
+        f"![loss by position in the window]({FIGURES['positions']})",
+        "",
+        f"![delta per seed]({FIGURES['delta']})",
+        "",
+        "## Runs",
+        "",
+    ]
+    lines += [f"- seed {p['seed']}: forward `{p['fw']}` (step {p['steps_fw']}), backward `{p['bw']}` (step {p['steps_bw']})" for p in report["pairs"]]
+    return "\n".join(lines) + "\n"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # off-screen: works on machines without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_curves(report: dict, path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for p in report["pairs"]:
+        for direction in ("forward", "backward"):
+            c = p["curves"][direction]
+            label = direction if p is report["pairs"][0] else None
+            if c["train"]:
+                steps, losses = zip(*c["train"])
+                ax.plot(steps, losses, color=COLOURS[direction], alpha=0.5, lw=1, label=f"{label} (training)" if label else None)
+            if c["valid"]:
+                steps, losses = zip(*c["valid"])
+                ax.plot(steps, losses, color=COLOURS[direction], marker="o", lw=2, label=f"{label} (validation)" if label else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_positions(report: dict, path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for direction, key in (("forward", "position_loss_fw"), ("backward", "position_loss_bw")):
+        curve = np.mean([p[key] for p in report["pairs"]], axis=0)
+        ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=direction)
+    ax.set_xlabel("position in the window (tokens of context before it)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Loss by position")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_delta(report: dict, path: Path) -> None:
+    plt = _figure()
+    pairs = report["pairs"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(pairs) + 2), 4))
+    x = np.arange(len(pairs))
+    d = np.array([100 * p["delta"] for p in pairs])
+    err = np.array([[100 * (p["delta"] - p["low"]) for p in pairs], [100 * (p["high"] - p["delta"]) for p in pairs]])
+    ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(x, [f"seed {p['seed']}" for p in pairs])
+    ax.set_ylabel("δ = (L_bw − L_fw) / L_fw  (%)")
+    ax.set_title("Asymmetry with 95% paired bootstrap interval")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""`arrows study`: forward and backward runs with identical settings, then `compare`.
+
+The two directions share everything but `backwards`: the initial weights (same seed), the order
+of the windows (same seed, same spans; the backward run reads each one flipped) and the split.
+A study folder holds `fw/` and `bw/` (with several seeds, `seed<S>/fw` and `seed<S>/bw`), the
+per-run configs, `study.json` and the comparison report in `report/`.
+
+Runs are resumable: running the same study again continues each run from its checkpoint (a
+finished run has nothing to do), then compares again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from arrows.compare import STUDY_FILE
+from arrows.errors import InputError
+
+
+@dataclass
+class StudyRun:
+    name: str  # folder inside the study: "fw", "seed1/bw", ...
+    config: object  # the resolved arrows.config.Config
+    devices: list[int] | None = None  # GPUs for this run when runs go side by side
+
+
+def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
+    """The runs of a study: for each seed, a forward and a backward copy of `config`."""
+    from dataclasses import replace
+
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, not {seeds}")
+    if config.training.backwards or config.training.permutation is not None:
+        raise InputError(
+            f"{config.source_path}: a study trains both directions itself; remove training_params.backwards / permutation from the config"
+        )
+    runs = []
+    first = config.training.seed
+    for k in range(seeds):
+        seed = first + k
+        prefix = study_dir if seeds == 1 else study_dir / f"seed{seed}"
+        for name, backwards in (("fw", False), ("bw", True)):
+            training = replace(config.training, backwards=backwards, seed=seed, save_loc=str(prefix), run_name=name)
+            runs.append(StudyRun(str(Path(prefix.relative_to(study_dir)) / name) if seeds > 1 else name, replace(config, training=training)))
+    return runs
+
+
+def run_study(config, study_dir: Path, *, seeds: int = 1, device: str = "auto", gpus: list[int] | None = None,
+              parallel: bool = False, compile: bool = True) -> list[tuple[Path, Path]]:
+    """Train every run of the study (resuming any that exist) and return the (fw, bw) pairs."""
+    from arrows.train import TrainOptions, train
+
+    study_dir = Path(study_dir)
+    runs = plan_study(config, study_dir, seeds)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    pairs = [{"fw": runs[i].name, "bw": runs[i + 1].name, "seed": runs[i].config.training.seed} for i in range(0, len(runs), 2)]
+    (study_dir / STUDY_FILE).write_text(json.dumps({"config": str(config.source_path), "seeds": seeds, "pairs": pairs}, indent=2) + "\n")
+    config_dir = study_dir / "configs"
+    config_dir.mkdir(exist_ok=True)
+    for r in runs:
+        (config_dir / (r.name.replace("/", "_") + ".json")).write_text(json.dumps(r.config.to_dict(), indent=2) + "\n")
+
+    side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
+    if not side_by_side:
+        for r in runs:
+            print(f"── {r.name}: training {'backward' if r.config.training.backwards else 'forward'} → {study_dir / r.name}", file=sys.stderr, flush=True)
+            train(r.config, TrainOptions(device=device, gpus=gpus, compile=compile))
+    else:
+        # Forward and backward at the same time, each in its own process (and on its own GPUs).
+        for i in range(0, len(runs), 2):
+            fw, bw = runs[i], runs[i + 1]
+            if gpus:
+                half = len(gpus) // 2
+                fw.devices, bw.devices = gpus[:half], gpus[half : 2 * half]
+            _train_side_by_side([fw, bw], study_dir, device, compile)
+    return [(study_dir / p["fw"], study_dir / p["bw"]) for p in pairs]
+
+
+def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, compile: bool) -> None:
+    procs = []
+    for r in runs:
+        cfg_file = study_dir / "configs" / (r.name.replace("/", "_") + ".json")
+        cmd = [sys.executable, "-m", "arrows", "train", str(cfg_file)]
+        if r.devices:
+            cmd += ["--gpus", ",".join(map(str, r.devices))]
+        else:
+            cmd += ["--device", device]
+        if not compile:
+            cmd.append("--no-compile")
+        log = study_dir / (r.name.replace("/", "_") + ".log")
+        env = dict(os.environ)
+        if not r.devices:
+            # Share the CPU cores between the processes instead of oversubscribing them.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // len(runs))))
+        where = f"GPU {','.join(map(str, r.devices))}" if r.devices else device
+        print(f"── {r.name}: training on {where}, log in {log}", file=sys.stderr, flush=True)
+        procs.append((r, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)))
+    failed = []
+    for r, log, p in procs:
+        if p.wait() != 0:
+            failed.append(f"{r.name} (exit {p.returncode}; see {log})")
+    if failed:
+        raise InputError("training failed: " + "; ".join(failed))

@@ -1,0 +1,241 @@
+"""Synthetic languages whose arrow of time is known (`arrows synth`).
+
+Each writes a text file, one example per line, and a sidecar JSON (`<file stem>.synth.json`)
+with every parameter and what the language is expected to show. Tokenize them with
+`arrows tokenize FILE --tokenizer bytes`: one token per character.
+
+- `sparse-linear`: `x|y`, x uniform bits, y = A·x over GF(2) with A sparse and invertible. Read
+  forwards each y bit is the parity of `row_weight` x bits; read backwards the model sees y first
+  and must recover x = A⁻¹·y, where A⁻¹ is dense. A forward arrow.
+- `sparse-linear-reversed`: the same lines written `y|x`: a backward arrow.
+- `reversible`: random walks on a fixed undirected weighted graph, each started from the
+  stationary distribution. Such a chain is reversible: the reversed text has the same law, so
+  there is no arrow.
+- `primes`: `p*q=n` with random primes p ≤ q: multiplying is easier than factoring. With `pad`,
+  the numbers are zero-padded to a fixed width, so every line has the same length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+
+from arrows import gf2
+from arrows.errors import InputError
+
+KINDS = ("sparse-linear", "sparse-linear-reversed", "reversible", "primes")
+DEFAULTS = {
+    "sparse-linear": {"bits": 8, "row_weight": 2},
+    "reversible": {"nodes": 8, "walk_length": 16, "edges_per_node": 2.0},
+    "primes": {"max_prime": 1000, "pad": False},
+}
+DEFAULTS["sparse-linear-reversed"] = DEFAULTS["sparse-linear"]
+_SEARCH = 400  # candidate matrices tried for sparse-linear; the best (hardest backwards) is kept
+
+
+def sidecar_path(text_file: Path) -> Path:
+    """`lang.txt` → `lang.synth.json`."""
+    text_file = Path(text_file)
+    return text_file.with_name(text_file.stem + ".synth.json")
+
+
+def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) -> dict:
+    """Write `lines` examples of `kind` to `out` (atomically) and its sidecar; returns the sidecar."""
+    if kind not in KINDS:
+        raise InputError(f"unknown language {kind!r}; choose one of: {', '.join(KINDS)}")
+    if lines < 1:
+        raise InputError(f"--lines must be at least 1, not {lines}")
+    out = Path(out)
+    if out.suffix == ".json":
+        raise InputError(f"{out}: the text file should not end in .json (its sidecar is {sidecar_path(out).name})")
+    settings = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+    unknown = set(settings) - set(DEFAULTS[kind])
+    if unknown:
+        raise InputError(f"{kind} takes {', '.join('--' + k.replace('_', '-') for k in DEFAULTS[kind])}; not {', '.join(sorted(unknown))}")
+    rng = np.random.default_rng(seed)
+    if kind.startswith("sparse-linear"):
+        text, info = _sparse_linear(rng, lines, seed, reversed_=kind.endswith("reversed"), **settings)
+    elif kind == "reversible":
+        text, info = _reversible(rng, lines, seed, **settings)
+    else:
+        text, info = _primes(rng, lines, **settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(text)
+    tmp.replace(out)
+    sidecar = {"kind": kind, "lines": lines, "seed": seed, "params": settings, "file": out.name, "bytes": len(text), **info}
+    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
+
+
+def _rows_to_text(fields: list[np.ndarray], separators: list[bytes]) -> bytes:
+    """Join per-line byte arrays (each (lines, width) uint8) with separators, one line each."""
+    lines = fields[0].shape[0]
+    parts = []
+    for i, f in enumerate(fields):
+        parts.append(f)
+        sep = separators[i] if i < len(separators) else b"\n"
+        parts.append(np.frombuffer(sep, dtype=np.uint8)[None, :].repeat(lines, axis=0))
+    return np.concatenate(parts, axis=1).tobytes()
+
+
+# ---- sparse-linear ------------------------------------------------------------------------------
+def sparse_matrix(bits: int, row_weight: int, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """A sparse invertible A (rows as ints), its inverse, and the backward cost profile.
+
+    Among `_SEARCH` random candidates (each row `row_weight` distinct x bits; for an even weight
+    one row has one bit fewer, since rows of even weight alone are never invertible), keep the
+    invertible one whose x bits are hardest to recover backwards: the most bits whose cheapest
+    formula needs more than `row_weight` known bits, then the largest total cost.
+    """
+    if not 1 <= row_weight <= bits:
+        raise InputError(f"--row-weight must be between 1 and --bits ({bits}), not {row_weight}")
+    if not 2 <= bits <= 24:
+        raise InputError(f"--bits must be between 2 and 24, not {bits}")
+    rng = random.Random(seed)
+    best = None
+    for _ in range(_SEARCH):
+        sizes = [row_weight] * bits
+        if row_weight % 2 == 0:
+            sizes[rng.randrange(bits)] = row_weight - 1
+        rows = [sum(1 << c for c in rng.sample(range(bits), w)) for w in sizes]
+        inv = gf2.inverse(rows, bits)
+        if inv is None:
+            continue
+        costs = gf2.cheapest_parities(inv, bits)
+        score = (sum(c > row_weight for c in costs), sum(costs))
+        if best is None or score > best[0]:
+            best = (score, rows, inv, costs)
+    if best is None:
+        raise InputError(f"found no invertible {bits}×{bits} matrix with {row_weight} bits per row; use an odd --row-weight or more --bits")
+    _, rows, inv, costs = best
+    if max(costs) <= row_weight:
+        raise InputError(f"with --bits {bits} and --row-weight {row_weight} no x bit is harder to recover backwards than forwards; use more --bits")
+    return rows, inv, costs
+
+
+def _sparse_linear(rng, lines: int, seed: int, *, reversed_: bool, bits: int, row_weight: int):
+    rows, inv, costs = sparse_matrix(bits, row_weight, seed)
+    x = rng.integers(0, 2, size=(lines, bits), dtype=np.uint8)
+    y = gf2.apply(rows, x)
+    digits = ord("0")
+    fields = [y + digits, x + digits] if reversed_ else [x + digits, y + digits]
+    text = _rows_to_text(fields, [b"|"])
+    hard = sum(c > row_weight for c in costs)
+    line_tokens = 2 * bits + 2
+    # Total information per line: the bits of x. Both directions can at best pay exactly that.
+    ideal = bits * math.log(2) / line_tokens
+    # A model that knows where each bit goes but not A pays ln 2 for each of the 2·bits bits; one
+    # that learns everything a direction needs at most `row_weight` known bits for pays ln 2 for
+    # each x bit plus each hard bit.
+    easy_side = (bits * math.log(2)) / line_tokens
+    hard_side = (bits + hard) * math.log(2) / line_tokens
+    info = {
+        "format": "y|x" if reversed_ else "x|y",
+        "fields": ["y", "x"] if reversed_ else ["x", "y"],
+        "separators": "|",
+        "expected_arrow": "backward" if reversed_ else "forward",
+        "matrix_rows": [format(r, f"0{bits}b")[::-1] for r in rows],  # row j: character c is A[j][c]
+        "inverse_rows": [format(r, f"0{bits}b")[::-1] for r in inv],
+        "inverse_row_weights": [gf2.weight(r) for r in inv],
+        # For the direction that reads y first: known bits the cheapest formula for each x bit
+        # needs, in the order the x bits are read. The other direction needs `row_weight` at most.
+        "hard_direction_costs": costs,
+        "hard_bits": hard,
+        "note": (
+            "the last x bits read in the hard direction are always cheap: once the other x bits are "
+            "known, any row of A that contains a bit gives it from a few known ones; A is chosen to "
+            "make as many bits hard as possible"
+        ),
+        "nats_per_token": {
+            "ideal": ideal,
+            "format_only": 2 * bits * math.log(2) / line_tokens,
+            "easy_direction_learned": easy_side,
+            "hard_direction_sparse_only": hard_side,
+        },
+    }
+    return text, info
+
+
+# ---- reversible ---------------------------------------------------------------------------------
+def random_graph(nodes: int, edges_per_node: float, rng) -> np.ndarray:
+    """A connected undirected graph with random positive weights, as a symmetric weight matrix:
+    a random spanning tree, plus random extra edges up to `edges_per_node` per node on average."""
+    w = np.zeros((nodes, nodes))
+    order = rng.permutation(nodes)
+    for i in range(1, nodes):
+        a, b = order[i], order[rng.integers(i)]
+        w[a, b] = w[b, a] = rng.uniform(0.2, 1.0)
+    target = int(round(edges_per_node * nodes / 2))
+    candidates = [(a, b) for a in range(nodes) for b in range(a, nodes) if w[a, b] == 0]  # self-loops allowed
+    rng.shuffle(candidates)
+    for a, b in candidates[: max(target - (nodes - 1), 0)]:
+        w[a, b] = w[b, a] = rng.uniform(0.2, 1.0)
+    return w
+
+
+def _reversible(rng, lines: int, seed: int, *, nodes: int, walk_length: int, edges_per_node: float):
+    if not 2 <= nodes <= 26:
+        raise InputError(f"--nodes must be between 2 and 26, not {nodes}")
+    if walk_length < 2:
+        raise InputError(f"--walk-length must be at least 2, not {walk_length}")
+    w = random_graph(nodes, edges_per_node, np.random.default_rng(seed))
+    strength = w.sum(axis=1)
+    stationary = strength / strength.sum()
+    transition = w / strength[:, None]
+    # Sample every walk at once: inverse-CDF on the rows of the transition matrix.
+    cdf = np.cumsum(transition, axis=1)
+    cdf[:, -1] = 1.0
+    walks = np.empty((lines, walk_length), dtype=np.int64)
+    walks[:, 0] = rng.choice(nodes, size=lines, p=stationary)
+    for t in range(1, walk_length):
+        u = rng.random(lines)
+        walks[:, t] = (u[:, None] > cdf[walks[:, t - 1]]).sum(axis=1)
+    text = _rows_to_text([(walks + ord("a")).astype(np.uint8)], [])
+    h_start = -float(np.sum(stationary * np.log(stationary)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_rows = -np.nansum(np.where(transition > 0, transition * np.log(transition), 0.0), axis=1)
+    rate = float(np.sum(stationary * h_rows))
+    info = {
+        "format": "a walk of node letters",
+        "fields": ["walk"],
+        "separators": "",
+        "expected_arrow": "none",
+        "weights": np.round(w, 6).tolist(),
+        "stationary": stationary.tolist(),
+        "entropy_rate_nats": rate,
+        "nats_per_token": {"ideal": (h_start + (walk_length - 1) * rate) / (walk_length + 1)},
+    }
+    return text, info
+
+
+# ---- primes -------------------------------------------------------------------------------------
+def primes_below(limit: int) -> np.ndarray:
+    sieve = np.ones(limit, dtype=bool)
+    sieve[:2] = False
+    for p in range(2, int(limit**0.5) + 1):
+        if sieve[p]:
+            sieve[p * p :: p] = False
+    return np.flatnonzero(sieve)
+
+
+def _primes(rng, lines: int, *, max_prime: int, pad: bool):
+    if max_prime < 3:
+        raise InputError(f"--max-prime must be at least 3, not {max_prime}")
+    primes = primes_below(max_prime)
+    pairs = np.sort(rng.choice(primes, size=(lines, 2)), axis=1)
+    # Padded with zeros, every line has the same length (so windows can start at line starts).
+    wp, wn = (len(str(int(primes[-1]))), len(str(int(primes[-1]) ** 2))) if pad else (0, 0)
+    text = "".join(f"{p:0{wp}d}*{q:0{wp}d}={p * q:0{wn}d}\n" for p, q in pairs.tolist()).encode()
+    info = {
+        "format": "p*q=n",
+        "fields": ["p", "q", "n"],
+        "separators": "*=",
+        "expected_arrow": "forward",
+        "primes": int(len(primes)),
+    }
+    return text, info

@@ -1,0 +1,190 @@
+"""`arrows study`, `arrows compare` and their report, on languages the tests generate."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from arrows.compare import field_of_positions, paired_bootstrap
+
+from conftest import arrows
+
+
+# ---- the statistics, on constructed losses with a known answer ----------------------------------
+def test_bootstrap_constant_ratio_is_exact():
+    fw = np.linspace(1.0, 3.0, 200)
+    r = paired_bootstrap(fw, fw * 1.05, resamples=500)
+    assert r["delta"] == pytest.approx(0.05)
+    assert r["low"] == pytest.approx(0.05) and r["high"] == pytest.approx(0.05)
+
+
+def test_bootstrap_interval_matches_the_delta_method():
+    rng = np.random.default_rng(0)
+    n = 4000
+    fw = rng.gamma(20.0, 0.1, n)  # mean 2
+    bw = fw + rng.normal(0.04, 0.3, n)  # δ ≈ 2%
+    r = paired_bootstrap(fw, bw, resamples=4000, seed=1)
+    # δ = mean(d)/mean(fw) with d = bw − fw; its standard error by the delta method.
+    d = bw - fw
+    ratio = d.mean() / fw.mean()
+    se = np.sqrt(np.var(d - ratio * fw, ddof=1) / n) / fw.mean()
+    assert r["delta"] == pytest.approx(ratio)
+    assert r["low"] == pytest.approx(ratio - 1.96 * se, abs=0.15 * 1.96 * se)
+    assert r["high"] == pytest.approx(ratio + 1.96 * se, abs=0.15 * 1.96 * se)
+    # Paired: the interval is far narrower than if the pairing were ignored.
+    unpaired_se = np.sqrt(np.var(fw) / n + np.var(bw) / n) / fw.mean()
+    assert (r["high"] - r["low"]) < 0.5 * 2 * 1.96 * unpaired_se
+
+
+def test_bootstrap_coverage():
+    """Over many constructed samples with true δ = 0, the 95% interval holds 0 about 95% of times."""
+    rng = np.random.default_rng(5)
+    hits = 0
+    trials = 200
+    for t in range(trials):
+        base = rng.gamma(10.0, 0.2, 300)
+        fw, bw = base + rng.normal(0, 0.2, 300), base + rng.normal(0, 0.2, 300)
+        r = paired_bootstrap(fw, bw, resamples=400, seed=t)
+        hits += r["low"] <= 0 <= r["high"]
+    assert 0.88 <= hits / trials <= 0.99
+
+
+def test_field_of_positions():
+    text = "01|10\n11|00\n"
+    ids = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) + 1
+    assert field_of_positions(ids, "|").tolist() == [0, 0, -1, 1, 1, -1, 0, 0, -1, 1, 1, -1]
+    # A range starting mid-line: the unknown start is marked.
+    assert field_of_positions(ids[4:], "|").tolist() == [-2, -1, 0, 0, -1, 1, 1, -1]
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+def _config(store, runs, line, steps, **training):
+    return {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 2 * line, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(store), "batch_size": 32, "steps_to_train": steps, "stride": line,
+                            "valid_fraction": 0.1, "valid_every": steps, "step_log": 10, "save_every": steps, "cooldown_finish": 0.3,
+                            "sample_every": 0, "save_loc": str(runs), "threads": 1, **training},
+        "optim_params": {"lr": 3e-3, "warmup_steps": min(20, steps // 5), "weight_decay": 0.0},
+    }
+
+
+@pytest.fixture(scope="module")
+def reversible_study(tmp_path_factory):
+    """A reversible language, trained forward and backward to convergence of its bigrams."""
+    tmp = tmp_path_factory.mktemp("reversible")
+    arrows("synth", "reversible", "--out", tmp / "walks.txt", "--lines", "20000", "--nodes", "6", "--walk-length", "11")
+    arrows("tokenize", tmp / "walks.txt", "--tokenizer", "bytes", "--out", tmp / "tokens")
+    (tmp / "cfg.json").write_text(json.dumps(_config(tmp / "tokens", tmp / "runs", 12, 300)))
+    out = arrows("study", tmp / "cfg.json", "--out", tmp / "study").stdout
+    return tmp, out
+
+
+def test_reversible_language_shows_no_arrow(reversible_study):
+    tmp, out = reversible_study
+    report = json.loads((tmp / "study" / "report" / "report.json").read_text())
+    s = report["summary"]
+    assert abs(s["delta"]) < 0.01, s
+    # Both learned the walk (well below the letters' frequencies).
+    assert s["loss_fw"] < 0.9 * s["unigram_entropy"] and s["loss_bw"] < 0.9 * s["unigram_entropy"]
+    assert "within ±1%" in report["synthetic"]["verdict"]
+    assert "δ = (L_bw − L_fw)/L_fw" in out and "report" in out
+
+
+def test_directions_are_scored_on_identical_spans(reversible_study):
+    tmp, _ = reversible_study
+    report = json.loads((tmp / "study" / "report" / "report.json").read_text())
+    pair = report["pairs"][0]
+    # The validation split is 10% of 20000 lines of 12 tokens; windows are 24 tokens, disjoint.
+    assert pair["windows"] == 24000 // 24 and pair["tokens"] == pair["windows"] * 24
+    assert len(pair["position_loss_fw"]) == len(pair["position_loss_bw"]) == 24
+    # The mean over positions is the mean over tokens: both directions scored the same tokens.
+    assert np.mean(pair["position_loss_fw"]) == pytest.approx(pair["loss_fw"])
+    assert np.mean(pair["position_loss_bw"]) == pytest.approx(pair["loss_bw"])
+    assert set(pair["fields"]["forward"]) == {"walk", "separators"}
+
+
+def test_report_files_and_figures(reversible_study):
+    tmp, _ = reversible_study
+    folder = tmp / "study" / "report"
+    md = (folder / "report.md").read_text()
+    assert "| validation loss (nats/token) |" in md and "![loss by position" in md
+    for name in ("curves.png", "loss_by_position.png", "delta.png"):
+        data = (folder / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    # compare on its own, from the study folder, gives the same numbers.
+    arrows("compare", tmp / "study", "--out", tmp / "again")
+    a = json.loads((folder / "report.json").read_text())["summary"]
+    b = json.loads((tmp / "again" / "report.json").read_text())["summary"]
+    assert a == b
+
+
+def test_compare_refuses_mismatched_runs(reversible_study, tmp_path):
+    tmp, _ = reversible_study
+    fw, bw = tmp / "study" / "fw", tmp / "study" / "bw"
+    proc = arrows("compare", fw, fw, check=False)
+    assert proc.returncode == 1 and "must be backward" in proc.stderr and "Traceback" not in proc.stderr
+    proc = arrows("compare", bw, fw, check=False)
+    assert "must be forward" in proc.stderr
+    # A run with another window length.
+    other = tmp_path / "other_bw"
+    shutil.copytree(bw, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model_params"]["attn_length"] = 36
+    (other / "config.json").write_text(json.dumps(cfg))
+    proc = arrows("compare", fw, other, check=False)
+    assert proc.returncode == 1 and "attn_length: 24" in proc.stderr and "36" in proc.stderr
+    # A run on other data.
+    cfg["model_params"]["attn_length"] = 24
+    cfg["training_params"]["dataset_folder"] = str(tmp_path / "elsewhere")
+    shutil.copytree(tmp / "tokens", tmp_path / "elsewhere")
+    manifest = json.loads((tmp_path / "elsewhere" / "manifest.json").read_text())
+    manifest["inputs"][0]["fingerprint"] = "xxh3:0000000000000000"
+    (tmp_path / "elsewhere" / "manifest.json").write_text(json.dumps(manifest))
+    (other / "config.json").write_text(json.dumps(cfg))
+    proc = arrows("compare", fw, other, check=False)
+    assert proc.returncode == 1 and "data:" in proc.stderr
+    proc = arrows("compare", fw, check=False)
+    assert proc.returncode == 1 and "not a study folder" in proc.stderr
+
+
+def test_study_with_seeds_side_by_side(tmp_path):
+    arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "3000", "--bits", "6")
+    arrows("tokenize", tmp_path / "s.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 14, 20, seed=4)))
+    arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--parallel", "--out", tmp_path / "study")
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert [p["seed"] for p in study["pairs"]] == [4, 5]
+    report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
+    assert [p["seed"] for p in report["pairs"]] == [4, 5]
+    assert report["summary"]["delta_seed_std"] is not None
+    # Same seed, same initial weights: the two directions start from one model.
+    fw_cfg = json.loads((tmp_path / "study" / "seed5" / "fw" / "config.json").read_text())
+    bw_cfg = json.loads((tmp_path / "study" / "seed5" / "bw" / "config.json").read_text())
+    assert fw_cfg["training_params"]["seed"] == bw_cfg["training_params"]["seed"] == 5
+    assert bw_cfg["training_params"]["backwards"] and not fw_cfg["training_params"]["backwards"]
+    assert {k: v for k, v in fw_cfg["training_params"].items() if k not in ("backwards", "run_name")} == {
+        k: v for k, v in bw_cfg["training_params"].items() if k not in ("backwards", "run_name")
+    }
+    md = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "Over 2 seeds" in md and "sparse-linear" in md
+    # Running the study again resumes: nothing left to train, same report.
+    arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--out", tmp_path / "study")
+    again = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
+    assert again["summary"]["delta"] == report["summary"]["delta"]
+
+
+def test_study_refuses_a_directed_config(tmp_path):
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5, backwards=True)))
+    proc = arrows("study", tmp_path / "cfg.json", check=False)
+    assert proc.returncode == 1 and "trains both directions itself" in proc.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = arrows("demo", "--out", tmp_path / "demo", "--steps", "20", env={"ARROWS_PROGRESS_SECONDS": "60"}).stdout
+    for kind in ("sparse-linear", "sparse-linear-reversed", "reversible"):
+        assert (tmp_path / "demo" / kind / "study" / "report" / "report.md").is_file()
+        assert kind in out
+    assert "summary" in out

@@ -1,0 +1,179 @@
+"""Synthetic languages, `arrows reverse`, and the GF(2) hardness check behind sparse-linear."""
+
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+
+from arrows import gf2
+from arrows.errors import InputError, InvalidUtf8Error
+from arrows.reverse import reverse_file
+from arrows.synth import primes_below, sidecar_path, write_language
+
+from conftest import arrows
+
+
+def _brute_force_costs(rows, n):
+    """Cheapest formula for each x bit read backwards, by trying every subset of y and known x."""
+    costs = []
+    for i in range(n - 1, -1, -1):
+        best = None
+        for s_mask in range(1 << n):
+            v = 0
+            for j in range(n):
+                if s_mask >> j & 1:
+                    v ^= rows[j]
+            # v must be e_i plus bits above i only (those are the known x bits T).
+            if v & ((1 << (i + 1)) - 1) != 1 << i:
+                continue
+            cost = gf2.weight(s_mask) + gf2.weight(v >> (i + 1))
+            best = cost if best is None else min(best, cost)
+        costs.append(best)
+    return costs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cheapest_parities_matches_brute_force(seed):
+    rng = random.Random(seed)
+    n = 5
+    while True:
+        rows = [rng.randrange(1, 1 << n) for _ in range(n)]
+        inv = gf2.inverse(rows, n)
+        if inv is not None:
+            break
+    # The inverse is an inverse.
+    for i in range(n):
+        combo = 0
+        for j in range(n):
+            if inv[i] >> j & 1:
+                combo ^= rows[j]
+        assert combo == 1 << i
+    assert gf2.cheapest_parities(inv, n) == _brute_force_costs(rows, n)
+
+
+def _read_lines(path):
+    return path.read_text().splitlines()
+
+
+def test_sparse_linear_lines_follow_the_matrix(tmp_path):
+    info = write_language("sparse-linear", tmp_path / "s.txt", 500, seed=3, bits=10, row_weight=3)
+    side = json.loads(sidecar_path(tmp_path / "s.txt").read_text())
+    assert side == json.loads(json.dumps(info))
+    rows = [int(r[::-1], 2) for r in side["matrix_rows"]]
+    assert all(gf2.weight(r) <= 3 for r in rows)
+    assert gf2.inverse(rows, 10) is not None
+    assert side["hard_bits"] >= 1 and max(side["hard_direction_costs"]) > 3
+    lines = _read_lines(tmp_path / "s.txt")
+    assert len(lines) == 500
+    for line in lines:
+        x, y = line.split("|")
+        xv = [int(c) for c in x]
+        for j, row in enumerate(rows):
+            assert int(y[j]) == sum(xv[c] for c in range(10) if row >> c & 1) % 2
+    # The reversed language writes the same pairs the other way round.
+    write_language("sparse-linear-reversed", tmp_path / "r.txt", 500, seed=3, bits=10, row_weight=3)
+    assert [f"{l.split('|')[1]}|{l.split('|')[0]}" for l in lines] == _read_lines(tmp_path / "r.txt")
+    # Deterministic.
+    write_language("sparse-linear", tmp_path / "s2.txt", 500, seed=3, bits=10, row_weight=3)
+    assert (tmp_path / "s2.txt").read_bytes() == (tmp_path / "s.txt").read_bytes()
+
+
+def test_reversible_walks_are_time_symmetric(tmp_path):
+    info = write_language("reversible", tmp_path / "w.txt", 20_000, seed=1, nodes=5, walk_length=10)
+    lines = _read_lines(tmp_path / "w.txt")
+    assert all(len(l) == 10 for l in lines)
+    k = 5
+    counts = np.zeros((k, k))
+    for l in lines:
+        for a, b in zip(l, l[1:]):
+            counts[ord(a) - 97, ord(b) - 97] += 1
+    # Detailed balance: a→b as often as b→a (up to sampling noise).
+    total = counts.sum()
+    assert np.abs(counts - counts.T).max() / total < 0.01
+    first = np.bincount([ord(l[0]) - 97 for l in lines], minlength=k) / len(lines)
+    assert np.abs(first - np.array(info["stationary"])).max() < 0.02
+    # Edges only where the graph has them.
+    weights = np.array(info["weights"])
+    assert np.all(counts[weights == 0] == 0)
+
+
+def test_primes_lines(tmp_path):
+    write_language("primes", tmp_path / "p.txt", 300, seed=2, max_prime=200)
+    primes = set(primes_below(200).tolist())
+    assert 199 in primes and 2 in primes and 1 not in primes
+    for line in _read_lines(tmp_path / "p.txt"):
+        pq, n = line.split("=")
+        p, q = map(int, pq.split("*"))
+        assert p in primes and q in primes and p <= q and int(n) == p * q
+
+
+def test_bad_synth_parameters(tmp_path):
+    with pytest.raises(InputError, match="bits"):
+        write_language("sparse-linear", tmp_path / "s.txt", 10, bits=1)
+    with pytest.raises(InputError, match="unknown language"):
+        write_language("zipf", tmp_path / "s.txt", 10)
+    with pytest.raises(InputError, match="takes"):
+        write_language("primes", tmp_path / "s.txt", 10, bits=4)
+    proc = arrows("synth", "reversible", "--out", tmp_path / "w.txt", "--bits", "4", check=False)
+    assert proc.returncode != 0 and "does not take --bits" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_synth_cli(tmp_path):
+    out = arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "100", "--bits", "8", "--row-weight", "3").stdout
+    assert "expected     forward arrow" in out and "hard bits" in out
+    assert len(_read_lines(tmp_path / "s.txt")) == 100 and sidecar_path(tmp_path / "s.txt").is_file()
+
+
+TEXTS = ["", "a", "héllo wörld\n", "日本語のテキスト\r\nmixed 🎉 emoji ∑\n", "x" * 50]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 4096])
+def test_reverse_keeps_characters_whole(tmp_path, text, block):
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text(text, encoding="utf-8", newline="")
+    assert reverse_file(src, dst, block=block) == len(text.encode())
+    assert dst.read_bytes().decode("utf-8") == text[::-1]
+
+
+def test_reverse_random_unicode(tmp_path):
+    rng = random.Random(0)
+    alphabet = "ab \n\té日本🎉Ω\u0301"
+    for trial in range(20):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300)))
+        src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+        src.write_text(text, encoding="utf-8", newline="")
+        reverse_file(src, dst, block=rng.randrange(1, 40))
+        assert dst.read_bytes().decode("utf-8") == text[::-1]
+
+
+def test_reverse_invalid_utf8_names_the_offset(tmp_path):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"hello \xff world")
+    with pytest.raises(InvalidUtf8Error, match="byte 6"):
+        reverse_file(src, tmp_path / "out.txt", block=4)
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "out.txt.tmp").exists()
+    proc = arrows("reverse", src, tmp_path / "out.txt", check=False)
+    assert proc.returncode == 1 and "invalid UTF-8 at byte 6" in proc.stderr
+
+
+def test_reverse_cli(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("abc\ndéf\n", encoding="utf-8")
+    arrows("reverse", src, tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == "\nféd\ncba"
+    proc = arrows("reverse", src, src, check=False)
+    assert proc.returncode == 1 and "overwrite the input" in proc.stderr
+    assert src.read_text(encoding="utf-8") == "abc\ndéf\n"
+
+
+def test_padded_primes_have_one_length(tmp_path):
+    write_language("primes", tmp_path / "p.txt", 200, seed=1, max_prime=100, pad=True)
+    lines = _read_lines(tmp_path / "p.txt")
+    assert {len(l) for l in lines} == {len("97*97=9409")}
+    for line in lines:
+        pq, n = line.split("=")
+        p, q = map(int, pq.split("*"))
+        assert int(n) == p * q
