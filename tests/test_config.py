@@ -124,14 +124,14 @@ def test_defaults_are_filled_in():
     d = config_from_dict(small()).to_dict()
     assert d["model_params"] == {
         "model_type": "gpt", "vocab_size": 100, "n_layers": 2, "n_heads": 2, "embed_dim": 16, "attn_length": 8,
-        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "sdpa",
+        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "sdpa", "head_loss": "plain",
     }  # fmt: skip
     assert d["training_params"] == {
         "dataset_folder": "data", "tokenizer_path": None, "batch_size": 4, "val_batch_size": 4, "aggregate": 1,
         "backwards": False, "permutation": None, "steps_to_train": None, "save_every": 1000, "backup_every": None,
         "step_log": 100, "valid_steps": 1000, "valid_every": 1000, "valid_batches": None, "valid_fraction": 0.01,
         "sample_every": 1000, "sample_tokens": 64, "save_loc": "runs", "run_name": "run_fw", "seed": 0, "threads": 2,
-        "fast_scrambling": False, "cooldown_finish": None,
+        "fast_scrambling": False, "cooldown_finish": None, "stride": None,
     }  # fmt: skip
     assert d["optim_params"] == {
         "lr": 3e-4, "warmup_steps": 0, "oscil_steps": None, "lr_shrink": 1.0, "lr_init": 1e-7, "lr_min": 1e-6,

@@ -88,7 +88,7 @@ def test_reversible_language_shows_no_arrow(reversible_study):
     # Both learned the walk (well below the letters' frequencies).
     assert s["loss_fw"] < 0.9 * s["unigram_entropy"] and s["loss_bw"] < 0.9 * s["unigram_entropy"]
     assert "within ±1%" in report["synthetic"]["verdict"]
-    assert "δ = (L_bw − L_fw)/L_fw" in out and "report" in out
+    assert "δ = (L_bw − L_fw) / L_fw" in out and "validation loss" in out and "report.md" in out
 
 
 def test_directions_are_scored_on_identical_spans(reversible_study):

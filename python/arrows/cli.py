@@ -347,10 +347,11 @@ def print_table(report: dict, title: str | None = None) -> None:
     from rich.table import Table
 
     s = report["summary"]
-    table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left")
-    for col in ("", "forward", "backward", "δ = (L_bw − L_fw)/L_fw", "95% interval"):
-        table.add_column(col, justify="right")
-    table.add_row("loss (nats/token)", f"{s['loss_fw']:.4f}", f"{s['loss_bw']:.4f}", f"{100 * s['delta']:+.2f}%", f"[{100 * s['low']:+.2f}%, {100 * s['high']:+.2f}%]")
+    table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left",
+                  caption="loss in nats/token; δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval", caption_justify="left")
+    for col in ("", "forward", "backward", "δ", "95% interval"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row("validation loss", f"{s['loss_fw']:.4f}", f"{s['loss_bw']:.4f}", f"{100 * s['delta']:+.2f}%", f"[{100 * s['low']:+.2f}%, {100 * s['high']:+.2f}%]")
     if len(report["pairs"]) > 1:
         for p in report["pairs"]:
             table.add_row(f"seed {p['seed']}", f"{p['loss_fw']:.4f}", f"{p['loss_bw']:.4f}", f"{100 * p['delta']:+.2f}%", f"[{100 * p['low']:+.2f}%, {100 * p['high']:+.2f}%]")

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from arrows.models.head_loss import chunked_head_loss
+
 ATTENTION_IMPLS = ("sdpa", "flex", "plain")
 
 _flex_masks: dict = {}  # (T, device) -> causal BlockMask, built once
@@ -134,20 +136,24 @@ class GPT(nn.Module):
         dropout: float = 0.1,
         embd_dropout: float | None = None,
         attention_impl: str = "sdpa",
+        head_loss: str = "plain",
     ):
         super().__init__()
         if embed_dim % n_heads != 0:
             raise ValueError(f"model_params: n_heads ({n_heads}) must divide embed_dim ({embed_dim})")
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"model_params: attention_impl must be one of {ATTENTION_IMPLS}, not {attention_impl!r}")
+        if head_loss not in HEAD_LOSSES:
+            raise ValueError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
         if attention_impl == "flex" and dropout > 0:
             raise ValueError(f"model_params: attention 'flex' has no dropout on attention weights; set dropout to 0 (now {dropout}) or use 'sdpa'")
         # Everything needed to build this model again (checkpoints store it).
         self.config = dict(
             model_type=self.model_type, vocab_size=vocab_size, n_layers=n_layers, n_heads=n_heads,
             embed_dim=embed_dim, attn_length=attn_length, mlp_ratio=mlp_ratio, dropout=dropout,
-            embd_dropout=embd_dropout, attention_impl=attention_impl,
+            embd_dropout=embd_dropout, attention_impl=attention_impl, head_loss=head_loss,
         )
+        self.head_loss = head_loss
         self.attn_length = attn_length
         if embd_dropout is None:  # the reference's convention
             embd_dropout = dropout
@@ -190,6 +196,10 @@ class GPT(nn.Module):
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits; T <= attn_length."""
+        return self.lm_head(self.hidden(idx))
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, embed_dim): the final states that the head turns into logits."""
         B, T = idx.shape
         if T > self.attn_length:
             raise ValueError(f"cannot forward a sequence of length {T}: attn_length is {self.attn_length}")
@@ -198,11 +208,15 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits (B, T, vocab), loss): loss is the mean cross-entropy over all positions
-        in nats/token, or None without targets."""
+        in nats/token, or None without targets. With `head_loss="chunked"`, when training
+        (targets given, gradients on), the head and loss are fused and the logits are None."""
+        if self.head_loss == "chunked" and targets is not None and torch.is_grad_enabled():
+            h = self.hidden(idx)
+            return None, chunked_head_loss(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.logits(idx)
         loss = None
         if targets is not None:
@@ -223,6 +237,9 @@ class GPT(nn.Module):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+HEAD_LOSSES = ("plain", "chunked")
 
 
 def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

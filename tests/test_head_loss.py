@@ -1,0 +1,67 @@
+"""The fused, chunked LM head + cross-entropy against the plain path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arrows.models import build_model
+from arrows.models.head_loss import chunked_head_loss
+
+
+def _plain(h, w, t):
+    return F.cross_entropy((h @ w.t()).float(), t)
+
+
+@pytest.mark.parametrize("n,chunk", [(37, 8), (64, 64), (10, 1000), (100, 1)])
+def test_loss_and_gradients_equal_the_plain_path(n, chunk):
+    g = torch.Generator().manual_seed(n)
+    h = torch.randn(n, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 50, (n,), generator=g)
+    expected = _plain(h, w, t)
+    gh, gw = torch.autograd.grad(expected * 3.0, (h, w))
+    got = chunked_head_loss(h, w, t, chunk_rows=chunk)
+    ch, cw = torch.autograd.grad(got * 3.0, (h, w))  # a non-unit upstream gradient is scaled through
+    assert abs(got.item() - expected.item()) < 1e-5
+    assert torch.allclose(ch, gh, atol=1e-5) and torch.allclose(cw, gw, atol=1e-5)
+
+
+def _tiny_gpt(head_loss):
+    torch.manual_seed(0)
+    return build_model(dict(model_type="gpt", vocab_size=97, n_layers=2, n_heads=2, embed_dim=32, attn_length=16,
+                            dropout=0.0, head_loss=head_loss))
+
+
+def test_gpt_trains_the_same_with_either_head_loss():
+    plain, chunked = _tiny_gpt("plain"), _tiny_gpt("chunked")
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 97, (6, 16), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    logits, lp = plain(x, y)
+    none, lc = chunked(x, y)
+    assert none is None and logits.shape == (6, 16, 97)
+    assert torch.allclose(lp, lc, atol=1e-5)
+    lp.backward()
+    lc.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), chunked.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    # Evaluation (no gradients) keeps the plain path: logits and per-position losses are there.
+    with torch.no_grad():
+        logits, loss = chunked(x, y)
+    assert logits is not None and torch.allclose(loss, lp, atol=1e-5)
+
+
+def test_bf16_autocast_within_tolerance():
+    plain, chunked = _tiny_gpt("plain"), _tiny_gpt("chunked")
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))
+    y = torch.roll(x, -1, dims=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, lp = plain(x, y)
+        _, lc = chunked(x, y)
+    assert abs(lp.item() - lc.item()) < 0.02 * lp.item()
+
+
+def test_bad_head_loss_is_refused():
+    with pytest.raises(ValueError, match="head_loss"):
+        _tiny_gpt("fused")
