@@ -25,14 +25,12 @@ import json
 import shutil
 import time
 
-from arrows.demo import BITS, ROW_WEIGHT, WALK_LENGTH, run_language
+from arrows.demo import LANGUAGES as DEMO_LANGUAGES
+from arrows.demo import language_params, run_language
 
-LANGUAGES = {
-    "sparse-linear": (60_000, 3000, {"bits": BITS, "row_weight": ROW_WEIGHT}),
-    "sparse-linear-reversed": (60_000, 3000, {"bits": BITS, "row_weight": ROW_WEIGHT}),
-    "reversible": (60_000, 600, {"walk_length": WALK_LENGTH}),
-    "primes": (60_000, 3000, {"max_prime": 1000, "pad": True}),
-}
+# The demo's three languages at the demo's budget, and the paper's primes.
+LANGUAGES = {kind: (lines, steps, language_params(kind)) for kind, lines, steps in DEMO_LANGUAGES}
+LANGUAGES["primes"] = (60_000, 3000, {"max_prime": 1000, "pad": True})
 
 
 def check(kind: str, s: dict) -> tuple[str, bool | None]:

@@ -53,9 +53,10 @@ def test_bootstrap_coverage():
 def test_field_of_positions():
     text = "01|10\n11|00\n"
     ids = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) + 1
-    assert field_of_positions(ids, "|").tolist() == [0, 0, -1, 1, 1, -1, 0, 0, -1, 1, 1, -1]
-    # A range starting mid-line: the unknown start is marked.
+    assert field_of_positions(ids, "|", line_start=True).tolist() == [0, 0, -1, 1, 1, -1, 0, 0, -1, 1, 1, -1]
+    # A range that may start mid-line: the tokens before its first newline are marked unknown.
     assert field_of_positions(ids[4:], "|").tolist() == [-2, -1, 0, 0, -1, 1, 1, -1]
+    assert field_of_positions(ids, "|").tolist()[:6] == [-2, -2, -2, -2, -2, -1]
 
 
 # ---- runs ---------------------------------------------------------------------------------------

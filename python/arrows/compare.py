@@ -213,30 +213,41 @@ def synthetic_sidecar(run: Run) -> dict | None:
     return json.loads(side.read_text()) if side.is_file() else None
 
 
-def field_of_positions(tokens: np.ndarray, separators: str) -> np.ndarray:
+def field_of_positions(tokens: np.ndarray, separators: str, *, line_start: bool = False) -> np.ndarray:
     """For a byte-token stream (id = byte + 1): the index of the field of the line each token is in,
-    -1 for separators and newlines. Tokens before the first newline of the range get -2 (their
-    line's start is not in the range)."""
+    -1 for separators and newlines. With `line_start`, the range begins a line (the stream's start);
+    otherwise the tokens before its first newline get -2 (their line's start is not in the range)."""
     ids = tokens.astype(np.int64) - 1
     newline = ids == ord("\n")
     sep = np.isin(ids, [ord(c) for c in separators]) if separators else np.zeros(len(ids), dtype=bool)
     seps_so_far = np.cumsum(sep)
-    line_start = np.maximum.accumulate(np.where(newline, np.arange(len(ids)), -1))  # last newline at or before
-    before = np.where(line_start >= 0, seps_so_far[np.maximum(line_start, 0)], 0)
-    field = seps_so_far - before - sep  # separators counted strictly before this token, in its line
+    last_newline = np.maximum.accumulate(np.where(newline, np.arange(len(ids)), -1))  # at or before each token
+    before = np.where(last_newline >= 0, seps_so_far[np.maximum(last_newline, 0)], 0)
+    field = seps_so_far - before - sep  # separators strictly before this token, in its line
     field = np.where(sep | newline, -1, field)
-    return np.where(line_start < 0, -2, field)
+    return field if line_start else np.where(last_newline < 0, -2, field)
 
 
-def field_losses(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
+_LOOK_BACK = 4096  # tokens read before a range to find where its first line starts
+
+
+def _fields_around(run: Run, ev: Evaluation, sidecar: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens, field of each token) of the stream from a little before the evaluated targets to
+    their end, indexed by stream position minus the returned offset."""
     from arrows.data import TokenStore
 
     store = TokenStore(run.training["dataset_folder"])
     lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
-    fields = field_of_positions(np.asarray(store[lo:hi]), sidecar["separators"])
-    f = fields[ev.target_stream_positions - lo]
-    names = sidecar["fields"]
-    out = {name: float(ev.target_losses[f == i].mean()) for i, name in enumerate(names) if (f == i).any()}
+    start = max(0, lo - _LOOK_BACK)
+    tokens = np.asarray(store[start:hi]).astype(np.int64)
+    fields = field_of_positions(tokens, sidecar["separators"], line_start=start == 0)
+    return tokens, fields, start
+
+
+def field_losses(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
+    _, fields, start = _fields_around(run, ev, sidecar)
+    f = fields[ev.target_stream_positions - start]
+    out = {name: float(ev.target_losses[f == i].mean()) for i, name in enumerate(sidecar["fields"]) if (f == i).any()}
     if (f == -1).any():
         out["separators"] = float(ev.target_losses[f == -1].mean())
     return out
@@ -265,12 +276,9 @@ def _curves(run: Run) -> dict:
 
 def _field_chance(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
     """Entropy of the token frequencies within each field: what a model pays that guesses."""
-    from arrows.data import TokenStore
-
-    store = TokenStore(run.training["dataset_folder"])
-    lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
-    tokens = np.asarray(store[lo:hi]).astype(np.int64)
-    fields = field_of_positions(tokens, sidecar["separators"])
+    tokens, fields, start = _fields_around(run, ev, sidecar)
+    targets = ev.target_stream_positions.ravel() - start
+    tokens, fields = tokens[targets], fields[targets]
     out = {}
     for i, name in enumerate(sidecar["fields"]):
         counts = np.bincount(tokens[fields == i])

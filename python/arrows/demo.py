@@ -27,8 +27,8 @@ from pathlib import Path
 
 # (language, lines, steps): the demo's budget.
 LANGUAGES = (
-    ("sparse-linear", 60_000, 2500),
-    ("sparse-linear-reversed", 60_000, 2500),
+    ("sparse-linear", 60_000, 3000),
+    ("sparse-linear-reversed", 60_000, 3000),
     ("reversible", 60_000, 600),
 )
 BITS, ROW_WEIGHT = 8, 2
@@ -77,6 +77,13 @@ def run_language(kind: str, folder: Path, *, lines: int, steps: int, params: dic
     return _compare_and_print(pairs, folder / "study" / "report", device=device)
 
 
+def language_params(kind: str) -> dict:
+    """The demo's size of each language."""
+    if kind.startswith("sparse-linear"):
+        return {"bits": BITS, "row_weight": ROW_WEIGHT}
+    return {"walk_length": WALK_LENGTH} if kind == "reversible" else {}
+
+
 def run_demo(out: Path, steps: int | None = None) -> list[dict]:
     from arrows.cli import print_table
 
@@ -88,8 +95,7 @@ def run_demo(out: Path, steps: int | None = None) -> list[dict]:
     reports = []
     for kind, lines, budget in LANGUAGES:
         print(f"\n═══ {kind} ═══", flush=True)
-        params = {"bits": BITS, "row_weight": ROW_WEIGHT} if kind.startswith("sparse") else {"walk_length": WALK_LENGTH}
-        reports.append((kind, run_language(kind, out / kind, lines=lines, steps=steps or budget, params=params)))
+        reports.append((kind, run_language(kind, out / kind, lines=lines, steps=steps or budget, params=language_params(kind))))
     print(f"\n═══ summary ({time.perf_counter() - t0:.0f} s) ═══")
     for kind, report in reports:
         print_table(report, title=kind)

@@ -105,14 +105,7 @@ def _plot_curves(report: dict, path: Path) -> None:
             if c["valid"]:
                 steps, losses = zip(*c["valid"])
                 ax.plot(steps, losses, color=COLOURS[direction], marker="o", lw=2, label=f"{label} (validation)" if label else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Training and validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss")
 
 
 def _plot_positions(report: dict, path: Path) -> None:
@@ -121,29 +114,31 @@ def _plot_positions(report: dict, path: Path) -> None:
     for direction, key in (("forward", "position_loss_fw"), ("backward", "position_loss_bw")):
         curve = np.mean([p[key] for p in report["pairs"]], axis=0)
         ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=direction)
-    ax.set_xlabel("position in the window (tokens of context before it)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Loss by position")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "position in the window (tokens of context before it)", "validation loss (nats/token)", "Loss by position")
 
 
 def _plot_delta(report: dict, path: Path) -> None:
     plt = _figure()
     pairs = report["pairs"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(pairs) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(pairs) + 2), 4))
     x = np.arange(len(pairs))
     d = np.array([100 * p["delta"] for p in pairs])
     err = np.array([[100 * (p["delta"] - p["low"]) for p in pairs], [100 * (p["high"] - p["delta"]) for p in pairs]])
     ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(x, [f"seed {p['seed']}" for p in pairs])
-    ax.set_ylabel("δ = (L_bw − L_fw) / L_fw  (%)")
-    ax.set_title("Asymmetry with 95% paired bootstrap interval")
-    ax.grid(alpha=0.3, axis="y")
+    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)", "δ per seed (95% paired bootstrap interval)", legend=False)
+
+
+def _finish(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
+    """Labels, grid and legend, then the PNG."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,7 +7,9 @@ with every parameter and what the language is expected to show. Tokenize them wi
 - `sparse-linear`: `x|y`, x uniform bits, y = A·x over GF(2) with A sparse and invertible. Read
   forwards each y bit is the parity of `row_weight` x bits; read backwards the model sees y first
   and must recover x = A⁻¹·y, where A⁻¹ is dense. A forward arrow.
-- `sparse-linear-reversed`: the same lines written `y|x`: a backward arrow.
+- `sparse-linear-reversed`: the same lines reversed character by character (`y|x`, each written
+  from its last bit to its first): its forward reading is sparse-linear's backward reading, a
+  backward arrow of the same strength.
 - `reversible`: random walks on a fixed undirected weighted graph, each started from the
   stationary distribution. Such a chain is reversible: the reversed text has the same law, so
   there is no arrow.
@@ -123,7 +125,10 @@ def _sparse_linear(rng, lines: int, seed: int, *, reversed_: bool, bits: int, ro
     x = rng.integers(0, 2, size=(lines, bits), dtype=np.uint8)
     y = gf2.apply(rows, x)
     digits = ord("0")
-    fields = [y + digits, x + digits] if reversed_ else [x + digits, y + digits]
+    if reversed_:
+        fields = [y[:, ::-1] + digits, x[:, ::-1] + digits]  # each line reversed: y_n..y_1 | x_n..x_1
+    else:
+        fields = [x + digits, y + digits]
     text = _rows_to_text(fields, [b"|"])
     hard = sum(c > row_weight for c in costs)
     line_tokens = 2 * bits + 2
@@ -135,15 +140,16 @@ def _sparse_linear(rng, lines: int, seed: int, *, reversed_: bool, bits: int, ro
     easy_side = (bits * math.log(2)) / line_tokens
     hard_side = (bits + hard) * math.log(2) / line_tokens
     info = {
-        "format": "y|x" if reversed_ else "x|y",
+        "format": "y|x, each line reversed" if reversed_ else "x|y",
         "fields": ["y", "x"] if reversed_ else ["x", "y"],
         "separators": "|",
         "expected_arrow": "backward" if reversed_ else "forward",
         "matrix_rows": [format(r, f"0{bits}b")[::-1] for r in rows],  # row j: character c is A[j][c]
         "inverse_rows": [format(r, f"0{bits}b")[::-1] for r in inv],
         "inverse_row_weights": [gf2.weight(r) for r in inv],
-        # For the direction that reads y first: known bits the cheapest formula for each x bit
-        # needs, in the order the x bits are read. The other direction needs `row_weight` at most.
+        # For the direction that reads y first (backward for sparse-linear, forward for the
+        # reversed lines): known bits the cheapest formula for each x bit needs, in the order the
+        # x bits are read. The other direction needs `row_weight` at most.
         "hard_direction_costs": costs,
         "hard_bits": hard,
         "note": (
