@@ -1,0 +1,106 @@
+"""The CUDA paths: bf16 autocast, torch.compile, pinned-memory batches, FlexAttention gradients,
+the chunked head + loss, and training end to end. Skipped where no CUDA device is visible (every
+CPU machine, CI included): run `pytest tests/test_cuda.py` on a GPU machine."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+from conftest import arrows  # noqa: E402
+
+from arrows.models import build_model  # noqa: E402
+from arrows.models.head_loss import chunked_head_loss  # noqa: E402
+
+
+def _gpt(**kw):
+    torch.manual_seed(0)
+    cfg = dict(model_type="gpt", vocab_size=1000, n_layers=2, n_heads=4, embed_dim=128, attn_length=64, dropout=0.0)
+    return build_model({**cfg, **kw}).cuda()
+
+
+def test_loader_batches_on_cuda_equal_cpu_batches(tmp_path):
+    from arrows.loader import WindowLoader
+
+    (tmp_path / "t.txt").write_text("the arrow of time " * 20_000)
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cpu = WindowLoader(tmp_path / "s", 64, 32, backward=True, seed=3)
+    gpu = WindowLoader(tmp_path / "s", 64, 32, backward=True, seed=3, device="cuda")
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+        assert xg.is_cuda and torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_compiled_bf16_attention_matches_plain(attention):
+    model, plain = _gpt(attention_impl=attention), _gpt(attention_impl="plain")
+    plain.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 1000, (8, 64), device="cuda")
+    compiled = torch.compile(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, a = compiled(idx, idx)
+        _, b = plain(idx, idx)
+    a.backward()
+    b.backward()
+    assert abs(a.item() - b.item()) < 0.02 * b.item()
+    for (n, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.allclose(p.grad.float(), q.grad.float(), atol=5e-2, rtol=5e-2), n
+
+
+def test_chunked_head_loss_saves_memory_and_matches():
+    n, d, v = 16384, 768, 50257
+    h = torch.randn(n, d, device="cuda", requires_grad=True)
+    w = (torch.randn(v, d, device="cuda") * 0.02).requires_grad_()
+    t = torch.randint(0, v, (n,), device="cuda")
+
+    def peak(fn):
+        h.grad = w.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn()
+        loss.backward()
+        torch.cuda.synchronize()
+        return loss.item(), torch.cuda.max_memory_allocated() - base
+
+    plain_loss, plain_peak = peak(lambda: torch.nn.functional.cross_entropy((h @ w.t()).float(), t))
+    plain_grad = h.grad.clone()
+    chunked_loss, chunked_peak = peak(lambda: chunked_head_loss(h, w, t))
+    assert abs(plain_loss - chunked_loss) < 1e-2 * plain_loss
+    assert torch.allclose(plain_grad, h.grad, atol=1e-3, rtol=5e-2)
+    assert chunked_peak < 0.5 * plain_peak, (chunked_peak, plain_peak)
+
+
+def test_train_on_cuda_end_to_end_and_resume(tmp_path):
+    (tmp_path / "t.txt").write_text("forwards and backwards, the same text. " * 30_000)
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cfg = {
+        "model_params": {"vocab_size": 257, "n_layers": 2, "n_heads": 4, "embed_dim": 128, "attn_length": 64, "dropout": 0.0, "head_loss": "chunked"},
+        "training_params": {"dataset_folder": str(tmp_path / "s"), "batch_size": 64, "steps_to_train": 60, "save_every": 30,
+                            "step_log": 10, "valid_every": 30, "valid_batches": 4, "save_loc": str(tmp_path / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 1e-3, "warmup_steps": 10},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    out = arrows("train", tmp_path / "cfg.json", "--device", "cuda").stdout
+    assert "trained to step 60" in out
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["valid_loss"] < 1.0  # a repeated sentence: learned
+    out = arrows("train", tmp_path / "cfg.json", "--device", "cuda", "--more", "10").stdout
+    assert "trained to step 70" in out
+
+
+def test_study_side_by_side_on_one_gpu(tmp_path):
+    arrows("synth", "reversible", "--out", tmp_path / "w.txt", "--lines", "20000", "--walk-length", "11")
+    arrows("tokenize", tmp_path / "w.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cfg = {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 64, "attn_length": 12, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "s"), "batch_size": 64, "steps_to_train": 300, "stride": 12,
+                            "valid_fraction": 0.1, "save_loc": str(tmp_path / "runs")},
+        "optim_params": {"lr": 3e-3, "warmup_steps": 20},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    arrows("study", tmp_path / "cfg.json", "--gpus", "0,0", "--out", tmp_path / "study")
+    report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
+    assert abs(report["summary"]["delta"]) < 0.01
