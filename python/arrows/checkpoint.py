@@ -1,6 +1,8 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), so a crash at any instant
-leaves the previous checkpoint intact. `latest.pt` every `save_every` steps, a kept copy
-`step_NNNNNNN.pt` every `backup_every` steps.
+leaves the previous checkpoint intact, and a failed write (a full disk) removes its temporary
+file. `latest.pt` every `save_every` steps, a kept copy `step_NNNNNNN.pt` every `backup_every`
+steps. Loading checks the CRC of every record first: a damaged file is named, with the backup
+to resume from instead.
 
 A checkpoint holds everything the next step depends on: model and optimizer state, the step,
 the loader's position, and the random generators' states (dropout, sampling), so that a resumed
@@ -10,6 +12,7 @@ run reproduces the uninterrupted one exactly.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -44,10 +47,19 @@ def save(path: Path, payload: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        # A failed write (a full disk, a file-size limit) arrives as an OSError, or as torch's
+        # RuntimeError around one: report the OS error, with the file.
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, f"{cause.strerror}; the previous checkpoint (if any) is intact", str(tmp)) from None
+        raise
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -57,19 +69,37 @@ def save(path: Path, payload: dict) -> None:
 
 
 def load(path: Path) -> dict:
+    """Read a checkpoint, first checking the CRC of every record of its zip archive (torch.load
+    alone would load flipped bytes silently)."""
+    import zipfile
+
     import torch
 
+    path = Path(path)
     try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise _damaged(path, f"its record {bad} fails its CRC check")
         with open(path, "rb") as f:
             payload = torch.load(f, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise CorruptDataError(f"{path}: unreadable checkpoint ({e}); use a backup from the same folder with --resume PATH, or start over with --resume never") from None
-    for key in ("model", "optimizer", "step", "per_rank", "config"):
-        if key not in payload:
-            raise CorruptDataError(f"{path}: not an arrows checkpoint (no {key!r})")
+        raise _damaged(path, f"unreadable: {e}") from None
+    if not isinstance(payload, dict) or any(key not in payload for key in ("model", "optimizer", "step", "per_rank", "config")):
+        raise _damaged(path, "not an arrows checkpoint")
     return payload
+
+
+def _damaged(path: Path, why: str) -> CorruptDataError:
+    """The error for a damaged checkpoint, naming the backups to resume from instead."""
+    backups = sorted(p for p in path.parent.glob("step_*.pt") if p != path)
+    if backups:
+        advice = f"resume from the newest backup with --resume {backups[-1]}, or start over with --resume never"
+    else:
+        advice = "no backup is in that folder: start over with --resume never"
+    return CorruptDataError(f"{path}: damaged checkpoint ({why}); {advice}")
 
 
 def remove_partial(folder: Path) -> None:

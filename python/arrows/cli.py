@@ -71,10 +71,10 @@ def tokenize(
     inputs: List[Path] = typer.Argument(..., help="Text files, or folders whose .txt files (searched recursively, sorted) are used. The corpus is their concatenation in that order; each file is encoded on its own."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: shards, manifest.json, tokenizer.json."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="A tokenizer.json to use, or 'bytes' for plain bytes without merges (id = byte + 1, id 0 = <|endoftext|>). Default: train a byte-level BPE on a sample of the corpus."),
-    vocab_size: int = typer.Option(50257, "--vocab-size", help="Vocabulary size of the trained BPE, <|endoftext|> (id 0, the BOS) and the 256 bytes included."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=0, max=2**32, help="Vocabulary size of the trained BPE, <|endoftext|> (id 0, the BOS) and the 256 bytes included. Default 50257."),
     sample_bytes: str = typer.Option("1GB", "--sample-bytes", help="Train the BPE on at most this much text, drawn from across the whole corpus (memory stays bounded). Accepts 500MB, 2GiB, ..."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the training sample's draw."),
-    threads: int = typer.Option(0, "--threads", "-j", help="Encoding threads; 0 = every core. The output does not depend on it."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1, help="Seed of the training sample's draw."),
+    threads: int = typer.Option(0, "--threads", "-j", min=0, max=1024, help="Encoding threads; 0 = every core. The output does not depend on it."),
     shard_bytes: str = typer.Option("128MiB", "--shard-bytes", help="Input bytes per shard; the unit of resumption. The token stream does not depend on it."),
     strict_utf8: bool = typer.Option(False, "--strict-utf8", help="Stop at the first invalid UTF-8 byte, naming the file and offset (default: replace with U+FFFD and count)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT after its last complete shard; the result is identical to an uninterrupted run. Refused if the inputs or options differ."),
@@ -88,17 +88,22 @@ def tokenize(
     spec = tokenizer or "train"
     if spec not in ("train", "bytes") and not Path(spec).is_file():
         raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes')", param_hint="--tokenizer")
-    if tokenizer is not None and vocab_size != 50257:
+    if tokenizer is not None and vocab_size is not None:
         raise typer.BadParameter("--vocab-size applies only when training a tokenizer; drop it or drop --tokenizer", param_hint="--vocab-size")
     with Reporter.from_env() as reporter:
         s = run(
-            inputs, out, tokenizer=spec, vocab_size=vocab_size, sample_bytes=parse_size(sample_bytes, "--sample-bytes"),
+            inputs, out, tokenizer=spec, vocab_size=50257 if vocab_size is None else vocab_size, sample_bytes=parse_size(sample_bytes, "--sample-bytes"),
             seed=seed, threads=threads, shard_bytes=parse_size(shard_bytes, "--shard-bytes"), strict_utf8=strict_utf8,
             resume=resume, force=force, h5=h5, reporter=reporter,
         )
+    tokens, nbytes = s["tokens"], s["input_bytes"]
+    if s["replaced_bytes"] > nbytes / 100:
+        s["notes"].append(
+            f"{s['replaced_bytes']:,} of the {nbytes:,} input bytes ({100 * s['replaced_bytes'] / nbytes:.0f}%) are not UTF-8 text and became U+FFFD: "
+            "is a binary file among the inputs? --strict-utf8 stops at the first such byte, naming the file"
+        )
     for note in s["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    tokens, nbytes = s["tokens"], s["input_bytes"]
     lines = [
         f"tokens       {tokens:,} in {s['shards']} shard(s) → {s['out']}",
         f"input        {human_bytes(nbytes)} ({nbytes:,} bytes), {nbytes / max(tokens, 1):.2f} bytes/token",
@@ -110,7 +115,8 @@ def tokenize(
         lines.append(f"resumed      at input byte {s['resumed_at']:,}")
     if "trained" in s:
         t = s["trained"]
-        lines.append(f"trained      {t['merges']:,} merges on {human_bytes(t['sample_bytes'])} ({t['distinct_words']:,} distinct words) in {human_seconds(t['seconds'])}")
+        when = "by an earlier run" if t["seconds"] is None else f"in {human_seconds(t['seconds'])}"  # resumed: trained before
+        lines.append(f"trained      {t['merges']:,} merges on {human_bytes(t['sample_bytes'])} ({t['distinct_words']:,} distinct words) {when}")
     if "h5" in s:
         lines.append(f"h5           {s['h5']}")
     print("\n".join(lines))
@@ -156,10 +162,10 @@ def train(
     config: Path = typer.Argument(..., help="A JSON config in the reference format (model_params, training_params, optim_params); see cli/configs/."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated CUDA devices, e.g. 0,1: one process per GPU with DistributedDataParallel (NCCL)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on CPU (gloo), for data parallelism without GPUs."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on CPU (gloo), for data parallelism without GPUs."),
     model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm: the model type, for configs that have no model_type key (GRU/LSTM configs)."),
     resume: str = typer.Option("auto", "--resume", help="auto: continue from the run's latest checkpoint if there is one; never: start over; or a checkpoint path."),
-    more: Optional[int] = typer.Option(None, "--more", help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s)."),
+    more: Optional[int] = typer.Option(None, "--more", min=1, help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Override training_params.run_name (the run folder's name under save_loc)."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
@@ -170,13 +176,20 @@ def train(
     from arrows.train import TrainOptions
     from arrows.train import train as run
 
+    gpu_list = _parse_gpus(gpus)
+    _check_device(device)
+    if gpu_list and nproc != 1:
+        raise typer.BadParameter("--gpus starts one process per GPU; drop --nproc (it is for CPU processes)", param_hint="--nproc")
+    if gpu_list and device == "cpu":
+        raise typer.BadParameter("--gpus trains on those CUDA devices, --device cpu on the CPU: give one of them", param_hint="--device")
+    if more is not None and steps is not None:
+        raise typer.BadParameter("--more N trains N steps beyond the checkpoint, --steps sets the total: give one of them", param_hint="--more")
     overrides: dict = {"training_params": {}}
     if steps is not None:
         overrides["training_params"]["steps_to_train"] = steps
     if run_name is not None:
         overrides["training_params"]["run_name"] = run_name
     cfg = _load_train_config(config, model, overrides["training_params"])
-    gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
     result = run(cfg, opts)
     if dry_run:
@@ -196,13 +209,34 @@ def train(
         print(f"trained to step {result['steps']}; validation loss {result['valid_loss']:.4f} nats/token → {result['run_dir']}")
 
 
+def _parse_gpus(gpus: Optional[str]) -> list[int] | None:
+    """'0,1' → [0, 1]."""
+    if not gpus:
+        return None
+    try:
+        ids = [int(g) for g in gpus.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{gpus!r}: give comma-separated GPU numbers, e.g. 0,1", param_hint="--gpus") from None
+    if min(ids) < 0 or len(set(ids)) != len(ids):
+        raise typer.BadParameter(f"{gpus!r}: each GPU number once, none negative", param_hint="--gpus")
+    return ids
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: choose auto, cpu or cuda", param_hint="--device")
+
+
 def _data_vocab(cfg) -> int | None:
     """The vocabulary of the dataset, when it says (a token store's manifest)."""
     import json as _json
 
     manifest = Path(cfg.training.dataset_folder) / "manifest.json"
     if manifest.is_file():
-        return int(_json.loads(manifest.read_text())["tokenizer"]["vocab_size"])
+        try:
+            return int(_json.loads(manifest.read_bytes())["tokenizer"]["vocab_size"])
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged manifest: opening the store names the problem
     return None
 
 
@@ -211,14 +245,16 @@ def _data_vocab(cfg) -> int | None:
 def generate(
     run: Path = typer.Argument(..., help="A run folder written by `arrows train`."),
     prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue. For a backward model, the END of the text: it writes what comes before."),
-    tokens: int = typer.Option(100, "--tokens", "-n", help="How many tokens to generate."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
+    tokens: int = typer.Option(100, "--tokens", "-n", min=0, help="How many tokens to generate."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
 ):
     """Sample text from a trained run (backward models write the text that leads to the prompt)."""
     from arrows.generate import generate_text
 
+    if not temperature > 0:
+        raise typer.BadParameter(f"{temperature} must be positive", param_hint="--temperature")
     print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed))
 
 
@@ -298,10 +334,12 @@ def study(
     """Train the forward and the backward model on identical settings, then compare them."""
     from arrows.study import run_study
 
+    if gpus and device == "cpu":
+        raise typer.BadParameter("--gpus trains on GPUs; drop --device cpu (or drop --gpus and use --parallel)", param_hint="--gpus")
     overrides = {} if steps is None else {"steps_to_train": steps}
     cfg = _load_train_config(config, model, overrides)
     study_dir = out or Path(cfg.training.save_loc) / config.stem
-    gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
+    gpu_list = _parse_gpus(gpus)
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
     _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 class Metrics:
     def __init__(self, run_dir: Path, *, resume_step: int | None, config: dict, wandb_project: str | None):
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None:
-            self._truncate_after(resume_step)
-        elif self.path.exists():
-            self.path.unlink()
+        for log in (self.path, run_dir / "samples.jsonl"):
+            log.with_suffix(".jsonl.tmp").unlink(missing_ok=True)  # left by a crash while truncating
+            if resume_step is not None:
+                _truncate_after(log, resume_step)
+            else:
+                log.unlink(missing_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         try:
@@ -31,26 +33,12 @@ class Metrics:
                 raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
             self._wandb = wandb.init(project=wandb_project, name=run_dir.name, config=config, resume="allow", id=run_dir.name)
 
-    def _truncate_after(self, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged
-        for them, so the file reads like one uninterrupted run."""
-        if not self.path.exists():
-            return
-        keep = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    if json.loads(line).get("step", 0) <= step:
-                        keep.append(line if line.endswith("\n") else line + "\n")
-                except json.JSONDecodeError:
-                    break  # a line torn by the crash
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, self.path)
-
     def log(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         step = record["step"]
         if self._tb is not None:
             for k, v in record.items():
@@ -65,6 +53,24 @@ class Metrics:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged for
+    them, so the file reads like one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except json.JSONDecodeError:
+                break  # a line torn by the crash
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read(run_dir: Path) -> list[dict]:

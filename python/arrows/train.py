@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arrows import checkpoint
 from arrows.distributed import World, close_group, external_world, init_group, launched_externally, spawn
-from arrows.errors import ArrowsError, InputError
+from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError
 from arrows.schedule import lr_at
 
 
@@ -47,15 +47,56 @@ def run_dir_of(config) -> Path:
 
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
+    _check_devices(opts)
     if opts.dry_run:
+        verify_data(config)
         return dry_run(config, opts)
-    if launched_externally():
-        return _worker_main(external_world(opts.gpus, opts.device), config, opts)
-    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
-    if nprocs > 1:
-        spawn(_spawned, nprocs, (config, opts))
-        return json.loads((run_dir_of(config) / "summary.json").read_text())
-    return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
+    world = external_world(opts.gpus, opts.device) if launched_externally() else None
+    # The run folder is locked first, by the one process that launches (or rank 0 under torchrun).
+    with _lock_run(run_dir_of(config)) if world is None or world.is_main else contextlib.nullcontext():
+        verify_data(config)
+        if world is not None:
+            return _worker_main(world, config, opts)
+        nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+        if nprocs > 1:
+            spawn(_spawned, nprocs, (config, opts))
+            return json.loads((run_dir_of(config) / "summary.json").read_text())
+        return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
+
+
+def _check_devices(opts: TrainOptions) -> None:
+    if not (opts.gpus or opts.device == "cuda"):
+        return
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    asked = f"--gpus {','.join(map(str, opts.gpus))}" if opts.gpus else "--device cuda"
+    if visible == 0:
+        raise InputError(f"{asked}: no CUDA device is visible; train on the CPU with --device cpu")
+    missing = [g for g in opts.gpus or [] if g >= visible]
+    if missing:
+        raise InputError(f"{asked}: only {visible} CUDA device(s) are visible, numbered 0 to {visible - 1}")
+
+
+def verify_data(config) -> None:
+    """Check every shard's checksum and the tokenizer's hash before anything trains: a damaged or
+    mixed-up token store is refused, naming each bad file. (Opening a store checks only headers and
+    sizes; this reads the whole store once, at disk speed.)"""
+    folder = Path(config.training.dataset_folder)
+    if not (folder / "manifest.json").is_file():
+        return  # a reference .h5 file: no checksums to check
+    from arrows.data import TokenStore
+
+    store = TokenStore(folder)
+    nbytes = len(store) * store.dtype.itemsize
+    if nbytes > 1e9:  # a noticeable pause: say what it is
+        print(f"checking the checksums of {len(store.manifest['shards'])} shards ({nbytes / 1e9:.1f} GB) before training", file=sys.stderr, flush=True)
+    problems = store.verify()
+    if problems:
+        raise CorruptDataError(
+            f"{folder}: the token store is damaged, nothing was trained:\n  " + "\n  ".join(problems)
+            + "\nRe-create it with `arrows tokenize ... --force`."
+        )
 
 
 def _device(opts: TrainOptions, local_rank: int) -> str:
@@ -126,6 +167,7 @@ class Trainer:
             self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **({"fused": True} if self.cuda else {})
         )
         self.step = 0
+        self.step_saved = None  # the step of the latest checkpoint on disk
         resume_from = self._resume_point()
         if resume_from is not None:
             self._load(resume_from)
@@ -177,6 +219,7 @@ class Trainer:
         self.train_loader.load_state_dict(mine_rank["loader"])
         checkpoint.set_rng_state(mine_rank["rng"])
         self.resumed_from = self.step
+        self.step_saved = self.step
 
     def _planned_steps(self) -> int:
         if self.opts.more is not None:
@@ -201,7 +244,6 @@ class Trainer:
         resumed = getattr(self, "resumed_from", None)
         if w.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_run(self.run_dir)
             checkpoint.remove_partial(self.ckpt_dir)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
@@ -238,6 +280,10 @@ class Trainer:
                     self._save(checkpoint.LATEST)
                 if t.backup_every and self.step % t.backup_every == 0:
                     self._save(f"step_{self.step:08d}.pt")
+        except KeyboardInterrupt:
+            saved = self.step_saved
+            where = f"the checkpoint of step {saved} in {self.ckpt_dir} is intact" if saved is not None else "no checkpoint was written yet"
+            raise CancelledError(f"interrupted at step {self.step}; {where}: run the same command to continue") from None
         except torch.cuda.OutOfMemoryError:
             raise TrainingStopped(
                 f"CUDA out of memory at training_params.batch_size {t.batch_size} (× attn_length {self.L}); lower batch_size and raise "
@@ -356,18 +402,23 @@ class Trainer:
                 "config": self.config.to_dict(),
             }
             checkpoint.save(self.ckpt_dir / name, payload)
+            if name == checkpoint.LATEST:
+                self.step_saved = self.step
         if self.world.distributed:
             dist.barrier()
 
 
 def _lock_run(run_dir: Path):
-    """Hold an exclusive lock on the run folder: a second `arrows train` into it is refused."""
+    """An exclusive lock on the run folder, held while the returned file is open: a second
+    `arrows train` into it is refused at once."""
     import fcntl
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        f.close()
         raise InputError(f"{run_dir}: another arrows train is running in this folder") from None
     return f
 

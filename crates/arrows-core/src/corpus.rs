@@ -3,10 +3,15 @@
 
 use crate::error::{Error, IoContext, Result};
 use memmap2::Mmap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::Xxh3;
+
+/// Memory maps kept open at once. Each map counts against the system's limit
+/// (`vm.max_map_count`, often 65,530), so a corpus of 100,000 files cannot keep one per file.
+const MAX_OPEN_MAPS: usize = 1024;
 
 #[derive(Debug)]
 pub struct InputFile {
@@ -20,6 +25,15 @@ pub struct InputFile {
 pub struct Corpus {
     pub files: Vec<InputFile>,
     pub total: u64,
+    /// Files mapped on first use; the oldest are closed past `MAX_OPEN_MAPS`.
+    maps: Mutex<OpenMaps>,
+}
+
+#[derive(Debug, Default)]
+struct OpenMaps {
+    by_file: HashMap<usize, Arc<MappedFile>>,
+    /// File indices in the order they were mapped.
+    order: VecDeque<usize>,
 }
 
 impl Corpus {
@@ -54,7 +68,24 @@ impl Corpus {
             files.push(InputFile { path, size, start: total });
             total += size;
         }
-        Ok(Corpus { files, total })
+        Ok(Corpus { files, total, maps: Mutex::default() })
+    }
+
+    /// The bytes of file `index`, mapped when first asked for. A map closed to stay under the
+    /// limit lives on while a caller holds it.
+    pub fn map(&self, index: usize) -> Result<Arc<MappedFile>> {
+        let mut open = self.maps.lock().unwrap();
+        if let Some(m) = open.by_file.get(&index) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(MappedFile::open(&self.files[index].path)?);
+        open.by_file.insert(index, m.clone());
+        open.order.push_back(index);
+        while open.order.len() > MAX_OPEN_MAPS {
+            let oldest = open.order.pop_front().unwrap();
+            open.by_file.remove(&oldest);
+        }
+        Ok(m)
     }
 
     /// The file holding global offset `pos` (< total) and the offset within it.
@@ -89,6 +120,7 @@ fn collect_txt(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) 
 }
 
 /// A read-only view of a whole file (empty files cannot be mapped).
+#[derive(Debug)]
 pub struct MappedFile {
     map: Option<Mmap>,
 }
@@ -183,6 +215,22 @@ mod tests {
         assert_eq!(corpus.locate(0), (0, 0));
         assert_eq!(corpus.locate(2), (1, 1));
         assert_eq!(corpus.locate(5), (2, 2));
+    }
+
+    #[test]
+    fn more_files_than_open_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = MAX_OPEN_MAPS + 100;
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("{i:05}.txt")), format!("file {i} ")).unwrap();
+        }
+        let corpus = Corpus::open(&[dir.path().to_path_buf()]).unwrap();
+        let first = corpus.map(0).unwrap();
+        for i in 0..n {
+            assert_eq!(corpus.map(i).unwrap().bytes(), format!("file {i} ").as_bytes());
+        }
+        assert_eq!(corpus.maps.lock().unwrap().by_file.len(), MAX_OPEN_MAPS);
+        assert_eq!(first.bytes(), b"file 0 "); // closed by the corpus, still alive here
     }
 
     #[test]

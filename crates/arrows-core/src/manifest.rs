@@ -86,33 +86,76 @@ pub fn hex(v: u64) -> String {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).at(&path)?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}; re-create the folder with `arrows tokenize ... --force`")))?;
+        let bytes = std::fs::read(&path).at(&path)?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}; re-create the folder with `arrows tokenize ... --force`")))?;
         if m.format != FORMAT || m.version != VERSION {
             return Err(Error::corrupt(&path, format!("format {:?} version {}, expected {FORMAT:?} version {VERSION}", m.format, m.version)));
         }
+        m.check().map_err(|problem| Error::corrupt(&path, format!("{problem}: the manifest was altered; re-create the folder with `arrows tokenize ... --force`")))?;
         Ok(m)
+    }
+
+    /// What every manifest written by arrows satisfies: files named inside the folder, shards
+    /// covering the input from byte 0 without gaps, totals that are the shards' sums.
+    fn check(&self) -> std::result::Result<(), String> {
+        let plain = |name: &str| !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\']);
+        if !plain(&self.tokenizer.file) {
+            return Err(format!("tokenizer file {:?} is not a file name in the folder", self.tokenizer.file));
+        }
+        let mut end = 0u64;
+        let (mut tokens, mut replaced) = (0u64, 0u64);
+        for (i, s) in self.shards.iter().enumerate() {
+            if !plain(&s.file) {
+                return Err(format!("shard {i} is {:?}, not a file name in the folder", s.file));
+            }
+            if s.input_start != end || s.input_end < s.input_start || s.input_end > self.total_input_bytes {
+                return Err(format!("{} covers input bytes {}..{}, not a continuation of {end} within {}", s.file, s.input_start, s.input_end, self.total_input_bytes));
+            }
+            end = s.input_end;
+            tokens = tokens.checked_add(s.tokens).ok_or("the token counts overflow")?;
+            replaced = replaced.checked_add(s.replaced_bytes).ok_or("the replaced-byte counts overflow")?;
+        }
+        if tokens != self.tokens || replaced != self.replaced_bytes {
+            return Err(format!("totals of {} tokens and {} replaced bytes, but the shards hold {tokens} and {replaced}", self.tokens, self.replaced_bytes));
+        }
+        if self.complete && end != self.total_input_bytes {
+            return Err(format!("marked complete, but its shards end at input byte {end} of {}", self.total_input_bytes));
+        }
+        Ok(())
     }
 
     /// Write to a temporary file, sync, rename: a reader sees the old or the new manifest, whole.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(FILE_NAME);
-        let tmp = crate::shard::tmp_name(&path);
         let mut text = serde_json::to_string_pretty(self).expect("manifest serializes");
         text.push('\n');
-        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-        f.write_all(text.as_bytes()).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).at(&path)?;
-        sync_dir(dir);
-        Ok(())
+        write_atomic(&dir.join(FILE_NAME), text.as_bytes())
     }
 
     /// Where encoding continues: the end of the last complete shard.
     pub fn next_input_offset(&self) -> u64 {
         self.shards.last().map_or(0, |s| s.input_end)
     }
+}
+
+/// Write `path` whole or not at all: a temporary file, synced, then renamed. On failure (a full
+/// disk) the temporary file is removed and `path` is left as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = crate::shard::tmp_name(path);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        drop(f);
+        std::fs::rename(&tmp, path).at(path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
 }
 
 /// Make renames in `dir` durable (best effort: not every platform can sync a folder).

@@ -2,7 +2,8 @@
 //! it (not just its beginning), so that the vocabulary reflects the whole corpus while memory
 //! stays bounded whatever its size.
 
-use crate::corpus::{Corpus, MappedFile};
+use crate::corpus::Corpus;
+use crate::error::Result;
 use crate::pretokenize::next_safe_split;
 
 /// Size of each sampled block: up to 1 MiB, but at least 256 blocks per sample (spread) and at
@@ -10,23 +11,45 @@ use crate::pretokenize::next_safe_split;
 const BLOCK_BYTES: u64 = 1 << 20;
 const MIN_BLOCK_BYTES: u64 = 4 << 10;
 
+/// Bytes `start..end` of input file `file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub file: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
 /// Pieces of the corpus to train on. The whole corpus when it fits in `sample_bytes`; otherwise
 /// one block at a seeded random place in each of `sample_bytes / block` equal strata of the
 /// concatenated corpus, its ends moved to pre-token boundaries. Deterministic for a given seed.
-pub fn plan_sample<'a>(corpus: &Corpus, maps: &'a [MappedFile], sample_bytes: u64, seed: u64) -> Vec<&'a [u8]> {
+pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<Piece>> {
     if corpus.total <= sample_bytes {
         // Whole files, cut into blocks so that counting runs in parallel.
         let mut pieces = Vec::new();
-        for m in maps {
-            let bytes = m.bytes();
+        for (file, f) in corpus.files.iter().enumerate() {
+            if f.size == 0 {
+                continue;
+            }
+            let map = corpus.map(file)?;
+            let bytes = map.bytes();
             let mut start = 0;
             while start < bytes.len() {
                 let end = block_end(bytes, start + BLOCK_BYTES as usize);
-                pieces.push(&bytes[start..end]);
+                pieces.push(Piece { file, start, end });
                 start = end;
             }
         }
-        return pieces;
+        return Ok(pieces);
     }
     let block = (sample_bytes / 256).clamp(MIN_BLOCK_BYTES, BLOCK_BYTES).min(sample_bytes);
     let strata = (sample_bytes / block).max(1);
@@ -38,16 +61,17 @@ pub fn plan_sample<'a>(corpus: &Corpus, maps: &'a [MappedFile], sample_bytes: u6
         let span = stratum.saturating_sub(block).max(1);
         let pos = lo + rng.next() % span;
         let (file, local) = corpus.locate(pos.min(corpus.total - 1));
-        let bytes = maps[file].bytes();
+        let map = corpus.map(file)?;
+        let bytes = map.bytes();
         let local = local as usize;
         // Start after a pre-token boundary (we may have landed mid-word), end at one.
         let start = if local == 0 { 0 } else { next_safe_split(bytes, local).unwrap_or(bytes.len()) };
         let end = block_end(bytes, start + block as usize);
         if end > start {
-            pieces.push(&bytes[start..end]);
+            pieces.push(Piece { file, start, end });
         }
     }
-    pieces
+    Ok(pieces)
 }
 
 fn block_end(bytes: &[u8], target: usize) -> usize {
@@ -76,7 +100,7 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn corpus_of(dir: &std::path::Path, texts: &[String]) -> (Corpus, Vec<MappedFile>) {
+    fn corpus_of(dir: &std::path::Path, texts: &[String]) -> Corpus {
         let paths: Vec<PathBuf> = texts
             .iter()
             .enumerate()
@@ -86,17 +110,19 @@ mod tests {
                 p
             })
             .collect();
-        let corpus = Corpus::open(&paths).unwrap();
-        let maps = corpus.files.iter().map(|f| MappedFile::open(&f.path).unwrap()).collect();
-        (corpus, maps)
+        Corpus::open(&paths).unwrap()
+    }
+
+    fn bytes_of(corpus: &Corpus, pieces: &[Piece]) -> Vec<Vec<u8>> {
+        pieces.iter().map(|p| corpus.map(p.file).unwrap().bytes()[p.start..p.end].to_vec()).collect()
     }
 
     #[test]
     fn small_corpus_is_used_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let (corpus, maps) = corpus_of(dir.path(), &["one two".into(), "".into(), "three".into()]);
-        let pieces = plan_sample(&corpus, &maps, 1 << 30, 0);
-        assert_eq!(pieces.concat(), b"one twothree");
+        let corpus = corpus_of(dir.path(), &["one two".into(), "".into(), "three".into()]);
+        let pieces = plan_sample(&corpus, 1 << 30, 0).unwrap();
+        assert_eq!(bytes_of(&corpus, &pieces).concat(), b"one twothree");
     }
 
     #[test]
@@ -104,16 +130,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // 4 files, each word naming its file, ~8 MB in all; a 1 MB budget.
         let texts: Vec<String> = (0..4).map(|i| format!("file{i} words here ").repeat(100_000)).collect();
-        let (corpus, maps) = corpus_of(dir.path(), &texts);
-        let pieces = plan_sample(&corpus, &maps, 1 << 20, 7);
+        let corpus = corpus_of(dir.path(), &texts);
+        let pieces = plan_sample(&corpus, 1 << 20, 7).unwrap();
         let total: usize = pieces.iter().map(|p| p.len()).sum();
         assert!(total <= (1 << 20) + 256 * 64, "sample of {total} bytes");
-        let joined = String::from_utf8(pieces.concat()).unwrap();
+        let joined = String::from_utf8(bytes_of(&corpus, &pieces).concat()).unwrap();
         for i in 0..4 {
             assert!(joined.contains(&format!("file{i}")), "file {i} not sampled");
         }
         // Deterministic for a seed, different for another.
-        assert_eq!(pieces, plan_sample(&corpus, &maps, 1 << 20, 7));
-        assert_ne!(pieces, plan_sample(&corpus, &maps, 1 << 20, 8));
+        assert_eq!(pieces, plan_sample(&corpus, 1 << 20, 7).unwrap());
+        assert_ne!(pieces, plan_sample(&corpus, 1 << 20, 8).unwrap());
     }
 }

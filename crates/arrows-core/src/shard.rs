@@ -127,9 +127,9 @@ impl ShardHeader {
         Ok(header)
     }
 
-    /// Bytes the whole file must have.
-    pub fn file_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.count * self.dtype.size() as u64
+    /// Bytes the whole file must have (None: more than a file can hold, a forged count).
+    pub fn file_len(&self) -> Option<u64> {
+        self.count.checked_mul(self.dtype.size() as u64)?.checked_add(HEADER_LEN as u64)
     }
 }
 
@@ -140,10 +140,12 @@ pub fn read_header(path: &Path) -> Result<ShardHeader> {
     let mut buf = [0u8; HEADER_LEN];
     let n = read_up_to(&mut f, &mut buf).at(path)?;
     let header = ShardHeader::from_bytes(&buf[..n], path)?;
-    if header.count.checked_mul(header.dtype.size() as u64).is_none() || len != header.file_len() {
+    let expected = header.file_len();
+    if expected != Some(len) {
+        let announced = expected.map_or("more than a file can hold".to_string(), |n| format!("{n} bytes"));
         return Err(Error::corrupt(
             path,
-            format!("file is {len} bytes but its header announces {} tokens ({} bytes): truncated or damaged", header.count, header.file_len()),
+            format!("file is {len} bytes but its header announces {} tokens ({announced}): truncated or damaged", header.count),
         ));
     }
     Ok(header)
@@ -219,15 +221,21 @@ impl ShardWriter {
     }
 
     /// Write the header, sync, and give the file its final name. Returns the header.
+    /// On failure (a full disk) the unfinished file is removed.
     pub fn finish(mut self) -> Result<ShardHeader> {
         self.header.checksum = self.hasher.digest();
-        let mut file = self.out.into_inner().map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).at(&self.tmp_path)?;
-        file.write_all(&self.header.to_bytes()).at(&self.tmp_path)?;
-        file.sync_all().at(&self.tmp_path)?;
-        drop(file);
-        std::fs::rename(&self.tmp_path, &self.final_path).at(&self.final_path)?;
-        Ok(self.header)
+        let (tmp, header) = (&self.tmp_path, &self.header);
+        let finished = self.out.into_inner().map_err(|e| Error::io(tmp, e.into_error())).and_then(|mut file| {
+            file.seek(SeekFrom::Start(0)).at(tmp)?;
+            file.write_all(&header.to_bytes()).at(tmp)?;
+            file.sync_all().at(tmp)?;
+            drop(file);
+            std::fs::rename(tmp, &self.final_path).at(&self.final_path)
+        });
+        if finished.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        finished.map(|()| self.header)
     }
 
     /// Remove the unfinished file (on cancellation or error).

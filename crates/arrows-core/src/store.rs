@@ -5,6 +5,7 @@ use crate::manifest::{hex, Manifest};
 use crate::shard::{self, Dtype, ShardHeader};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::xxh3_64;
 
 pub struct StoreShard {
     pub path: PathBuf,
@@ -44,12 +45,15 @@ impl Store {
             .map(|s| {
                 let path = dir.join(&s.file);
                 let header = shard::read_header(&path)?;
-                let mismatch = if header.count != s.tokens {
-                    Some(format!("holds {} tokens, the manifest says {}", header.count, s.tokens))
-                } else if hex(header.tokenizer_hash) != manifest.tokenizer.hash {
+                let mismatch = if hex(header.tokenizer_hash) != manifest.tokenizer.hash {
                     Some("was encoded with another tokenizer than the manifest's (a shard from another run?)".into())
-                } else if hex(header.checksum) != s.checksum || header.input_start != s.input_start || header.input_end != s.input_end {
-                    Some("does not match its manifest entry (a shard from another run?)".into())
+                } else if header.count != s.tokens || header.input_start != s.input_start || header.input_end != s.input_end {
+                    Some(format!(
+                        "holds {} tokens of input bytes {}..{}, its manifest entry {} tokens of {}..{} (a shard or manifest from another run?)",
+                        header.count, header.input_start, header.input_end, s.tokens, s.input_start, s.input_end
+                    ))
+                } else if hex(header.checksum) != s.checksum {
+                    Some("has another token checksum than its manifest entry (a shard or manifest from another run?)".into())
                 } else if header.dtype != dtype {
                     Some(format!("stores {} ids, the manifest says {}", header.dtype.name(), dtype.name()))
                 } else {
@@ -72,9 +76,20 @@ impl Store {
         self.len() == 0
     }
 
-    /// Recompute every shard's checksum (in parallel); one error per damaged shard.
+    /// Recompute every shard's checksum (in parallel) and the tokenizer's hash; one error per
+    /// damaged file.
     pub fn verify(&self) -> Vec<Error> {
-        self.shards.par_iter().filter_map(|s| shard::verify(&s.path).err()).collect()
+        let mut problems: Vec<Error> = self.shards.par_iter().filter_map(|s| shard::verify(&s.path).err()).collect();
+        let path = self.dir.join(&self.manifest.tokenizer.file);
+        match std::fs::read(&path) {
+            Err(e) => problems.push(Error::io(&path, e)),
+            Ok(bytes) if hex(xxh3_64(&bytes)) != self.manifest.tokenizer.hash => problems.push(Error::corrupt(
+                &path,
+                "is not the tokenizer the shards were encoded with (its hash differs from the manifest's): a file from another run?",
+            )),
+            Ok(_) => {}
+        }
+        problems
     }
 }
 

@@ -9,9 +9,9 @@
 //! the last complete shard) writes the same bytes as an uninterrupted one.
 
 use crate::bpe::WordCache;
-use crate::corpus::{decode_lossy, fingerprint, Corpus, MappedFile};
+use crate::corpus::{decode_lossy, fingerprint, Corpus};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{hex, InputEntry, Manifest, Settings, ShardEntry, TokenizerEntry, TrainingEntry};
+use crate::manifest::{hex, write_atomic, InputEntry, Manifest, Settings, ShardEntry, TokenizerEntry, TrainingEntry};
 use crate::shard::{Dtype, ShardWriter};
 use crate::tokenizer::Tokenizer;
 use crate::train::{train_bpe, WordCounts};
@@ -169,13 +169,12 @@ fn lock_folder(out: &Path) -> Result<std::fs::File> {
 
 fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: Instant) -> Result<Summary> {
     let out = opts.out.as_path();
-    let maps: Vec<MappedFile> = corpus.files.iter().map(|f| MappedFile::open(&f.path)).collect::<Result<_>>()?;
     let inputs: Vec<InputEntry> = corpus
         .files
         .par_iter()
-        .zip(&maps)
-        .map(|(f, m)| InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(m.bytes()) })
-        .collect();
+        .enumerate()
+        .map(|(i, f)| Ok(InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(corpus.map(i)?.bytes()) }))
+        .collect::<Result<_>>()?;
     let settings = settings_of(opts);
     // Read a given tokenizer first: it may live in the very folder that --force is about to clear.
     let given = match &opts.tokenizer {
@@ -219,7 +218,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
             let (tokenizer, training) = match (given, &opts.tokenizer) {
                 (Some(t), _) => (t, None),
                 (None, TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency }) => {
-                    let (t, entry, seconds) = train_tokenizer(corpus, &maps, *vocab_size, *sample_bytes, *seed, *min_frequency, progress)?;
+                    let (t, entry, seconds) = train_tokenizer(corpus, *vocab_size, *sample_bytes, *seed, *min_frequency, progress)?;
                     (t, Some((entry, seconds)))
                 }
                 (None, _) => (Tokenizer::from_bpe(&ByteBpe::bytes_only()), None),
@@ -252,7 +251,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
 
     let resumed_at = manifest.next_input_offset();
     let encode_start = Instant::now();
-    encode_corpus(opts, corpus, &maps, &tokenizer, &mut manifest, progress)?;
+    encode_corpus(opts, corpus, &tokenizer, &mut manifest, progress)?;
     let encode_seconds = encode_start.elapsed().as_secs_f64();
     progress.set_phase(Phase::Done, corpus.total, corpus.total);
     Ok(Summary {
@@ -394,20 +393,10 @@ fn remove_outputs(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = crate::shard::tmp_name(path);
-    let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-    f.write_all(bytes).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)
-}
-
 /// Train a byte-level BPE on a sample of the corpus: the tokenizer, what it was trained on, and
 /// how long it took.
 fn train_tokenizer(
     corpus: &Corpus,
-    maps: &[MappedFile],
     vocab_size: usize,
     sample_bytes: u64,
     seed: u64,
@@ -415,25 +404,26 @@ fn train_tokenizer(
     progress: &Progress,
 ) -> Result<(Tokenizer, TrainingEntry, f64)> {
     let t0 = Instant::now();
-    let pieces = crate::sample::plan_sample(corpus, maps, sample_bytes, seed);
+    let pieces = crate::sample::plan_sample(corpus, sample_bytes, seed)?;
     let sample_total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
     progress.set_phase(Phase::Counting, 0, sample_total);
     let counts = pieces
         .par_iter()
-        .fold(WordCounts::new, |mut counts, piece| {
+        .try_fold(WordCounts::new, |mut counts, piece| {
             if !progress.cancel.load(Relaxed) {
-                let (text, _) = decode_lossy(piece);
+                let map = corpus.map(piece.file)?;
+                let (text, _) = decode_lossy(&map.bytes()[piece.start..piece.end]);
                 for part in text.split(END_OF_TEXT) {
                     counts.add_text(part);
                 }
                 progress.done.fetch_add(piece.len() as u64, Relaxed);
             }
-            counts
+            Ok(counts)
         })
-        .reduce(WordCounts::new, |mut a, b| {
+        .try_reduce(WordCounts::new, |mut a, b| {
             a.merge(b);
-            a
-        });
+            Ok(a)
+        })?;
     progress.check_cancel()?;
     progress.set_phase(Phase::Merging, 0, vocab_size.saturating_sub(257) as u64);
     let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
@@ -452,9 +442,10 @@ struct Chunk {
 
 /// The next chunk starting at global offset `pos` (< total), cut where the tokenizer allows.
 /// Empty files hold no offset, so a chunk is never empty.
-fn next_chunk(corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, pos: u64, chunk_bytes: u64) -> Chunk {
+fn next_chunk(corpus: &Corpus, tokenizer: &Tokenizer, pos: u64, chunk_bytes: u64) -> Result<Chunk> {
     let (file, local) = corpus.locate(pos);
-    let bytes = maps[file].bytes();
+    let map = corpus.map(file)?;
+    let bytes = map.bytes();
     let start = local as usize;
     let target = start + chunk_bytes as usize;
     let end = if target >= bytes.len() {
@@ -462,7 +453,7 @@ fn next_chunk(corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, pos: 
     } else {
         tokenizer.next_safe_split(bytes, target).unwrap_or(bytes.len())
     };
-    Chunk { file, start, end }
+    Ok(Chunk { file, start, end })
 }
 
 thread_local! {
@@ -487,8 +478,9 @@ impl IdBuffers {
     }
 }
 
-fn encode_chunk(c: Chunk, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, strict: bool, buffers: &IdBuffers) -> Result<(Vec<u32>, u64)> {
-    let bytes = &maps[c.file].bytes()[c.start..c.end];
+fn encode_chunk(c: Chunk, corpus: &Corpus, tokenizer: &Tokenizer, strict: bool, buffers: &IdBuffers) -> Result<(Vec<u32>, u64)> {
+    let map = corpus.map(c.file)?;
+    let bytes = &map.bytes()[c.start..c.end];
     if strict {
         if let Err(e) = std::str::from_utf8(bytes) {
             return Err(Error::InvalidUtf8 { path: corpus.files[c.file].path.clone(), offset: (c.start + e.valid_up_to()) as u64 });
@@ -505,7 +497,7 @@ type Encoded = Vec<(Chunk, Result<(Vec<u32>, u64)>)>;
 /// Encode from the end of the last complete shard to the end of the corpus. The calling thread
 /// plans chunks and encodes them in parallel, batch after batch; a writer thread appends the
 /// results in order and closes shards meanwhile, so encoding never waits for the disk.
-fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], tokenizer: &Tokenizer, manifest: &mut Manifest, progress: &Progress) -> Result<()> {
+fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, tokenizer: &Tokenizer, manifest: &mut Manifest, progress: &Progress) -> Result<()> {
     let start = manifest.next_input_offset();
     progress.set_phase(Phase::Encoding, start, corpus.total);
     progress.tokens.store(manifest.tokens, Relaxed);
@@ -522,20 +514,28 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, maps: &[MappedFile], t
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| write_shards(opts, corpus, tokenizer, manifest, progress, receive, start, &buffers));
         let mut p = start;
-        while p < corpus.total && !progress.cancel.load(Relaxed) {
+        let mut planned = Ok(());
+        while p < corpus.total && !progress.cancel.load(Relaxed) && planned.is_ok() {
             let mut chunks = Vec::with_capacity(batch);
             while chunks.len() < batch && p < corpus.total {
-                let c = next_chunk(corpus, maps, tokenizer, p, chunk_bytes);
-                p += (c.end - c.start) as u64;
-                chunks.push(c);
+                match next_chunk(corpus, tokenizer, p, chunk_bytes) {
+                    Ok(c) => {
+                        p += (c.end - c.start) as u64;
+                        chunks.push(c);
+                    }
+                    Err(e) => {
+                        planned = Err(e); // the chunks before it are still written
+                        break;
+                    }
+                }
             }
-            let encoded: Encoded = chunks.par_iter().map(|&c| (c, encode_chunk(c, corpus, maps, tokenizer, opts.strict_utf8, &buffers))).collect();
+            let encoded: Encoded = chunks.par_iter().map(|&c| (c, encode_chunk(c, corpus, tokenizer, opts.strict_utf8, &buffers))).collect();
             if send.send(encoded).is_err() {
                 break; // the writer stopped on an error, which it returns
             }
         }
         drop(send);
-        writer.join().expect("the shard writer does not panic")
+        writer.join().expect("the shard writer does not panic").and(planned)
     })?;
     if manifest.complete {
         Ok(())
