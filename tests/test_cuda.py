@@ -101,6 +101,6 @@ def test_study_side_by_side_on_one_gpu(tmp_path):
         "optim_params": {"lr": 3e-3, "warmup_steps": 20},
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    arrows("study", tmp_path / "cfg.json", "--gpus", "0,0", "--out", tmp_path / "study")
+    arrows("study", tmp_path / "cfg.json", "--parallel", "--device", "cuda", "--out", tmp_path / "study")
     report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert abs(report["summary"]["delta"]) < 0.01

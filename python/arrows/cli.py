@@ -176,12 +176,9 @@ def train(
     from arrows.train import TrainOptions
     from arrows.train import train as run
 
-    gpu_list = _parse_gpus(gpus)
-    _check_device(device)
+    gpu_list = _devices(gpus, device)
     if gpu_list and nproc != 1:
         raise typer.BadParameter("--gpus starts one process per GPU; drop --nproc (it is for CPU processes)", param_hint="--nproc")
-    if gpu_list and device == "cpu":
-        raise typer.BadParameter("--gpus trains on those CUDA devices, --device cpu on the CPU: give one of them", param_hint="--device")
     if more is not None and steps is not None:
         raise typer.BadParameter("--more N trains N steps beyond the checkpoint, --steps sets the total: give one of them", param_hint="--more")
     overrides: dict = {"training_params": {}}
@@ -222,9 +219,14 @@ def _parse_gpus(gpus: Optional[str]) -> list[int] | None:
     return ids
 
 
-def _check_device(device: str) -> None:
+def _devices(gpus: Optional[str], device: str) -> list[int] | None:
+    """The GPU list of --gpus, checked together with --device."""
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"{device!r}: choose auto, cpu or cuda", param_hint="--device")
+    gpu_list = _parse_gpus(gpus)
+    if gpu_list and device == "cpu":
+        raise typer.BadParameter("--gpus trains on those CUDA devices, --device cpu on the CPU: give one of them", param_hint="--device")
+    return gpu_list
 
 
 def _data_vocab(cfg) -> int | None:
@@ -334,12 +336,10 @@ def study(
     """Train the forward and the backward model on identical settings, then compare them."""
     from arrows.study import run_study
 
-    if gpus and device == "cpu":
-        raise typer.BadParameter("--gpus trains on GPUs; drop --device cpu (or drop --gpus and use --parallel)", param_hint="--gpus")
+    gpu_list = _devices(gpus, device)
     overrides = {} if steps is None else {"steps_to_train": steps}
     cfg = _load_train_config(config, model, overrides)
     study_dir = out or Path(cfg.training.save_loc) / config.stem
-    gpu_list = _parse_gpus(gpus)
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
     _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
 
@@ -389,10 +389,9 @@ def print_table(report: dict, title: str | None = None) -> None:
                   caption="loss in nats/token; δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval", caption_justify="left")
     for col in ("", "forward", "backward", "δ", "95% interval"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("validation loss", f"{s['loss_fw']:.4f}", f"{s['loss_bw']:.4f}", f"{100 * s['delta']:+.2f}%", f"[{100 * s['low']:+.2f}%, {100 * s['high']:+.2f}%]")
-    if len(report["pairs"]) > 1:
-        for p in report["pairs"]:
-            table.add_row(f"seed {p['seed']}", f"{p['loss_fw']:.4f}", f"{p['loss_bw']:.4f}", f"{100 * p['delta']:+.2f}%", f"[{100 * p['low']:+.2f}%, {100 * p['high']:+.2f}%]")
+    rows = [("validation loss", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])
+    for label, r in rows:
+        table.add_row(label, f"{r['loss_fw']:.4f}", f"{r['loss_bw']:.4f}", f"{100 * r['delta']:+.2f}%", f"[{100 * r['low']:+.2f}%, {100 * r['high']:+.2f}%]")
     console = Console(highlight=False)
     console.print(table)
     if len(report["pairs"]) > 1:

@@ -104,19 +104,25 @@ def _data_identity(run: Run) -> dict:
 
 
 def mismatches(fw: Run, bw: Run) -> list[str]:
-    """Why two runs cannot be compared (empty: they can)."""
+    """Why two runs cannot be compared as a forward and a backward run (empty: they can)."""
     problems = []
     if fw.direction != "forward":
         problems.append(f"{fw.path} is a {fw.direction} run; the first run must be forward")
     if bw.direction != "backward":
         problems.append(f"{bw.path} is a {bw.direction} run; the second run must be backward")
-    a, b = _data_identity(fw), _data_identity(bw)
-    if a != b:
-        problems.append(f"data: {fw.training['dataset_folder']} ({a}) vs {bw.training['dataset_folder']} ({b})")
+    return problems + setup_differences(fw, bw)
+
+
+def setup_differences(a: Run, b: Run) -> list[str]:
+    """What differs between two runs' data, vocabulary, windows and split."""
+    problems = []
+    x, y = _data_identity(a), _data_identity(b)
+    if x != y:
+        problems.append(f"data: {a.training['dataset_folder']} ({x}) vs {b.training['dataset_folder']} ({y})")
     for section, key in (("model_params", "attn_length"), ("model_params", "vocab_size"), ("training_params", "valid_fraction"), ("training_params", "stride")):
-        x, y = fw.config[section].get(key), bw.config[section].get(key)
-        if x != y:
-            problems.append(f"{section}.{key}: {x!r} in {fw.path}, {y!r} in {bw.path}")
+        u, v = a.config[section].get(key), b.config[section].get(key)
+        if u != v:
+            problems.append(f"{section}.{key}: {u!r} in {a.path}, {v!r} in {b.path}")
     return problems
 
 
@@ -231,29 +237,47 @@ def field_of_positions(tokens: np.ndarray, separators: str, *, line_start: bool 
 _LOOK_BACK = 4096  # tokens read before a range to find where its first line starts
 
 
-def _fields_around(run: Run, ev: Evaluation, sidecar: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens, field of each token) of the stream from a little before the evaluated targets to
-    their end, indexed by stream position minus the returned offset."""
-    from arrows.data import TokenStore
+@dataclass
+class StreamFields:
+    """The field of each token of the stream around the evaluated windows (the same windows for
+    every run of a comparison): `fields[i]` and `tokens[i]` are those of stream position `start + i`."""
+    tokens: np.ndarray
+    fields: np.ndarray
+    start: int
+    names: list[str]
 
-    store = TokenStore(run.training["dataset_folder"])
-    lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
-    start = max(0, lo - _LOOK_BACK)
-    tokens = np.asarray(store[start:hi]).astype(np.int64)
-    fields = field_of_positions(tokens, sidecar["separators"], line_start=start == 0)
-    return tokens, fields, start
+    @classmethod
+    def around(cls, run: Run, ev: Evaluation, sidecar: dict) -> "StreamFields":
+        from arrows.data import TokenStore
+
+        store = TokenStore(run.training["dataset_folder"])
+        lo, hi = int(ev.target_stream_positions.min()), int(ev.target_stream_positions.max()) + 1
+        start = max(0, lo - _LOOK_BACK)  # back far enough to see where the first line starts
+        tokens = np.asarray(store[start:hi]).astype(np.int64)
+        return cls(tokens, field_of_positions(tokens, sidecar["separators"], line_start=start == 0), start, sidecar["fields"])
+
+    def losses(self, ev: Evaluation) -> dict[str, float]:
+        """Mean loss of `ev`'s targets in each field (and on the separators)."""
+        f = self.fields[ev.target_stream_positions - self.start]
+        out = {name: float(ev.target_losses[f == i].mean()) for i, name in enumerate(self.names) if (f == i).any()}
+        if (f == -1).any():
+            out["separators"] = float(ev.target_losses[f == -1].mean())
+        return out
+
+    def chance(self, ev: Evaluation) -> dict[str, float]:
+        """Entropy of the token frequencies within each field: what a model pays that guesses."""
+        at = ev.target_stream_positions.ravel() - self.start
+        tokens, fields = self.tokens[at], self.fields[at]
+        return {name: _entropy(np.bincount(tokens[fields == i])) for i, name in enumerate(self.names)}
 
 
-def field_losses(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
-    _, fields, start = _fields_around(run, ev, sidecar)
-    f = fields[ev.target_stream_positions - start]
-    out = {name: float(ev.target_losses[f == i].mean()) for i, name in enumerate(sidecar["fields"]) if (f == i).any()}
-    if (f == -1).any():
-        out["separators"] = float(ev.target_losses[f == -1].mean())
-    return out
+def _entropy(counts: np.ndarray) -> float:
+    """Entropy in nats of the distribution that `counts` are the frequencies of."""
+    p = counts[counts > 0] / max(counts.sum(), 1)
+    return float(-(p * np.log(p)).sum())
 
 
-def unigram_entropy(run: Run, ev: Evaluation | None = None) -> float:
+def unigram_entropy(run: Run) -> float:
     """Entropy of the validation split's token frequencies: the loss of a model that learned only
     which tokens are common. A run at or above it has not learned anything from context."""
     from arrows.data import TokenStore
@@ -261,9 +285,7 @@ def unigram_entropy(run: Run, ev: Evaluation | None = None) -> float:
     store = TokenStore(run.training["dataset_folder"])
     n = len(store)
     valid = np.asarray(store[n - int(n * run.training["valid_fraction"]) :])
-    counts = np.bincount(valid.astype(np.int64))
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return _entropy(np.bincount(valid.astype(np.int64)))
 
 
 # ---- the comparison -----------------------------------------------------------------------------
@@ -272,19 +294,6 @@ def _curves(run: Run) -> dict:
         "train": [(m["step"], m["loss"]) for m in run.metrics if "loss" in m],
         "valid": [(m["step"], m["valid_loss"]) for m in run.metrics if "valid_loss" in m],
     }
-
-
-def _field_chance(run: Run, ev: Evaluation, sidecar: dict) -> dict[str, float]:
-    """Entropy of the token frequencies within each field: what a model pays that guesses."""
-    tokens, fields, start = _fields_around(run, ev, sidecar)
-    targets = ev.target_stream_positions.ravel() - start
-    tokens, fields = tokens[targets], fields[targets]
-    out = {}
-    for i, name in enumerate(sidecar["fields"]):
-        counts = np.bincount(tokens[fields == i])
-        p = counts[counts > 0] / max(counts.sum(), 1)
-        out[name] = float(-(p * np.log(p)).sum())
-    return out
 
 
 def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float], summary: dict) -> tuple[str, list[str]]:
@@ -338,12 +347,12 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
     for fw, bw in runs:
         problems += mismatches(fw, bw)
     for fw, _ in runs[1:]:
-        problems += [p.replace("backward", "other pair's") for p in mismatches(runs[0][0], fw) if "must be" not in p]
+        problems += setup_differences(runs[0][0], fw)  # every pair scores the same windows
     if problems:
         raise InputError("these runs cannot be compared:\n  " + "\n  ".join(problems))
     sidecar = synthetic_sidecar(runs[0][0])
     entries, notes, window_losses = [], [], []
-    chance = {}
+    chance, stream = {}, None
     for k, (fw, bw) in enumerate(runs):
         if reporter is not None:
             reporter.update("evaluating", k, len(runs), "pairs")
@@ -366,9 +375,10 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
         if sidecar is not None:
             # Identical spans: the same multiset of predicted stream positions.
             assert np.array_equal(np.sort(f.target_stream_positions, axis=None), np.sort(b.target_stream_positions, axis=None))
-            entry["fields"] = {"forward": field_losses(fw, f, sidecar), "backward": field_losses(bw, b, sidecar)}
-            if k == 0:
-                chance = _field_chance(fw, f, sidecar)
+            if stream is None:
+                stream = StreamFields.around(fw, f, sidecar)
+                chance = stream.chance(f)
+            entry["fields"] = {"forward": stream.losses(f), "backward": stream.losses(b)}
         entries.append(entry)
     unigram = unigram_entropy(runs[0][0])
     for e in entries:

@@ -99,7 +99,8 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // len(runs))))
         where = f"GPU {','.join(map(str, r.devices))}" if r.devices else device
         print(f"── {r.name}: training on {where}, log in {log}", file=sys.stderr, flush=True)
-        procs.append((r, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)))
+        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+            procs.append((r, log, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)))
     failed = []
     for r, log, p in procs:
         if p.wait() != 0:
