@@ -230,7 +230,7 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
         ("model_params", "embd_dropout", 1, "must be in [0, 1)"),
         ("model_params", "n_heads", 3, "3 does not divide embed_dim 16"),
         ("model_params", "model_type", "GPT", "did you mean gpt?"),
-        ("model_params", "attention", "flash", "must be one of 'sdpa', 'flex', 'plain'"),
+        ("model_params", "attention", "flash", "must be one of 'sdpa', 'flex', 'triton', 'plain'"),
         ("model_params", "vocab_size", float("nan"), "expected an integer"),
         ("optim_params", "lr", float("inf"), "expected a finite number"),
         ("optim_params", "lr", True, "(a boolean)"),

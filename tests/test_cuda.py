@@ -1,4 +1,5 @@
-"""The CUDA paths: bf16 autocast, torch.compile, pinned-memory batches, FlexAttention gradients,
+"""The CUDA paths: bf16 autocast, torch.compile, pinned-memory batches, FlexAttention and Triton
+attention gradients (tests/test_triton_attention.py also runs its kernels on CUDA here),
 the chunked head + loss, and training end to end. Skipped where no CUDA device is visible (every
 CPU machine, CI included): run `pytest tests/test_cuda.py` on a GPU machine."""
 
@@ -32,7 +33,7 @@ def test_loader_batches_on_cuda_equal_cpu_batches(tmp_path):
         assert xg.is_cuda and torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("attention", ["sdpa", "flex", "triton"])
 def test_compiled_bf16_attention_matches_plain(attention):
     model, plain = _gpt(attention_impl=attention), _gpt(attention_impl="plain")
     plain.load_state_dict(model.state_dict())
@@ -46,6 +47,21 @@ def test_compiled_bf16_attention_matches_plain(attention):
     assert abs(a.item() - b.item()) < 0.02 * b.item()
     for (n, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
         assert torch.allclose(p.grad.float(), q.grad.float(), atol=5e-2, rtol=5e-2), n
+
+
+def test_triton_attention_compiles_into_one_graph_with_dropout():
+    # torch.compile must trace through arrows' kernels (triton_op), not break the graph at them.
+    pytest.importorskip("triton")
+    model = _gpt(attention_impl="triton", dropout=0.1).train()
+    idx = torch.randint(0, 1000, (4, 64), device="cuda")
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, fullgraph=True)
+    torch.manual_seed(5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = compiled(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_chunked_head_loss_saves_memory_and_matches():

@@ -48,6 +48,7 @@ def run_dir_of(config) -> Path:
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     _check_devices(opts)
+    _check_attention(config, opts)
     if opts.dry_run:
         verify_data(config)
         return dry_run(config, opts)
@@ -76,6 +77,19 @@ def _check_devices(opts: TrainOptions) -> None:
     missing = [g for g in opts.gpus or [] if g >= visible]
     if missing:
         raise InputError(f"{asked}: only {visible} CUDA device(s) are visible, numbered 0 to {visible - 1}")
+
+
+def _check_attention(config, opts: TrainOptions) -> None:
+    """The GPU-only attention paths, refused up front on a CPU run instead of failing at step 1."""
+    if config.model.model_type != "gpt" or _device(opts, 0) != "cpu":
+        return
+    import os
+
+    if config.model.attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError("model_params.attention 'triton' runs on CUDA and this run is on the CPU; use 'sdpa' "
+                         "(or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter, very slowly)")
+    if config.model.attention == "flex":
+        raise InputError("model_params.attention 'flex' trains on CUDA only (FlexAttention has no backward pass on the CPU); use 'sdpa'")
 
 
 def verify_data(config) -> None:

@@ -12,6 +12,9 @@ Attention has two implementations with the same weights:
   torch.compile on CUDA (eager elsewhere, forward only on CPU). It has no dropout on the attention
   weights, so it requires `dropout` 0. SDPA stays the default: on an H200 its flash kernel measured
   faster than FlexAttention for the paper's shapes (DESIGN §7: 0.78 vs 0.90 ms);
+- "triton": our own fused kernels (FlashAttention-2 forward and backward, with dropout on the
+  attention weights), in `triton_attention.py`; CUDA only (or Triton's interpreter, for tests).
+  Not the default until it is measured faster than SDPA's flash kernel on a GPU;
 - "plain": the masked softmax written out, as the reference did; kept as the ground truth the
   fused paths are tested against.
 """
@@ -26,7 +29,7 @@ from torch.nn import functional as F
 
 from arrows.models.head_loss import chunked_head_loss
 
-ATTENTION_IMPLS = ("sdpa", "flex", "plain")
+ATTENTION_IMPLS = ("sdpa", "flex", "triton", "plain")
 
 _flex_masks: dict = {}  # (T, device) -> causal BlockMask, built once
 _flex_kernel = None  # flex_attention, compiled on first CUDA use
@@ -46,6 +49,14 @@ def flex_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
             _flex_kernel = torch.compile(flex_attention)
         return _flex_kernel(q, k, v, block_mask=_flex_masks[key])
     return flex_attention(q, k, v, block_mask=_flex_masks[key])
+
+
+def triton_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal attention through arrows' own Triton kernels (imported when first used: Triton is
+    needed only for this path)."""
+    from arrows.models.triton_attention import causal_attention
+
+    return causal_attention(q, k, v, dropout_p)
 
 
 class CausalSelfAttention(nn.Module):
@@ -75,6 +86,8 @@ class CausalSelfAttention(nn.Module):
             )
         elif self.attention_impl == "flex":
             y = flex_causal_attention(q, k, v)
+        elif self.attention_impl == "triton":
+            y = triton_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             # (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T); position t sees positions <= t
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
@@ -145,6 +158,8 @@ class GPT(nn.Module):
             raise ValueError(f"model_params: attention_impl must be one of {ATTENTION_IMPLS}, not {attention_impl!r}")
         if head_loss not in HEAD_LOSSES:
             raise ValueError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
+        if attention_impl == "triton":
+            require_triton()
         if attention_impl == "flex" and dropout > 0:
             raise ValueError(f"model_params: attention 'flex' has no dropout on attention weights; set dropout to 0 (now {dropout}) or use 'sdpa'")
         # Everything needed to build this model again (checkpoints store it).
@@ -187,9 +202,11 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def set_attention_impl(self, impl: str) -> None:
-        """Switch every layer to "sdpa", "flex" or "plain" attention (the weights are the same)."""
+        """Switch every layer to another attention implementation (the weights are the same)."""
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, not {impl!r}")
+        if impl == "triton":
+            require_triton()
         for block in self.transformer.h:
             block.attn.attention_impl = impl
         self.config["attention_impl"] = impl
@@ -240,6 +257,14 @@ class GPT(nn.Module):
 
 
 HEAD_LOSSES = ("plain", "chunked")
+
+
+def require_triton() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("model_params: attention 'triton' needs the triton package (pip install triton; "
+                         "it comes with torch's CUDA wheels on Linux), or use attention 'sdpa'")
 
 
 def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

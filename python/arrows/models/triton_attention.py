@@ -1,0 +1,324 @@
+"""Causal self-attention as fused Triton kernels of our own: forward and backward, with dropout.
+
+The algorithm is FlashAttention-2's. For each block of query rows the forward pass streams over
+the key blocks at or before it, keeping a running max `m` and running sum `l` of the softmax
+(online softmax), so the (T, T) score matrix never exists in memory. It stores the output and,
+per row, the log-sum-exp `lse` of the scores. The backward pass recomputes each score block from
+q, k and `lse` instead of storing probabilities:
+
+    p  = exp(s - lse)                  dV += pᵀ·dO     (p with dropout applied, as in the forward)
+    dp = dO·Vᵀ                         ds  = p ∘ (dp - Δ),  Δ = rowsum(dO ∘ O)
+    dQ += ds·K · scale                 dK += dsᵀ·Q · scale
+
+dK, dV are made by one kernel per key block (looping over the query blocks that see it), and dQ by
+another per query block, so that no two programs write the same rows (no atomics).
+
+Dropout on the attention weights (the reference's `attn_dropout`) is drawn inside the kernels
+from Philox, keyed on a seed tensor drawn from torch's generator per call and on the (row, column)
+of each weight, so the backward pass regenerates exactly the forward's mask, and the run is
+reproducible from torch's RNG state (which the checkpoints save).
+
+Exposed as the custom operators `arrows::attention_forward` and `arrows::attention_backward`
+(`torch.library.triton_op`), joined by `register_autograd`: torch.compile traces through them,
+sees the kernels, and keeps them in its graph instead of breaking it.
+
+Runs on CUDA tensors; with `TRITON_INTERPRET=1` set before this module is imported, Triton's
+interpreter runs the same kernels on CPU tensors (slowly), which is how the tests check them on a
+machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+INTERPRETED = bool(knobs.runtime.interpret)  # read by triton.jit when the kernels below are defined
+LOG2E = 1.4426950408889634  # the kernels use exp2, the native instruction: exp(x) = exp2(x·log2 e)
+
+
+@triton.jit
+def _keep_mask(seed_ptr, bh, offs_m, offs_n, T, p_drop):
+    """The dropout mask of the weights (offs_m × offs_n) of head `bh`: True where a weight is kept."""
+    seed = tl.load(seed_ptr) + bh  # one Philox key per (batch, head): offsets stay below T² < 2³¹
+    return tl.rand(seed, offs_m[:, None] * T + offs_n[None, :]) >= p_drop
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, O, LSE, SEED,
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+    H, T, HEAD_DIM, scale_log2, p_drop,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)  # BLOCK_D is HEAD_DIM rounded up to a power of two
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=(offs_m[:, None] < T) & d_ok[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of the scaled scores (log2 units)
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(score - m_i), before dropout
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Causal: the keys of this block's last row at most. Key 0 is always visible, so no row is empty.
+    hi = tl.minimum(start_m + BLOCK_M, T)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        visible = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < T)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    row_ok = offs_m < T
+    tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=row_ok)  # log2-sum-exp2 of the row
+    o = acc / l_i[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, sob, soh, sot, H, T, HEAD_DIM, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Δ = rowsum(dO ∘ O), per row, in fp32: the softmax's backward needs it for every score."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < T) & (offs_d[None, :] < HEAD_DIM)
+    where = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
+    o = tl.load(O + where, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + where, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.jit
+def _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2):
+    """The attention weights of a (query block × key block), recomputed from q, k and lse; zero
+    where masked (causal, or past the end)."""
+    s = tl.dot(q, tl.trans(k)) * scale_log2
+    visible = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
+    return tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+
+
+@triton.jit
+def _dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, SEED, DK, DV,
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sgb, sgh, sgt,
+    H, T, HEAD_DIM, scale, scale_log2, p_drop,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    """dK and dV of one key block, summed over the query blocks at or after it (causal)."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    n_mask = (offs_n[:, None] < T) & d_ok[None, :]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start_m in range((start_n // BLOCK_M) * BLOCK_M, T, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < T
+        m_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
+        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
+        delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
+        p = _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2)  # (BLOCK_M, BLOCK_N)
+        dp = tl.dot(do, tl.trans(v))
+        if DROPOUT:
+            keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
+            dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - p_drop), 0.0).to(do.dtype)), do)
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    where = b * sgb + h * sgh + offs_n[:, None] * sgt + offs_d[None, :]
+    tl.store(DK + where, (dk * scale).to(DK.dtype.element_ty), mask=n_mask)
+    tl.store(DV + where, dv.to(DV.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _dq_kernel(
+    Q, K, V, DO, LSE, DELTA, SEED, DQ,
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sgb, sgh, sgt,
+    H, T, HEAD_DIM, scale, scale_log2, p_drop,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    """dQ of one query block, summed over the key blocks at or before it (causal)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < T
+    m_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
+    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
+    lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_mask = (offs_n[:, None] < T) & d_ok[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
+        p = _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2)
+        dp = tl.dot(do, tl.trans(v))
+        if DROPOUT:
+            dp = tl.where(_keep_mask(SEED, bh, offs_m, offs_n, T, p_drop), dp / (1.0 - p_drop), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=m_mask)
+
+
+@triton.jit
+def _dropout_mask_kernel(SEED, KEEP, T, p_drop, BLOCK: tl.constexpr):
+    """The kernels' dropout mask written out, (B·H, T, T) of 0/1, so that tests can check them
+    against plain attention with the very same mask."""
+    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    bh = tl.program_id(1)
+    for start_n in range(0, T, BLOCK):
+        offs_n = start_n + tl.arange(0, BLOCK)
+        keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
+        inside = (offs_m[:, None] < T) & (offs_n[None, :] < T)
+        tl.store(KEEP + bh * T * T + offs_m[:, None] * T + offs_n[None, :], keep.to(tl.int8), mask=inside)
+
+
+# ---- block sizes ----------------------------------------------------------------------------
+# On a GPU the forward's blocks are autotuned per (T, head size); in the interpreter small fixed
+# blocks keep the tests quick and still give several blocks per row, so the loops and their edges
+# are exercised.
+if INTERPRETED:
+    _forward = _forward_kernel
+    FORWARD_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)
+else:
+    _forward = triton.autotune(
+        configs=[
+            triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=w, num_stages=s)
+            for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4))
+        ],
+        key=["T", "HEAD_DIM", "DROPOUT"],
+    )(_forward_kernel)
+    FORWARD_BLOCKS = {}
+# The backward kernels: fixed sizes that suit D ≤ 128 on Hopper (register pressure of four
+# accumulating dots rules out 128×128 tiles).
+BACKWARD_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16) if INTERPRETED else dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+DELTA_BLOCK = 16 if INTERPRETED else 128
+
+
+def _launch(kernel):
+    """`kernel[grid](...)`, made visible to torch.compile and torch.export by wrap_triton. The
+    interpreter's kernels are called as they are: they run on CPU tensors, and cannot be traced
+    (torch.compile is for CUDA here; the GPU tests check the compiled path)."""
+    return kernel if INTERPRETED else torch.library.wrap_triton(kernel)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if not (q.shape == k.shape == v.shape) or q.dim() != 4:
+        raise ValueError(f"attention 'triton': q, k, v must be (B, H, T, D) of one shape, not {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(
+            f"attention 'triton' runs on CUDA, not on {q.device.type}; use attention 'sdpa' here "
+            "(or set TRITON_INTERPRET=1 before starting to run the kernel in Triton's interpreter, slowly)"
+        )
+
+
+@torch.library.triton_op("arrows::attention_forward", mutates_args=())
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor, p_drop: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, T, D) q, k, v -> output (B, H, T, D), laid out as (B, T, H, D) so that merging the
+    heads afterwards is free, and the rows' log2-sum-exp2 (B·H, T) in fp32."""
+    B, H, T, D = q.shape
+    o = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
+    block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs ≥ 16; the padding is masked
+    scale = 1.0 / math.sqrt(D)
+
+    def grid(meta):
+        return (triton.cdiv(T, meta["BLOCK_M"]), B * H)
+
+    _launch(_forward)[grid](
+        q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        H, T, D, scale * LOG2E, p_drop, BLOCK_D=block_d, DROPOUT=p_drop > 0, **FORWARD_BLOCKS,
+    )
+    return o, lse
+
+
+@torch.library.triton_op("arrows::attention_backward", mutates_args=())
+def attention_backward(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, seed: torch.Tensor, p_drop: float
+) -> torch.Tensor:
+    """dQ, dK, dV side by side in one (B, T, 3, H, D) tensor: the layout of the qkv projection
+    they flow back into (an operator's outputs may not alias each other, so one tensor it is)."""
+    B, H, T, D = q.shape
+    if do.stride() != o.stride():  # the kernels read dO with O's strides
+        do = torch.empty_like(o).copy_(do)
+    grads = torch.empty((B, T, 3, H, D), dtype=q.dtype, device=q.device)
+    dq, dk, dv = (grads[:, :, i].transpose(1, 2) for i in range(3))
+    delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
+    block_d = max(16, triton.next_power_of_2(D))
+    scale = 1.0 / math.sqrt(D)
+    _launch(_delta_kernel)[(triton.cdiv(T, DELTA_BLOCK), B * H)](
+        o, do, delta, *_strides(o), H, T, D, BLOCK_M=DELTA_BLOCK, BLOCK_D=block_d
+    )
+    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(dq), H, T, D, scale, scale * LOG2E, p_drop)
+    blocks = dict(BLOCK_D=block_d, DROPOUT=p_drop > 0, **BACKWARD_BLOCKS)
+    _launch(_dkdv_kernel)[(triton.cdiv(T, BACKWARD_BLOCKS["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, seed, dk, dv, *common, **blocks)
+    _launch(_dq_kernel)[(triton.cdiv(T, BACKWARD_BLOCKS["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, seed, dq, *common, **blocks)
+    return grads
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seed, p_drop = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, seed)
+    ctx.p_drop = p_drop
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    grads = attention_backward(do, q, k, v, o, lse, seed, ctx.p_drop)
+    dq, dk, dv = (grads[:, :, i].transpose(1, 2) for i in range(3))
+    return dq, dk, dv, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q·kᵀ/√D + causal mask) with dropout on the weights, then ·v; (B, H, T, D) in and out.
+    q, k, v must have unit stride in D (true of the heads split out of one projection)."""
+    _check(q, k, v)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    seed = torch.randint(0, 2**30, (1,), dtype=torch.int32, device=q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int32, device=q.device)
+    return attention_forward(q, k, v, seed, float(dropout_p))[0]
+
+
+def dropout_keep_mask(seed: torch.Tensor, batch_heads: int, T: int, p_drop: float) -> torch.Tensor:
+    """(B·H, T, T) bool: the attention weights the kernels keep for this seed and p_drop."""
+    keep = torch.empty((batch_heads, T, T), dtype=torch.int8, device=seed.device)
+    _dropout_mask_kernel[(triton.cdiv(T, 16), batch_heads)](seed, keep, T, p_drop, BLOCK=16)
+    return keep.bool()
