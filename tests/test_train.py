@@ -137,15 +137,31 @@ def test_kill_9_then_resume_reproduces_the_losses_exactly(tmp_path, store):
     assert losses(run) == straight  # bit for bit
 
 
-def test_nan_stops_with_the_checkpoint_intact(tmp_path, store):
-    cfg = write_config(tmp_path / "c.json", store, run_name="nan", steps_to_train=40, save_every=2)
+@pytest.mark.parametrize("save_every", [1, 3])
+def test_nan_stops_with_the_checkpoint_intact(tmp_path, store, save_every):
+    # save_every 3: the bad step's loss is read back while the next step runs (see Trainer.fit)
+    import re
+
+    from arrows import checkpoint
+
+    cfg = write_config(tmp_path / "c.json", store, run_name="nan", steps_to_train=40, save_every=save_every, step_log=1)
     data = json.loads(cfg.read_text())
-    data["optim_params"].update(lr=1e6, warmup_steps=0)
+    data["optim_params"].update(lr=3e3, warmup_steps=8)  # diverges after a few steps (step 7 on ../shared's English)
     cfg.write_text(json.dumps(data))
     proc = arrows("train", cfg, "--device", "cpu", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "nan" in proc.stderr.lower() or "inf" in proc.stderr.lower()
-    assert "intact" in proc.stderr
+    bad_step = int(re.search(r"at step (\d+)", proc.stderr).group(1))
+    run = tmp_path / "runs" / "nan"
+    logged = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in logged] == list(range(1, bad_step)) and all(np.isfinite(r["loss"]) for r in logged)
+    latest = run / "checkpoints" / checkpoint.LATEST
+    if bad_step <= save_every:
+        assert not latest.exists() and "No checkpoint was written yet" in proc.stderr
+        return
+    saved = checkpoint.load(latest)
+    assert saved["step"] < bad_step and f"The checkpoint of step {saved['step']}" in proc.stderr
+    assert all(torch.isfinite(p).all() for p in saved["model"].values())
 
 
 @pytest.mark.parametrize("backward", [False, True])

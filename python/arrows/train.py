@@ -261,39 +261,25 @@ class Trainer:
             checkpoint.remove_partial(self.ckpt_dir)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
-        valid_every = t.valid_every or self.total_steps
         tokens_per_step = t.batch_size * t.aggregate * self.L
         batches = self._batches()
-        bar = _Progress(self.total_steps, self.step) if w.is_main else None
-        window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
-        last_valid = None
+        bar = self._bar = _Progress(self.total_steps, self.step) if w.is_main else None
+        self._window = [0.0, 0, time.perf_counter()]  # loss sum, steps, start time of the logging window
+        self._last_valid = None
         try:
+            # On CUDA a step is queued without waiting for the GPU; its loss is read back while the
+            # GPU runs the next one (`pending`). Validation, samples and checkpoints need the weights
+            # of their very step, so at those steps the loop waits.
+            pending = None
             while self.step < self.total_steps:
-                loss, grad_norm = self._train_step(batches)
+                result = self._train_step(batches)
                 self.step += 1
-                window_loss += loss
-                window_steps += 1
-                if self.step % t.step_log == 0 or self.step == self.total_steps:
-                    dt = time.perf_counter() - window_t0
-                    record = {"step": self.step, "loss": window_loss / window_steps, "lr": self._lr(self.step - 1), "grad_norm": grad_norm,
-                              "tokens_per_s": tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
-                    if w.is_main:
-                        self.metrics.log(record)
-                        bar.update(self.step, record)
-                    window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
-                if self.step % valid_every == 0 or self.step == self.total_steps:
-                    last_valid = self._validate()
-                    if w.is_main:
-                        self.metrics.log({"step": self.step, "valid_loss": last_valid})
-                        bar.note(f"step {self.step}: validation loss {last_valid:.4f}")
-                if w.is_main and t.sample_every and (self.step % t.sample_every == 0 or self.step == self.total_steps):
-                    sample = self._sample()
-                    if sample is not None:
-                        bar.note(f"step {self.step}: sample {sample[:120]!r}")
-                if self.step % t.save_every == 0 or self.step == self.total_steps:
-                    self._save(checkpoint.LATEST)
-                if t.backup_every and self.step % t.backup_every == 0:
-                    self._save(f"step_{self.step:08d}.pt")
+                if pending is not None:
+                    self._after_step(*pending)
+                pending = (self.step, result)
+                if self._weights_needed(self.step):
+                    self._after_step(*pending)
+                    pending = None
         except KeyboardInterrupt:
             saved = self.step_saved
             where = f"the checkpoint of step {saved} in {self.ckpt_dir} is intact" if saved is not None else "no checkpoint was written yet"
@@ -308,10 +294,57 @@ class Trainer:
                 bar.close()
             if w.is_main:
                 self.metrics.close()
-        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": last_valid, "tokens_seen": self.step * tokens_per_step}
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": self._last_valid, "tokens_seen": self.step * tokens_per_step}
         if w.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _weights_needed(self, step: int) -> bool:
+        """Does anything at `step` need the model as it is after that step (not only its loss)?"""
+        t = self.t
+        valid_every = t.valid_every or self.total_steps
+        return (step == self.total_steps or step % valid_every == 0 or step % t.save_every == 0
+                or bool(t.backup_every and step % t.backup_every == 0) or bool(t.sample_every and step % t.sample_every == 0))
+
+    def _after_step(self, step: int, result: "_StepResult") -> None:
+        """Read step `step`'s loss back; stop on a non-finite one; log, validate, sample and save at
+        their cadences (the last three only when `step` is the latest step: see _weights_needed)."""
+        w, t = self.world, self.t
+        loss, grad_norm = result.read()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            saved = (f"The checkpoint of step {self.step_saved} in {self.ckpt_dir} is intact" if self.step_saved is not None
+                     else "No checkpoint was written yet")
+            raise TrainingStopped(
+                f"the loss became {loss} (gradient norm {grad_norm}) at step {step}; its update was skipped and training stopped. "
+                f"{saved}. Lower optim_params.lr or raise warmup_steps, then resume."
+            )
+        self._window[0] += loss
+        self._window[1] += 1
+        if step % t.step_log == 0 or step == self.total_steps:
+            window_loss, window_steps, window_t0 = self._window
+            dt = time.perf_counter() - window_t0
+            tokens_per_step = t.batch_size * t.aggregate * self.L
+            record = {"step": step, "loss": window_loss / window_steps, "lr": self._lr(step - 1), "grad_norm": grad_norm,
+                      "tokens_per_s": tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
+            if w.is_main:
+                self.metrics.log(record)
+                self._bar.update(step, record)
+            self._window = [0.0, 0, time.perf_counter()]
+        if step != self.step:
+            return
+        if step % (t.valid_every or self.total_steps) == 0 or step == self.total_steps:
+            self._last_valid = self._validate()
+            if w.is_main:
+                self.metrics.log({"step": step, "valid_loss": self._last_valid})
+                self._bar.note(f"step {step}: validation loss {self._last_valid:.4f}")
+        if w.is_main and t.sample_every and (step % t.sample_every == 0 or step == self.total_steps):
+            sample = self._sample()
+            if sample is not None:
+                self._bar.note(f"step {step}: sample {sample[:120]!r}")
+        if step % t.save_every == 0 or step == self.total_steps:
+            self._save(checkpoint.LATEST)
+        if t.backup_every and step % t.backup_every == 0:
+            self._save(f"step_{step:08d}.pt")
 
     def _lr(self, step: int) -> float:
         return lr_at(step, self.o, self.total_steps, self.t.cooldown_finish)
@@ -321,7 +354,7 @@ class Trainer:
         while True:
             yield from self.train_loader
 
-    def _train_step(self, batches) -> tuple[float, float]:
+    def _train_step(self, batches) -> "_StepResult":
         import torch
 
         lr = self._lr(self.step)
@@ -347,16 +380,28 @@ class Trainer:
             dist.all_reduce(total, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
             if self.device.type != "cuda":
                 total /= self.world.world_size  # gloo has no AVG
-        loss_value, norm_value = float(total), float(grad_norm)
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        if not self.cuda:
+            # On the CPU reading the loss costs nothing: check it before the update.
+            loss_value, norm_value = float(total), float(grad_norm)
+            if math.isfinite(loss_value) and math.isfinite(norm_value):
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingStopped(
-                f"the loss became {loss_value} (gradient norm {norm_value}) at step {self.step + 1}; training stopped before that update, "
-                f"and the last checkpoint in {self.ckpt_dir} is intact. Lower optim_params.lr or raise warmup_steps, then resume."
-            )
-        self.optimizer.step()
+            return _StepResult(torch.tensor([loss_value, norm_value], dtype=torch.float64))
+        # On CUDA the check stays on the GPU: fused AdamW skips the whole update (and does not count
+        # the step) where `found_inf` is 1, the protocol GradScaler uses. The loss and norm are copied
+        # to pinned memory without waiting; _after_step reads them once the GPU is past them.
+        stats = torch.stack([total.float(), grad_norm.float()])
+        self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value
+        host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        host.copy_(stats, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _StepResult(host, done)
 
     def _validate(self) -> float:
         import torch
@@ -420,6 +465,18 @@ class Trainer:
                 self.step_saved = self.step
         if self.world.distributed:
             dist.barrier()
+
+
+class _StepResult:
+    """A step's (loss, gradient norm), readable once the device has computed them."""
+
+    def __init__(self, values, done=None):
+        self.values, self.done = values, done  # done: a CUDA event recorded after the copy to `values`
+
+    def read(self) -> tuple[float, float]:
+        if self.done is not None:
+            self.done.synchronize()
+        return float(self.values[0]), float(self.values[1])
 
 
 def _lock_run(run_dir: Path):
