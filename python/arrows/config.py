@@ -27,7 +27,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `mlp_ratio` | `4.0` | MLP width / `embed_dim` (GPT) |
 | `dropout` | `0.1` | dropout, in [0, 1) |
 | `embd_dropout` | `null` = `dropout` | dropout after the embeddings, in [0, 1) |
-| `head_loss` *(new)* | `"plain"` | GPT training loss: `"plain"` (logits of the whole batch, then cross-entropy) or `"chunked"` (head and cross-entropy fused over chunks of rows: the batch's logits are never held at once; for large batches and vocabularies) |
+| `head_loss` *(new)* | `"plain"` | training loss (GPT, GRU and LSTM): `"plain"` (logits of the whole batch, then cross-entropy) or `"chunked"` (head and cross-entropy fused over chunks of rows: the batch's logits are never held at once; for large batches and vocabularies) |
 | `attention` *(new)* | `"sdpa"` | GPT attention: `"sdpa"` (fused kernel), `"flex"` (FlexAttention compiled by torch.compile on CUDA; needs `dropout` 0), `"triton"` (arrows' own fused Triton kernels, forward and backward with dropout; CUDA only) or `"plain"` (hand-written, the reference's) |
 
 `training_params`
@@ -240,7 +240,7 @@ class Config:
         d.update(dropout=m.dropout, embd_dropout=m.embd_dropout)
         if m.model_type == "gpt":
             d["attention_impl"] = m.attention
-            d["head_loss"] = m.head_loss
+        d["head_loss"] = m.head_loss
         return d
 
     def with_paths(self, paths: "ResolvedPaths") -> "Config":
@@ -634,7 +634,7 @@ def _read_model(raw: dict | None, model_type: str | None, c: _Checker) -> dict:
         if out["n_heads"] is not None and out["n_heads"] is not _BAD:
             c.problem("model_params.n_heads", f"only for model_type 'gpt' (this config is {mtype!r}); remove it")
         out["n_heads"] = None
-        for name in ("mlp_ratio", "attention", "head_loss"):
+        for name in ("mlp_ratio", "attention"):
             default = next(k.default for k in _MODEL_KEYS if k.name == name)
             if name in raw and out[name] is not _BAD and out[name] != default:
                 c.notes.append(f"model_params.{name} has no effect on a {mtype.upper()} model")

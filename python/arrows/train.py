@@ -194,8 +194,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.net = DDP(self.model, device_ids=[self.device.index] if self.cuda else None)
-        if self.cuda and opts.compile and config.model.model_type == "gpt":
-            # The RNNs stay eager: dynamo does not trace nn.GRU/nn.LSTM (cuDNN runs them anyway).
+        if self.cuda and opts.compile:
+            # For the RNNs dynamo leaves nn.GRU/nn.LSTM to cuDNN (a graph break) and compiles the
+            # embedding and the head + loss around them.
             self.net = torch.compile(self.net)
         self.tokenizer = self._tokenizer()
 

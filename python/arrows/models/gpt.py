@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from arrows.models.head_loss import chunked_head_loss
+from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss
 
 ATTENTION_IMPLS = ("sdpa", "flex", "triton", "plain")
 
@@ -254,9 +254,6 @@ class GPT(nn.Module):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-
-HEAD_LOSSES = ("plain", "chunked")
 
 
 def require_triton() -> None:

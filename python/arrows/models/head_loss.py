@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+HEAD_LOSSES = ("plain", "chunked")  # model_params.head_loss: logits of the whole batch, or this
 DEFAULT_CHUNK_ROWS = 4096
 
 

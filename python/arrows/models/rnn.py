@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from arrows.models.gpt import per_position_loss, sample_next
+from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss
 
 
 class RecurrentLM(nn.Module):
@@ -32,8 +33,11 @@ class RecurrentLM(nn.Module):
         embd_dropout: float | None = None,
         desired_attn_length: int | None = None,
         attn_length: int | None = None,
+        head_loss: str = "plain",
     ):
         super().__init__()
+        if head_loss not in HEAD_LOSSES:
+            raise ValueError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
         if desired_attn_length is not None and attn_length is not None and desired_attn_length != attn_length:
             raise ValueError(
                 f"model_params: desired_attn_length ({desired_attn_length}) and attn_length ({attn_length}) "
@@ -42,8 +46,9 @@ class RecurrentLM(nn.Module):
         window = desired_attn_length if desired_attn_length is not None else attn_length
         self.config = dict(
             model_type=self.model_type, vocab_size=vocab_size, n_layers=n_layers, embed_dim=embed_dim,
-            dropout=dropout, embd_dropout=embd_dropout, desired_attn_length=window,
+            dropout=dropout, embd_dropout=embd_dropout, desired_attn_length=window, head_loss=head_loss,
         )
+        self.head_loss = head_loss
         self.attn_length = window
         if embd_dropout is None:  # the reference's convention
             embd_dropout = dropout
@@ -70,13 +75,22 @@ class RecurrentLM(nn.Module):
     def run(self, idx: torch.Tensor, state=None):
         """(B, T) token ids and an optional recurrent state -> ((B, T, vocab) logits, new state).
         The state is h (GRU) or (h, c) (LSTM), each (n_layers, B, embed_dim); None = zeros."""
+        h, state = self.hidden(idx, state)
+        return self.lm_head(h), state
+
+    def hidden(self, idx: torch.Tensor, state=None):
+        """(B, T) token ids -> ((B, T, embed_dim) final states that the head turns into logits, new state)."""
         x = self.embd_dropout(self.token_embedder(idx))
         x, state = self.rnn(x, state)
-        return self.lm_head(self.ln_f(x)), state
+        return self.ln_f(x), state
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits (B, T, vocab), loss): loss is the mean cross-entropy over all positions
-        in nats/token, or None without targets."""
+        in nats/token, or None without targets. With `head_loss="chunked"`, when training
+        (targets given, gradients on), the head and loss are fused and the logits are None."""
+        if self.head_loss == "chunked" and targets is not None and torch.is_grad_enabled():
+            h, _ = self.hidden(idx)
+            return None, chunked_head_loss(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits, _ = self.run(idx)
         loss = None
         if targets is not None:
