@@ -49,10 +49,12 @@ def test_models_train_the_same_with_either_head_loss(model_type):
     lc.backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), chunked.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
-    # Evaluation (no gradients) keeps the plain path: logits and per-position losses are there.
+    # Validation (no gradients) walks the same chunks without gradients: the same loss.
     with torch.no_grad():
-        logits, loss = chunked(x, y)
-    assert logits is not None and torch.allclose(loss, lp, atol=1e-5)
+        none, loss = chunked(x, y)
+        per_position = chunked.loss_per_position(x, y)  # arrows compare's path: the plain head
+    assert none is None and torch.allclose(loss, lp, atol=1e-5)
+    assert torch.allclose(per_position.mean(), lp, atol=1e-5)
 
 
 def test_bf16_autocast_within_tolerance():
@@ -69,6 +71,16 @@ def test_bf16_autocast_within_tolerance():
 def test_bad_head_loss_is_refused():
     with pytest.raises(ValueError, match="head_loss"):
         _tiny_gpt("fused")
+
+
+def test_validation_loss_without_gradients_is_chunked():
+    from arrows.models.head_loss import chunked_mean_loss
+
+    g = torch.Generator().manual_seed(5)
+    h, w = torch.randn(37, 16, generator=g), torch.randn(50, 16, generator=g)
+    t = torch.randint(0, 50, (37,), generator=g)
+    for chunk in (1, 8, 37, 100):
+        assert torch.allclose(chunked_mean_loss(h, w, t, chunk_rows=chunk), _plain(h, w, t), atol=1e-5)
 
 
 def test_compiled_chunked_head_is_one_graph_with_the_eager_gradients():

@@ -192,3 +192,22 @@ def test_torchrun_joins_instead_of_spawning(tmp_path, store):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.allclose(losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "tr"), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_out_of_memory_names_the_settings_to_lower(tmp_path, store, monkeypatch):
+    # A CPU run cannot run out of CUDA memory: the step raises the error torch would raise.
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainingStopped, TrainOptions, Trainer
+
+    config = load_config(write_config(tmp_path / "c.json", store, run_name="oom"))
+    trainer = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+
+    def out_of_memory(batches):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.26 GiB")
+
+    monkeypatch.setattr(trainer, "_train_step", out_of_memory)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    assert "batch_size 16" in message and "aggregate" in message and 'head_loss to "chunked"' in message

@@ -9,7 +9,9 @@ weight's (vocab × d) are kept for the backward pass, which just scales them. Pe
 head falls from O(B·T·vocab) to O(chunk_rows·vocab).
 
 The gradients are computed in the forward pass, so this is for training (a scalar mean loss that
-is back-propagated); evaluation uses the plain path (`loss_per_position`).
+is back-propagated). Without gradients (validation) `chunked_mean_loss` walks the same chunks
+and keeps only the sum, so a run that needs the chunked head to fit in memory still fits when it
+validates. Per-position losses (`loss_per_position`, for `arrows compare`) use the plain path.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output / ctx.n
         return (grad_hidden * scale.to(grad_hidden.dtype), (grad_weight * scale).to(ctx.weight_dtype), None, None)
+
+
+@torch.no_grad()
+def chunked_mean_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """The mean cross-entropy of chunked_head_loss, without gradients: one chunk of logits at a time."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        logits = (hidden[start : start + chunk_rows] @ weight.t()).float()
+        total += torch.nn.functional.cross_entropy(logits, targets[start : start + chunk_rows], reduction="sum")
+    return total / hidden.shape[0]
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:

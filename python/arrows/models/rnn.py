@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from arrows.models.gpt import per_position_loss, sample_next
-from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss
+from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss, chunked_mean_loss
 
 
 class RecurrentLM(nn.Module):
@@ -86,11 +86,12 @@ class RecurrentLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Returns (logits (B, T, vocab), loss): loss is the mean cross-entropy over all positions
-        in nats/token, or None without targets. With `head_loss="chunked"`, when training
-        (targets given, gradients on), the head and loss are fused and the logits are None."""
-        if self.head_loss == "chunked" and targets is not None and torch.is_grad_enabled():
+        in nats/token, or None without targets. With `head_loss="chunked"` and targets, the head
+        and loss are fused and the logits are None."""
+        if self.head_loss == "chunked" and targets is not None:
             h, _ = self.hidden(idx)
-            return None, chunked_head_loss(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            fused = chunked_head_loss if torch.is_grad_enabled() else chunked_mean_loss
+            return None, fused(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits, _ = self.run(idx)
         loss = None
         if targets is not None:
