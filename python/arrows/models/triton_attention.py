@@ -30,13 +30,18 @@ machine without a GPU.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-INTERPRETED = bool(knobs.runtime.interpret)  # read by triton.jit when the kernels below are defined
+try:  # Triton ≥ 3.4; read by triton.jit when the kernels below are defined
+    from triton import knobs
+
+    INTERPRETED = bool(knobs.runtime.interpret)
+except ImportError:
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 LOG2E = 1.4426950408889634  # the kernels use exp2, the native instruction: exp(x) = exp2(x·log2 e)
 
 
@@ -45,6 +50,37 @@ def _keep_mask(seed_ptr, bh, offs_m, offs_n, T, p_drop):
     """The dropout mask of the weights (offs_m × offs_n) of head `bh`: True where a weight is kept."""
     seed = tl.load(seed_ptr) + bh  # one Philox key per (batch, head): offsets stay below T² < 2³¹
     return tl.rand(seed, offs_m[:, None] * T + offs_n[None, :]) >= p_drop
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, T, scale_log2, MASKED: tl.constexpr):
+    """q·kᵀ of a (query block × key block), scaled to log2 units; -inf where a key is not visible.
+    Blocks wholly below the diagonal (MASKED false) need no mask: every key in them is visible."""
+    s = tl.dot(q, tl.trans(k)) * scale_log2
+    if MASKED:
+        visible = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < T)
+        s = tl.where(visible, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _forward_block(acc, m_i, l_i, q, k_base, v_base, skt, svt, SEED, bh, offs_m, start_n, offs_d, d_ok, T, scale_log2, p_drop,
+                   BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, MASKED: tl.constexpr):
+    """One key block of the online softmax: the running max, sum and output, updated."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
+    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = _scores(q, k, offs_m, offs_n, T, scale_log2, MASKED)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old max
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DROPOUT:
+        keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
+        p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -61,29 +97,19 @@ def _forward_kernel(
     offs_d = tl.arange(0, BLOCK_D)  # BLOCK_D is HEAD_DIM rounded up to a power of two
     d_ok = offs_d < HEAD_DIM
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=(offs_m[:, None] < T) & d_ok[None, :], other=0.0)
+    k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of the scaled scores (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(score - m_i), before dropout
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # Causal: the keys of this block's last row at most. Key 0 is always visible, so no row is empty.
-    hi = tl.minimum(start_m + BLOCK_M, T)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        visible = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < T)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old max
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
-            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    # Key blocks before this query block are wholly visible (BLOCK_N divides BLOCK_M); the blocks
+    # on the diagonal get the causal mask. Key 0 is visible to every row, so no row is empty.
+    for start_n in range(0, start_m, BLOCK_N):
+        acc, m_i, l_i = _forward_block(acc, m_i, l_i, q, k_base, v_base, skt, svt, SEED, bh, offs_m, start_n, offs_d, d_ok, T,
+                                       scale_log2, p_drop, BLOCK_N, DROPOUT, False)
+    for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
+        acc, m_i, l_i = _forward_block(acc, m_i, l_i, q, k_base, v_base, skt, svt, SEED, bh, offs_m, start_n, offs_d, d_ok, T,
+                                       scale_log2, p_drop, BLOCK_N, DROPOUT, True)
 
     row_ok = offs_m < T
     tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=row_ok)  # log2-sum-exp2 of the row
@@ -105,13 +131,32 @@ def _delta_kernel(O, DO, DELTA, sob, soh, sot, H, T, HEAD_DIM, BLOCK_M: tl.const
     tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
 
+# In the backward kernels, rows and columns past T are loaded as zeros (q, dO, k, v, lse, Δ): the
+# weights they produce are finite and multiply zeros, so they add nothing to dQ, dK or dV.
+
+
 @triton.jit
-def _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2):
-    """The attention weights of a (query block × key block), recomputed from q, k and lse; zero
-    where masked (causal, or past the end)."""
-    s = tl.dot(q, tl.trans(k)) * scale_log2
-    visible = (offs_m[:, None] >= offs_n[None, :]) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
-    return tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+def _dkdv_block(dk, dv, k, v, q_base, do_base, LSE, DELTA, SEED, bh, sqt, sot, offs_n, start_m, offs_d, d_ok, T, scale_log2, p_drop,
+                BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr, MASKED: tl.constexpr):
+    """The contribution of one query block to a key block's dK and dV."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < T
+    m_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
+    lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
+    p = tl.exp2(_scores(q, k, offs_m, offs_n, T, scale_log2, MASKED) - lse[:, None])  # the weights, recomputed
+    dp = tl.dot(do, tl.trans(v))
+    if DROPOUT:
+        keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
+        dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - p_drop), 0.0).to(do.dtype)), do)
+        dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+    else:
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    return dk, dv
 
 
 @triton.jit
@@ -119,41 +164,46 @@ def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, SEED, DK, DV,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sgb, sgh, sgt,
     H, T, HEAD_DIM, scale, scale_log2, p_drop,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
 ):
-    """dK and dV of one key block, summed over the query blocks at or after it (causal)."""
-    start_n = tl.program_id(0) * BLOCK_N
+    """dK and dV of one key block, summed over the query blocks at or after it (causal). Query and
+    key blocks have one size, so exactly one query block straddles the diagonal."""
+    start_n = tl.program_id(0) * BLOCK
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_n = start_n + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     n_mask = (offs_n[:, None] < T) & d_ok[None, :]
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
     v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for start_m in range((start_n // BLOCK_M) * BLOCK_M, T, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < T
-        m_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
-        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
-        lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
-        p = _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2)  # (BLOCK_M, BLOCK_N)
-        dp = tl.dot(do, tl.trans(v))
-        if DROPOUT:
-            keep = _keep_mask(SEED, bh, offs_m, offs_n, T, p_drop)
-            dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - p_drop), 0.0).to(do.dtype)), do)
-            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
-        else:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    q_base, do_base = Q + b * sqb + h * sqh, DO + b * sob + h * soh
+    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, LSE, DELTA, SEED, bh, sqt, sot, offs_n, start_n, offs_d, d_ok, T, scale_log2, p_drop,
+                         BLOCK, DROPOUT, True)
+    for start_m in range(start_n + BLOCK, T, BLOCK):
+        dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, LSE, DELTA, SEED, bh, sqt, sot, offs_n, start_m, offs_d, d_ok, T, scale_log2,
+                             p_drop, BLOCK, DROPOUT, False)
     where = b * sgb + h * sgh + offs_n[:, None] * sgt + offs_d[None, :]
     tl.store(DK + where, (dk * scale).to(DK.dtype.element_ty), mask=n_mask)
     tl.store(DV + where, dv.to(DV.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, k_base, v_base, SEED, bh, skt, svt, offs_m, start_n, offs_d, d_ok, T, scale_log2, p_drop,
+              BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, MASKED: tl.constexpr):
+    """The contribution of one key block to a query block's dQ."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    n_mask = (offs_n[:, None] < T) & d_ok[None, :]
+    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
+    p = tl.exp2(_scores(q, k, offs_m, offs_n, T, scale_log2, MASKED) - lse[:, None])
+    dp = tl.dot(do, tl.trans(v))
+    if DROPOUT:
+        dp = tl.where(_keep_mask(SEED, bh, offs_m, offs_n, T, p_drop), dp / (1.0 - p_drop), 0.0)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k)
 
 
 @triton.jit
@@ -161,13 +211,13 @@ def _dq_kernel(
     Q, K, V, DO, LSE, DELTA, SEED, DQ,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sgb, sgh, sgt,
     H, T, HEAD_DIM, scale, scale_log2, p_drop,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """dQ of one query block, summed over the key blocks at or before it (causal)."""
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = tl.program_id(0) * BLOCK
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < T
@@ -176,18 +226,13 @@ def _dq_kernel(
     do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
     lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_mask = (offs_n[:, None] < T) & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
-        p = _probabilities(q, k, lse, offs_m, offs_n, T, scale_log2)
-        dp = tl.dot(do, tl.trans(v))
-        if DROPOUT:
-            dp = tl.where(_keep_mask(SEED, bh, offs_m, offs_n, T, p_drop), dp / (1.0 - p_drop), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+    k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
+    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for start_n in range(0, start_m, BLOCK):
+        dq = _dq_block(dq, q, do, lse, delta, k_base, v_base, SEED, bh, skt, svt, offs_m, start_n, offs_d, d_ok, T, scale_log2, p_drop,
+                       BLOCK, DROPOUT, False)
+    dq = _dq_block(dq, q, do, lse, delta, k_base, v_base, SEED, bh, skt, svt, offs_m, start_m, offs_d, d_ok, T, scale_log2, p_drop,
+                   BLOCK, DROPOUT, True)
     tl.store(DQ + b * sgb + h * sgh + offs_m[:, None] * sgt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=m_mask)
 
 
@@ -210,7 +255,7 @@ def _dropout_mask_kernel(SEED, KEEP, T, p_drop, BLOCK: tl.constexpr):
 # are exercised.
 if INTERPRETED:
     _forward = _forward_kernel
-    FORWARD_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)
+    FORWARD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=16)  # two key blocks per diagonal, as on a GPU
 else:
     _forward = triton.autotune(
         configs=[
@@ -220,9 +265,10 @@ else:
         key=["T", "HEAD_DIM", "DROPOUT"],
     )(_forward_kernel)
     FORWARD_BLOCKS = {}
-# The backward kernels: fixed sizes that suit D ≤ 128 on Hopper (register pressure of four
-# accumulating dots rules out 128×128 tiles).
-BACKWARD_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16) if INTERPRETED else dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+# The backward kernels: one square block size (so one block straddles the diagonal), fixed at a
+# size that suits D ≤ 128 on Hopper (the register pressure of four accumulating dots rules out
+# 128×128 tiles).
+BACKWARD_BLOCKS = dict(BLOCK=16) if INTERPRETED else dict(BLOCK=64, num_warps=4, num_stages=2)
 DELTA_BLOCK = 16 if INTERPRETED else 128
 
 
@@ -286,8 +332,9 @@ def attention_backward(
     )
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(dq), H, T, D, scale, scale * LOG2E, p_drop)
     blocks = dict(BLOCK_D=block_d, DROPOUT=p_drop > 0, **BACKWARD_BLOCKS)
-    _launch(_dkdv_kernel)[(triton.cdiv(T, BACKWARD_BLOCKS["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, seed, dk, dv, *common, **blocks)
-    _launch(_dq_kernel)[(triton.cdiv(T, BACKWARD_BLOCKS["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, seed, dq, *common, **blocks)
+    grid = (triton.cdiv(T, BACKWARD_BLOCKS["BLOCK"]), B * H)
+    _launch(_dkdv_kernel)[grid](q, k, v, do, lse, delta, seed, dk, dv, *common, **blocks)
+    _launch(_dq_kernel)[grid](q, k, v, do, lse, delta, seed, dq, *common, **blocks)
     return grads
 
 
