@@ -211,3 +211,30 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(tmp_path, store, monkeyp
         trainer.fit()
     message = str(stopped.value)
     assert "batch_size 16" in message and "aggregate" in message and 'head_loss to "chunked"' in message
+
+
+def test_a_non_finite_step_changes_neither_weights_nor_optimizer(tmp_path, store):
+    # The check stays on the device (fused AdamW's found_inf): nothing of a bad step is applied.
+    import math
+
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    trainer = Trainer(load_config(write_config(tmp_path / "c.json", store, run_name="skip")), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    batches = trainer._batches()
+    loss, _ = trainer._train_step(batches).read()
+    assert math.isfinite(loss)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = {i: {k: v.clone() for k, v in s.items()} for i, s in trainer.optimizer.state_dict()["state"].items()}
+    healthy = trainer.model.forward
+    trainer.model.forward = lambda x, y: (None, healthy(x, y)[1] * float("nan"))
+    loss, grad_norm = trainer._train_step(batches).read()
+    assert math.isnan(loss) and math.isnan(grad_norm)
+    assert all(torch.equal(weights[k], v) for k, v in trainer.model.state_dict().items())
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        assert all(torch.equal(moments[i][k], v) for k, v in s.items()), i
+    # and the next healthy step is applied as usual
+    trainer.model.forward = healthy
+    assert math.isfinite(trainer._train_step(batches).read()[0])
+    assert not torch.equal(weights["lm_head.weight"], trainer.model.lm_head.weight)

@@ -5,6 +5,11 @@ processes). The loop: set the step's learning rate, accumulate `aggregate` micro
 gradient norm, step AdamW; then log, validate, sample and checkpoint at their cadences. Everything
 the next step depends on is in the checkpoint, so a run killed at any point and resumed on CPU
 reproduces the uninterrupted run's losses exactly.
+
+A step never waits for the device: a non-finite loss skips its update inside fused AdamW, and the
+loss is read back while the next step runs (on a GPU the host queues step n+1 while step n
+computes). Only validation, samples and checkpoints, which need the weights of their own step,
+wait for it.
 """
 
 from __future__ import annotations
@@ -177,9 +182,9 @@ class Trainer:
         # The same initial weights in every process (DDP also broadcasts rank 0's).
         torch.manual_seed(t.seed)
         self.model = build_model(config.model_dict()).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **({"fused": True} if self.cuda else {})
-        )
+        # Fused AdamW on every device: one kernel per step, and it can skip a step on the device
+        # itself (`found_inf`, see _train_step).
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
         self.step = 0
         self.step_saved = None  # the step of the latest checkpoint on disk
         resume_from = self._resume_point()
@@ -229,6 +234,8 @@ class Trainer:
             raise InputError(f"{path} was written by {len(ranks)} process(es); resume with the same number (now {self.world.world_size})")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint of an earlier arrows may carry the unfused setting
+            group.update(fused=True, foreach=None)
         self.step = int(payload["step"])
         mine_rank = ranks[self.world.rank]
         self.train_loader.load_state_dict(mine_rank["loader"])
@@ -383,16 +390,9 @@ class Trainer:
             dist.all_reduce(total, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
             if self.device.type != "cuda":
                 total /= self.world.world_size  # gloo has no AVG
-        if not self.cuda:
-            # On the CPU reading the loss costs nothing: check it before the update.
-            loss_value, norm_value = float(total), float(grad_norm)
-            if math.isfinite(loss_value) and math.isfinite(norm_value):
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            return _StepResult(torch.tensor([loss_value, norm_value], dtype=torch.float64))
-        # On CUDA the check stays on the GPU: fused AdamW skips the whole update (and does not count
-        # the step) where `found_inf` is 1, the protocol GradScaler uses. The loss and norm are copied
-        # to pinned memory without waiting; _after_step reads them once the GPU is past them.
+        # Nothing here waits for the device. A non-finite loss or gradient norm makes fused AdamW
+        # skip the whole update (and not count the step), on the device: `found_inf` is the protocol
+        # GradScaler uses. _after_step reads the loss back later and stops the run.
         stats = torch.stack([total.float(), grad_norm.float()])
         self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
         try:
@@ -400,6 +400,9 @@ class Trainer:
         finally:
             del self.optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
+        if not self.cuda:
+            return _StepResult(stats)
+        # Copied to pinned memory without waiting; read once the GPU is past this step.
         host = torch.empty(2, dtype=torch.float32, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         done = torch.cuda.Event()
