@@ -18,11 +18,16 @@ PART=${1:?give the part: 1, 2 or 3}
 
 # A venv over the machine's own torch/triton/numpy/..., with arrows' wheel installed into it (no
 # network there: --no-deps; every dependency of arrows is part of that machine's image).
-if [ ! -x /tmp/arrows-venv/bin/arrows ]; then
-    python3 -m venv --system-site-packages /tmp/arrows-venv
-    /tmp/arrows-venv/bin/pip install -q --no-index --no-deps dist/arrows-*.whl || exit 1
-fi
 PY=/tmp/arrows-venv/bin/python
+if [ ! -x /tmp/arrows-venv/bin/arrows ]; then
+    if python3 -m venv --system-site-packages /tmp/arrows-venv; then
+        $PY -m pip install -q --no-index --no-deps dist/arrows-*.whl || exit 1
+    else  # no venv module there: install beside the machine's packages instead
+        python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/arrows-site dist/arrows-*.whl || exit 1
+        export PYTHONPATH=/tmp/arrows-site PATH=/tmp/arrows-site/bin:$PATH
+        PY=python3
+    fi
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 

@@ -21,7 +21,7 @@ Sections (targets on one H100/H200, each a ratio against an anchor measured in t
              head) against ../shared/bench/gpu_anchor_rnn.py (fp32 reference style, bf16).
              Target: >= 1.9x the fp32 reference style.
 
-The anchors are looked for in ./shared/bench, then ../shared/bench (a GPU machine gets only the
+The anchors are looked for in ../shared/bench, then ./shared/bench (a GPU machine gets only the
 checkout: copy ../shared into ./shared, which git ignores). Results also go to bench/out/train.json.
 """
 
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = next((p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "bench").is_dir()), ROOT.parent / "shared")
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "bench").is_dir()), ROOT.parent / "shared")
 PEAK = 989e12  # H100/H200 SXM dense bf16 FLOP/s, as the anchors
 SECTIONS = ("training", "memory", "loader", "attention", "rnn")
 

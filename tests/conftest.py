@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +7,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared beside the checkout; on a GPU machine, which gets only the checkout, a copy in ./shared
+SHARED_DATA = next((p / "data" for p in (ROOT.parent / "shared", ROOT / "shared") if (p / "data").is_dir()), ROOT.parent / "shared" / "data")
+# The `arrows` command beside this Python (a venv), else the one on PATH (pip install --target).
 ARROWS = Path(sys.executable).parent / "arrows"
+if not ARROWS.exists() and shutil.which("arrows"):
+    ARROWS = Path(shutil.which("arrows"))
 
 
 @pytest.fixture

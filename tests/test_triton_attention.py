@@ -158,6 +158,16 @@ def test_gpt_with_triton_attention_and_dropout_evaluates_like_plain():
         assert torch.allclose(mine(idx)[0], plain(idx)[0], atol=1e-5 if DEVICE == "cpu" else 3e-3)
 
 
+def test_gpt_with_triton_attention_generates_like_plain():
+    # Generation calls the kernels with every length from the prompt's up to attn_length.
+    cfg = dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=32, attn_length=12, dropout=0.1)
+    mine = build_model({**cfg, "attention_impl": "triton"}).to(DEVICE).eval()
+    plain = build_model({**cfg, "attention_impl": "plain"}).to(DEVICE).eval()
+    plain.load_state_dict(mine.state_dict())
+    prompt = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    assert torch.equal(mine.generate(prompt, 14, temperature=0), plain.generate(prompt, 14, temperature=0))
+
+
 def test_bad_shapes_are_refused():
     q = torch.zeros(1, 2, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="one shape"):

@@ -87,9 +87,11 @@ def _forward_block(acc, m_i, l_i, q, k_base, v_base, skt, svt, SEED, bh, offs_m,
 def _forward_kernel(
     Q, K, V, O, LSE, SEED,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-    H, T, HEAD_DIM, scale_log2, p_drop,
+    H, T, T_BUCKET, HEAD_DIM, scale_log2, p_drop,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr,
 ):
+    # T_BUCKET (T rounded up to a power of two) is only the autotuning key: generation calls with
+    # every length from 1 to attn_length, and must not re-tune for each.
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
@@ -262,7 +264,7 @@ else:
             triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=w, num_stages=s)
             for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4))
         ],
-        key=["T", "HEAD_DIM", "DROPOUT"],
+        key=["T_BUCKET", "HEAD_DIM", "DROPOUT"],
     )(_forward_kernel)
     FORWARD_BLOCKS = {}
 # The backward kernels: one square block size (so one block straddles the diagonal), fixed at a
@@ -308,7 +310,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: t
 
     _launch(_forward)[grid](
         q, k, v, o, lse, seed, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, T, D, scale * LOG2E, p_drop, BLOCK_D=block_d, DROPOUT=p_drop > 0, **FORWARD_BLOCKS,
+        H, T, triton.next_power_of_2(T), D, scale * LOG2E, p_drop, BLOCK_D=block_d, DROPOUT=p_drop > 0, **FORWARD_BLOCKS,
     )
     return o, lse
 
