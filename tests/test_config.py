@@ -124,7 +124,7 @@ def test_defaults_are_filled_in():
     d = config_from_dict(small()).to_dict()
     assert d["model_params"] == {
         "model_type": "gpt", "vocab_size": 100, "n_layers": 2, "n_heads": 2, "embed_dim": 16, "attn_length": 8,
-        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "sdpa", "head_loss": "plain",
+        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "auto", "head_loss": "plain",
     }  # fmt: skip
     assert d["training_params"] == {
         "dataset_folder": "data", "tokenizer_path": None, "batch_size": 4, "val_batch_size": 4, "aggregate": 1,
@@ -230,7 +230,7 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
         ("model_params", "embd_dropout", 1, "must be in [0, 1)"),
         ("model_params", "n_heads", 3, "3 does not divide embed_dim 16"),
         ("model_params", "model_type", "GPT", "did you mean gpt?"),
-        ("model_params", "attention", "flash", "must be one of 'sdpa', 'flex', 'triton', 'plain'"),
+        ("model_params", "attention", "flash", "must be one of 'auto', 'sdpa', 'flex', 'triton', 'plain'"),
         ("model_params", "vocab_size", float("nan"), "expected an integer"),
         ("optim_params", "lr", float("inf"), "expected a finite number"),
         ("optim_params", "lr", True, "(a boolean)"),

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 from conftest import arrows  # noqa: E402
 
+from arrows.metrics import read as read_metrics  # noqa: E402
 from arrows.models import build_model  # noqa: E402
 from arrows.models.head_loss import chunked_head_loss  # noqa: E402
 
@@ -99,8 +100,12 @@ def test_train_on_cuda_end_to_end_and_resume(tmp_path):
         "optim_params": {"lr": 1e-3, "warmup_steps": 10},
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    out = arrows("train", tmp_path / "cfg.json", "--device", "cuda").stdout
-    assert "trained to step 60" in out
+    proc = arrows("train", tmp_path / "cfg.json", "--device", "cuda")
+    assert "trained to step 60" in proc.stdout
+    # attention "auto" (the default) measured the kernels at this shape and said which it took
+    assert "attention auto at B=64 H=4 T=64 D=32" in proc.stderr
+    chosen = [r["attention"] for r in read_metrics(tmp_path / "runs" / "r") if "attention" in r]
+    assert len(chosen) == 1 and ("using sdpa" in chosen[0] or "using triton" in chosen[0])
     summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
     assert summary["valid_loss"] < 1.0  # a repeated sentence: learned
     out = arrows("train", tmp_path / "cfg.json", "--device", "cuda", "--more", "10").stdout

@@ -390,3 +390,51 @@ def test_flex_attention_equals_plain_attention_forward():
             assert torch.allclose(a.grad, b.grad, atol=1e-4), n
     with pytest.raises(ValueError, match="flex"):
         build_model({**cfg, "attention_impl": "flex", "dropout": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------
+# attention "auto": the kernel chosen at the run's shape
+
+
+def test_auto_attention_off_cuda_is_sdpa_without_measuring():
+    from arrows.models.attention_choice import choose_attention
+
+    assert choose_attention(2, 2, 16, 8, 0.1, "cpu")[0] == "sdpa"
+    cfg = dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=12, dropout=0.0)
+    auto, sdpa = build_model({**cfg, "attention_impl": "auto"}).eval(), build_model({**cfg, "attention_impl": "sdpa"}).eval()
+    sdpa.load_state_dict(auto.state_dict())
+    idx = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(auto(idx)[0], sdpa(idx)[0])
+
+
+def _sdpa(q, k, v, p):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+
+
+@pytest.mark.parametrize("times, chosen", [({"sdpa": 1.0, "fast": 0.5}, "fast"), ({"sdpa": 1.0, "fast": 0.99}, "sdpa")])
+def test_auto_attention_takes_a_faster_kernel_only_by_a_margin(monkeypatch, times, chosen):
+    from arrows.models import attention_choice
+
+    kernels = {"fast": lambda q, k, v, p: _sdpa(q, k, v, p) + 0}
+    monkeypatch.setattr(attention_choice, "_milliseconds", lambda kernel, *a: times["sdpa" if kernel is attention_choice.sdpa else "fast"])
+    name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.1, "cpu", candidates=kernels, dtype=torch.float32)
+    assert name == chosen and report == times
+
+
+def test_auto_attention_drops_a_wrong_or_failing_kernel(monkeypatch):
+    from arrows.models import attention_choice
+
+    def not_causal(q, k, v, p):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=False)
+
+    def broken(q, k, v, p):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(attention_choice, "_milliseconds", lambda kernel, *a: 1.0 if kernel is attention_choice.sdpa else 0.1)
+    name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"not_causal": not_causal, "broken": broken},
+                                                     dtype=torch.float32)
+    assert name == "sdpa"
+    assert report["not_causal"].startswith("dropped: output differs from SDPA's")
+    assert "failed to run (RuntimeError: no kernel image" in report["broken"]
+    assert "using sdpa" in attention_choice.describe(name, report, "B=2 H=2 T=16 D=8")

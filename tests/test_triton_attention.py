@@ -188,3 +188,12 @@ def test_training_on_cpu_with_triton_attention_is_refused_up_front(tmp_path):
     proc = arrows("train", tmp_path / "c.json", "--dry-run", check=False, env={"TRITON_INTERPRET": "0"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "attention 'triton' runs on CUDA" in proc.stderr and "sdpa" in proc.stderr
+
+
+def test_auto_attention_measures_the_triton_kernel_against_sdpa():
+    # What "auto" does on CUDA, here with the kernels run by the interpreter in fp32 on the CPU.
+    from arrows.models.attention_choice import choose_attention
+
+    name, report = choose_attention(2, 2, 24, 16, 0.1, DEVICE, candidates={"triton": ta.causal_attention}, dtype=torch.float32, reps=1)
+    assert isinstance(report["sdpa"], float) and isinstance(report["triton"], float), report  # both ran, and triton matched
+    assert name in ("sdpa", "triton")

@@ -28,7 +28,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `dropout` | `0.1` | dropout, in [0, 1) |
 | `embd_dropout` | `null` = `dropout` | dropout after the embeddings, in [0, 1) |
 | `head_loss` *(new)* | `"plain"` | training loss (GPT, GRU and LSTM): `"plain"` (logits of the whole batch, then cross-entropy) or `"chunked"` (head and cross-entropy fused over chunks of rows: the batch's logits are never held at once; for large batches and vocabularies) |
-| `attention` *(new)* | `"sdpa"` | GPT attention: `"sdpa"` (fused kernel), `"flex"` (FlexAttention compiled by torch.compile on CUDA; needs `dropout` 0), `"triton"` (arrows' own fused Triton kernels, forward and backward with dropout; CUDA only) or `"plain"` (hand-written, the reference's) |
+| `attention` *(new)* | `"auto"` | GPT attention: `"auto"` (on CUDA, the fastest kernel that matches SDPA, measured at the run's shape before training; SDPA elsewhere), `"sdpa"` (fused kernel), `"flex"` (FlexAttention compiled by torch.compile on CUDA; needs `dropout` 0), `"triton"` (arrows' own fused Triton kernels, forward and backward with dropout; CUDA only) or `"plain"` (hand-written, the reference's) |
 
 `training_params`
 
@@ -103,7 +103,7 @@ __all__ = [
 ]
 
 MODEL_TYPES = ("gpt", "gru", "lstm")
-ATTENTIONS = ("sdpa", "flex", "triton", "plain")
+ATTENTIONS = ("auto", "sdpa", "flex", "triton", "plain")
 HEAD_LOSSES = ("plain", "chunked")
 SECTIONS = ("model_params", "training_params", "optim_params")
 
@@ -320,7 +320,7 @@ _MODEL_KEYS = (
     _Key("mlp_ratio", "float", 4.0, check=_positive),
     _Key("dropout", "float", 0.1, check=_dropout),
     _Key("embd_dropout", "float", None, nullable=True, check=_dropout),
-    _Key("attention", "str", "sdpa", check=_choice(ATTENTIONS)),
+    _Key("attention", "str", "auto", check=_choice(ATTENTIONS)),
     _Key("head_loss", "str", "plain", check=_choice(HEAD_LOSSES)),
 )
 

@@ -194,6 +194,7 @@ class Trainer:
             # Seeded per rank after init: dropout differs between ranks, as independent batches would.
             torch.manual_seed(t.seed + 1000 * world.rank)
         self.total_steps = self._planned_steps()
+        self.attention_choice = self._choose_attention()
         self.net = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -221,11 +222,13 @@ class Trainer:
         payload = checkpoint.load(path)
         saved = payload["config"]
         mine = self.config.to_dict()
+        # How attention and the loss are computed changes no weight: a run may resume under another kernel.
+        compute_only = {"attention", "head_loss"}
         diffs = [
             f"{sec}.{k}: checkpoint {saved[sec].get(k)!r}, config {v!r}"
             for sec, keys in (("model_params", None), ("training_params", ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed")))
             for k, v in mine[sec].items()
-            if (keys is None or k in keys) and saved[sec].get(k) != v
+            if (keys is None or k in keys) and k not in compute_only and saved[sec].get(k) != v
         ]
         if diffs:
             raise InputError(f"{path} was written with another setup; resume with the same config or use --resume never:\n  " + "\n  ".join(diffs))
@@ -242,6 +245,26 @@ class Trainer:
         checkpoint.set_rng_state(mine_rank["rng"])
         self.resumed_from = self.step
         self.step_saved = self.step
+
+    def _choose_attention(self) -> str | None:
+        """With `attention: "auto"` on CUDA, measure the kernels at this run's shape and switch the
+        model to the fastest correct one (before it is compiled); every process uses rank 0's
+        choice. Returns the line that says what was chosen, or None when nothing was measured."""
+        m = self.config.model
+        if not (self.cuda and m.model_type == "gpt" and m.attention == "auto"):
+            return None
+        from arrows.models.attention_choice import choose_attention, describe
+
+        batch, head_dim = self.t.batch_size // self.world.world_size, m.embed_dim // m.n_heads
+        choice, report = choose_attention(batch, m.n_heads, self.L, head_dim, m.dropout, self.device)
+        if self.world.distributed:
+            import torch.distributed as dist
+
+            shared = [choice]
+            dist.broadcast_object_list(shared, src=0)
+            choice = shared[0]
+        self.model.set_attention_impl(choice)
+        return describe(choice, report, f"B={batch} H={m.n_heads} T={self.L} D={head_dim} dropout={m.dropout}")
 
     def _planned_steps(self) -> int:
         if self.opts.more is not None:
@@ -269,6 +292,9 @@ class Trainer:
             checkpoint.remove_partial(self.ckpt_dir)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
+            if self.attention_choice:
+                print(self.attention_choice, file=sys.stderr, flush=True)
+                self.metrics.log({"step": self.step, "attention": self.attention_choice})
         tokens_per_step = t.batch_size * t.aggregate * self.L
         batches = self._batches()
         bar = self._bar = _Progress(self.total_steps, self.step) if w.is_main else None

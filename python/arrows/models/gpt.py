@@ -5,16 +5,18 @@ self-attention and a GELU MLP, a final LayerNorm and an untied linear head. Modu
 the reference (`transformer.token_embedder`, `transformer.h.0.attn.c_attn`, `lm_head`, ...), so
 its state dicts load here (its causal-mask buffer `bias` aside: pass strict=False).
 
-Attention has two implementations with the same weights:
-- "sdpa" (default): `F.scaled_dot_product_attention(is_causal=True)`, which dispatches to a fused
+Attention has several implementations with the same weights:
+- "auto" (default): "sdpa", unless the trainer measured another kernel faster at the run's shape
+  on CUDA and switched to it (see attention_choice.py);
+- "sdpa": `F.scaled_dot_product_attention(is_causal=True)`, which dispatches to a fused
   kernel (FlashAttention on CUDA in bf16/fp16, a memory-efficient or math kernel elsewhere);
 - "flex": FlexAttention with a causal block mask, turned into a fused Triton kernel by
   torch.compile on CUDA (eager elsewhere, forward only on CPU). It has no dropout on the attention
-  weights, so it requires `dropout` 0. SDPA stays the default: on an H200 its flash kernel measured
-  faster than FlexAttention for the paper's shapes (DESIGN §7: 0.78 vs 0.90 ms);
+  weights, so it requires `dropout` 0, and "auto" does not consider it: on an H200 SDPA's flash
+  kernel measured faster than FlexAttention for the paper's shapes (DESIGN §7: 0.78 vs 0.90 ms);
 - "triton": our own fused kernels (FlashAttention-2 forward and backward, with dropout on the
   attention weights), in `triton_attention.py`; CUDA only (or Triton's interpreter, for tests).
-  Not the default until it is measured faster than SDPA's flash kernel on a GPU;
+  "auto" takes it where it matches SDPA and is measured faster at the run's shape;
 - "plain": the masked softmax written out, as the reference did; kept as the ground truth the
   fused paths are tested against.
 """
@@ -29,7 +31,7 @@ from torch.nn import functional as F
 
 from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss, chunked_mean_loss
 
-ATTENTION_IMPLS = ("sdpa", "flex", "triton", "plain")
+ATTENTION_IMPLS = ("auto", "sdpa", "flex", "triton", "plain")
 
 _flex_masks: dict = {}  # (T, device) -> causal BlockMask, built once
 _flex_kernel = None  # flex_attention, compiled on first CUDA use
@@ -80,7 +82,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
         v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
 
-        if self.attention_impl == "sdpa":
+        if self.attention_impl in ("sdpa", "auto"):
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
             )
@@ -148,7 +150,7 @@ class GPT(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         embd_dropout: float | None = None,
-        attention_impl: str = "sdpa",
+        attention_impl: str = "auto",
         head_loss: str = "plain",
     ):
         super().__init__()

@@ -1,0 +1,110 @@
+"""Which attention kernel a run uses when its config says `attention: "auto"` (the default).
+
+On CUDA, before the model is compiled, each candidate kernel runs forward + backward at the run's
+own shape (batch per process, heads, window, head size, bf16, dropout): first checked against
+SDPA's output and gradients without dropout, then timed. The fastest correct one wins; a
+candidate must beat SDPA by `MARGIN` to replace it, since SDPA's flash kernel is the proven one.
+A candidate that fails to run or to match is dropped, and the report says why. On a CPU, and for
+anything but CUDA, "auto" is SDPA, with no measurement.
+
+The choice changes no weight, so a checkpoint resumes under any kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+MARGIN = 0.97  # a candidate is chosen over SDPA only if it takes at most this fraction of SDPA's time
+TOLERANCE = 3e-2  # bf16: outputs and gradients within this of SDPA's (relative to their scale)
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+def cuda_candidates() -> dict[str, Kernel]:
+    """The kernels "auto" considers on CUDA besides SDPA: arrows' Triton kernels, when Triton is
+    installed. (FlexAttention has no dropout and measured slower than SDPA: DESIGN §7.)"""
+    try:
+        from arrows.models.triton_attention import causal_attention
+    except ImportError:
+        return {}
+    return {"triton": causal_attention}
+
+
+def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout: float, device: torch.device | str,
+                     candidates: dict[str, Kernel] | None = None, dtype: torch.dtype = torch.bfloat16, reps: int = 10) -> tuple[str, dict]:
+    """The name of the kernel to use ("sdpa" or a candidate's) and a report: each kernel's time in
+    ms, or why it was dropped."""
+    device = torch.device(device)
+    if candidates is None:
+        if device.type != "cuda":
+            return "sdpa", {"sdpa": "not measured: the only kernel off CUDA"}
+        candidates = cuda_candidates()
+    if not candidates:
+        return "sdpa", {"sdpa": "not measured: no other kernel available"}
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(3))
+    upstream = torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen)
+    expected = _output_and_grads(sdpa, q, k, v, upstream)
+    report: dict = {"sdpa": round(_milliseconds(sdpa, q, k, v, upstream, dropout, reps), 4)}
+    best, best_ms = "sdpa", report["sdpa"] * MARGIN
+    for name, kernel in candidates.items():
+        try:
+            problem = _mismatch(expected, _output_and_grads(kernel, q, k, v, upstream))
+            if problem:
+                report[name] = f"dropped: {problem}"
+                continue
+            ms = _milliseconds(kernel, q, k, v, upstream, dropout, reps)
+        except Exception as e:  # noqa: BLE001 - any failure of a candidate means: do not use it
+            report[name] = f"dropped: failed to run ({type(e).__name__}: {str(e)[:200]})"
+            continue
+        report[name] = round(ms, 4)
+        if ms < best_ms:
+            best, best_ms = name, ms
+    return best, report
+
+
+def describe(choice: str, report: dict, shape: str) -> str:
+    """One line for the run's log."""
+    parts = [f"{n} {v} ms" if isinstance(v, float) else f"{n} {v}" for n, v in report.items()]
+    return f"attention auto at {shape}: using {choice} ({'; '.join(parts)})"
+
+
+def _output_and_grads(kernel: Kernel, q, k, v, upstream) -> list[torch.Tensor]:
+    for t in (q, k, v):
+        t.grad = None
+    out = kernel(q, k, v, 0.0)
+    out.backward(upstream)
+    # Copies: timing runs later accumulate into the same .grad tensors.
+    return [t.detach().float().clone() for t in (out, q.grad, k.grad, v.grad)]
+
+
+def _mismatch(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str | None:
+    for name, e, g in zip(("output", "dq", "dk", "dv"), expected, got):
+        if e.shape != g.shape:
+            return f"{name} has shape {tuple(g.shape)}, not {tuple(e.shape)}"
+        scale = e.abs().max().item() or 1.0
+        error = (e - g).abs().max().item() / scale
+        if not error <= TOLERANCE:  # NaN fails too
+            return f"{name} differs from SDPA's by {error:.2e} of its scale (tolerance {TOLERANCE:.0e})"
+    return None
+
+
+def _milliseconds(kernel: Kernel, q, k, v, upstream, dropout: float, reps: int) -> float:
+    cuda = q.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(2):  # compile, autotune, warm caches
+        kernel(q, k, v, dropout).backward(upstream)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        kernel(q, k, v, dropout).backward(upstream)
+    sync()
+    return (time.perf_counter() - t0) / reps * 1e3
