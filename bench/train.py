@@ -168,6 +168,7 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             trainer = make_trainer(name, gpt_model(s), s["B"], store, work)
             mine = measure_step(trainer, a.steps, a.warm)
             mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
+            mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
             results[f"arrows_{name}"] = mine
             rows.append((name, "plain", mine))
             if small and "loader" in a.only:
@@ -178,6 +179,7 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             trainer = make_trainer(name + "_chunked", gpt_model(s, head_loss="chunked"), s["B"], store, work)
             mine = measure_step(trainer, a.steps, a.warm)
             mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
+            mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
             mine.update(chunked_loss_check(trainer))
             results[f"arrows_{name}_chunked"] = mine
             rows.append((name, "chunked", mine))
@@ -198,6 +200,8 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
         print(f"| {name} | {head} | {ref['tokens_per_s']:,} | {tuned['tokens_per_s']:,} | {mine['tokens_per_s']:,} | {mine['mfu']:.1%} | "
               f"{mine['tokens_per_s'] / tuned['tokens_per_s']:.2f}× (target ≥ {shapes[name]['target']}×) | "
               f"{mine['tokens_per_s'] / ref['tokens_per_s']:.1f}× | {memory} |")
+    for name, head, mine in rows:
+        print(f"\n{name}, {head} head: {mine['attention']}")
     for name, head, mine in rows:
         if "loss_plain" in mine:
             print(f"\n{name}, chunked head: loss {mine['loss_chunked']:.5f} against the plain head's {mine['loss_plain']:.5f} on the same "
