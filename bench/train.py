@@ -200,8 +200,9 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
         print(f"| {name} | {head} | {ref['tokens_per_s']:,} | {tuned['tokens_per_s']:,} | {mine['tokens_per_s']:,} | {mine['mfu']:.1%} | "
               f"{mine['tokens_per_s'] / tuned['tokens_per_s']:.2f}× (target ≥ {shapes[name]['target']}×) | "
               f"{mine['tokens_per_s'] / ref['tokens_per_s']:.1f}× | {memory} |")
+    print()
     for name, head, mine in rows:
-        print(f"\n{name}, {head} head: {mine['attention']}")
+        print(f"{name}, {head} head, attention: {mine['attention']}")
     for name, head, mine in rows:
         if "loss_plain" in mine:
             print(f"\n{name}, chunked head: loss {mine['loss_chunked']:.5f} against the plain head's {mine['loss_plain']:.5f} on the same "
