@@ -130,12 +130,18 @@ def test_dropout_follows_torchs_generator():
     assert not torch.equal(a, b)  # and a fresh mask on every call
 
 
-def test_gpt_with_triton_attention_equals_plain_attention():
-    cfg = dict(vocab_size=64, n_layers=2, n_heads=2, embed_dim=32, attn_length=24, dropout=0.0)
+def twin_gpts(attn_length: int, dropout: float, n_layers: int = 1, train: bool = False):
+    """A GPT on the Triton kernels and one on plain attention, with the same weights."""
+    cfg = dict(vocab_size=64, n_layers=n_layers, n_heads=2, embed_dim=32, attn_length=attn_length, dropout=dropout)
     torch.manual_seed(0)
-    mine = build_model({**cfg, "attention_impl": "triton"}).to(DEVICE).train()
-    plain = build_model({**cfg, "attention_impl": "plain"}).to(DEVICE).train()
+    mine = build_model({**cfg, "attention_impl": "triton"}).to(DEVICE).train(train)
+    plain = build_model({**cfg, "attention_impl": "plain"}).to(DEVICE).train(train)
     plain.load_state_dict(mine.state_dict())
+    return mine, plain
+
+
+def test_gpt_with_triton_attention_equals_plain_attention():
+    mine, plain = twin_gpts(24, dropout=0.0, n_layers=2, train=True)
     idx = torch.randint(0, 64, (3, 24), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     losses = []
     for model in (mine, plain):
@@ -149,10 +155,7 @@ def test_gpt_with_triton_attention_equals_plain_attention():
 
 def test_gpt_with_triton_attention_and_dropout_evaluates_like_plain():
     # Dropout is on in training only: in eval mode the kernels must give plain attention's logits.
-    cfg = dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=32, attn_length=20, dropout=0.1)
-    mine = build_model({**cfg, "attention_impl": "triton"}).to(DEVICE).eval()
-    plain = build_model({**cfg, "attention_impl": "plain"}).to(DEVICE).eval()
-    plain.load_state_dict(mine.state_dict())
+    mine, plain = twin_gpts(20, dropout=0.1)
     idx = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     with torch.no_grad():
         assert torch.allclose(mine(idx)[0], plain(idx)[0], atol=1e-5 if DEVICE == "cpu" else 3e-3)
@@ -160,10 +163,7 @@ def test_gpt_with_triton_attention_and_dropout_evaluates_like_plain():
 
 def test_gpt_with_triton_attention_generates_like_plain():
     # Generation calls the kernels with every length from the prompt's up to attn_length.
-    cfg = dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=32, attn_length=12, dropout=0.1)
-    mine = build_model({**cfg, "attention_impl": "triton"}).to(DEVICE).eval()
-    plain = build_model({**cfg, "attention_impl": "plain"}).to(DEVICE).eval()
-    plain.load_state_dict(mine.state_dict())
+    mine, plain = twin_gpts(12, dropout=0.1)
     prompt = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(4)).to(DEVICE)
     assert torch.equal(mine.generate(prompt, 14, temperature=0), plain.generate(prompt, 14, temperature=0))
 
