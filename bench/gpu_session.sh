@@ -9,6 +9,7 @@
 # Prepare on the development machine (the GPU machine has no network and gets only the checkout):
 #   maturin build --release --out dist     # the abi3 wheel; runs on the GPU machine's Python 3.12
 #   rm -rf shared && cp -r ../shared shared   # anchors and texts; ./shared is git-ignored, and travels
+# and name dist in the device call's `carry` (it is git-ignored, so it travels only when carried).
 # Logs go to $OUT (default bench/out/gpu).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
