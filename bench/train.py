@@ -142,8 +142,7 @@ def measure_step(trainer, steps: int, warm: int) -> dict:
     batches = trainer._batches()
     seconds_per_step(trainer, batches, warm)
     seconds = seconds_per_step(trainer, batches, steps)
-    tokens = trainer.t.batch_size * trainer.t.aggregate * trainer.L
-    return {"tokens_per_s": round(tokens / seconds), "step_ms": round(seconds * 1e3, 2), "peak_mem_GiB": round(peak_memory_gib(), 2)}
+    return {"tokens_per_s": round(trainer.tokens_per_step / seconds), "step_ms": round(seconds * 1e3, 2), "peak_mem_GiB": round(peak_memory_gib(), 2)}
 
 
 def gpt_flops_per_token(trainer, s: dict) -> float:
@@ -248,54 +247,33 @@ def chunked_loss_check(trainer) -> dict:
 
 def section_attention(a, anchor: dict, results: dict) -> None:
     import torch
-    import torch.nn.functional as F
+
+    from arrows.models.attention_choice import cuda_candidates, forward_backward_ms, sdpa
+    from arrows.models.gpt import flex_causal_attention
 
     shape = ATTENTION_QUICK if a.quick else ATTENTION
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    kernels = {"sdpa": lambda q, k, v, p: F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)}
+    kernels = {"sdpa": sdpa}
     if cuda:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        from arrows.models.triton_attention import causal_attention
-
-        flex = torch.compile(flex_attention)
-        masks = {}
-
-        def flex_causal(q, k, v, p):
-            T = q.shape[-2]
-            if T not in masks:
-                masks[T] = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, T, T, device=device)
-            return flex(q, k, v, block_mask=masks[T])
-
-        kernels["flex"] = flex_causal
-        kernels["triton"] = causal_attention
+        kernels["flex"] = lambda q, k, v, p: flex_causal_attention(q, k, v)  # no dropout: timed at p = 0 only
+        kernels.update(cuda_candidates())  # arrows' Triton kernels
     else:
         print("\n(attention: no CUDA device; the Triton and Flex kernels are timed on a GPU only)")
-
-    def ms(fn, q, k, v, p, reps):
-        for _ in range(3):
-            fn(q, k, v, p).sum().backward()
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn(q, k, v, p).sum().backward()
-        sync()
-        return (time.perf_counter() - t0) / reps * 1e3
 
     rows = []
     for T in shape["Ts"]:
         q, k, v = (torch.randn(shape["B"], shape["H"], T, shape["D"], device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        upstream = torch.randn_like(q, requires_grad=False)
         for p in (0.0, 0.1):
             row = {}
             for name, fn in kernels.items():
                 if p and name == "flex":
                     continue  # FlexAttention has no dropout
-                row[name] = round(ms(fn, q, k, v, p, 2 if a.quick else 30), 3)
+                row[name] = round(forward_backward_ms(fn, q, k, v, upstream, p, 2 if a.quick else 30), 3)
             rows.append((T, p, row))
             results[f"attention_T{T}_dropout{p}"] = row
-        del q, k, v
+        del q, k, v, upstream
     print(f"\n## Attention forward + backward (B={shape['B']}, H={shape['H']}, D={shape['D']}, causal, {str(dtype).split('.')[-1]}), ms\n")
     names = list(kernels)
     print("| T | dropout | " + " | ".join(names) + " | triton / sdpa (target ≤ 1.0) | anchor hand / SDPA / Flex |")

@@ -417,7 +417,7 @@ def test_auto_attention_takes_a_faster_kernel_only_by_a_margin(monkeypatch, time
     from arrows.models import attention_choice
 
     kernels = {"fast": lambda q, k, v, p: _sdpa(q, k, v, p) + 0}
-    monkeypatch.setattr(attention_choice, "_milliseconds", lambda kernel, *a: times["sdpa" if kernel is attention_choice.sdpa else "fast"])
+    monkeypatch.setattr(attention_choice, "forward_backward_ms", lambda kernel, *a: times["sdpa" if kernel is attention_choice.sdpa else "fast"])
     name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.1, "cpu", candidates=kernels, dtype=torch.float32)
     assert name == chosen and report == times
 
@@ -431,7 +431,7 @@ def test_auto_attention_drops_a_wrong_or_failing_kernel(monkeypatch):
     def broken(q, k, v, p):
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    monkeypatch.setattr(attention_choice, "_milliseconds", lambda kernel, *a: 1.0 if kernel is attention_choice.sdpa else 0.1)
+    monkeypatch.setattr(attention_choice, "forward_backward_ms", lambda kernel, *a: 1.0 if kernel is attention_choice.sdpa else 0.1)
     name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"not_causal": not_causal, "broken": broken},
                                                      dtype=torch.float32)
     assert name == "sdpa"

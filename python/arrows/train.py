@@ -176,6 +176,7 @@ class Trainer:
         self.train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world.world_size, **common)
         self.valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world.world_size, split="valid", **common)
         self.steps_per_epoch = len(self.train_loader) // t.aggregate
+        self.tokens_per_step = t.batch_size * t.aggregate * L  # all processes together
         if self.steps_per_epoch == 0:
             raise InputError(f"one epoch has {len(self.train_loader)} batches, fewer than aggregate={t.aggregate}")
 
@@ -295,7 +296,6 @@ class Trainer:
             if self.attention_choice:
                 print(self.attention_choice, file=sys.stderr, flush=True)
                 self.metrics.log({"step": self.step, "attention": self.attention_choice})
-        tokens_per_step = t.batch_size * t.aggregate * self.L
         batches = self._batches()
         bar = self._bar = _Progress(self.total_steps, self.step) if w.is_main else None
         self._window = [0.0, 0, time.perf_counter()]  # loss sum, steps, start time of the logging window
@@ -311,7 +311,7 @@ class Trainer:
                 if pending is not None:
                     self._after_step(*pending)
                 pending = (self.step, result)
-                if self._weights_needed(self.step):
+                if self._due(self.step):
                     self._after_step(*pending)
                     pending = None
         except KeyboardInterrupt:
@@ -330,21 +330,29 @@ class Trainer:
                 bar.close()
             if w.is_main:
                 self.metrics.close()
-        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": self._last_valid, "tokens_seen": self.step * tokens_per_step}
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": self._last_valid, "tokens_seen": self.step * self.tokens_per_step}
         if w.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
-    def _weights_needed(self, step: int) -> bool:
-        """Does anything at `step` need the model as it is after that step (not only its loss)?"""
-        t = self.t
-        valid_every = t.valid_every or self.total_steps
-        return (step == self.total_steps or step % valid_every == 0 or step % t.save_every == 0
-                or bool(t.backup_every and step % t.backup_every == 0) or bool(t.sample_every and step % t.sample_every == 0))
+    def _due(self, step: int) -> set[str]:
+        """What runs after `step` besides logging: "validate", "sample", "save", "backup". Each
+        needs the model as it is after that very step (not only its loss)."""
+        t, last = self.t, step == self.total_steps
+        due = set()
+        if last or step % (t.valid_every or self.total_steps) == 0:
+            due.add("validate")
+        if t.sample_every and (last or step % t.sample_every == 0):
+            due.add("sample")
+        if last or step % t.save_every == 0:
+            due.add("save")
+        if t.backup_every and step % t.backup_every == 0:
+            due.add("backup")
+        return due
 
     def _after_step(self, step: int, result: "_StepResult") -> None:
         """Read step `step`'s loss back; stop on a non-finite one; log, validate, sample and save at
-        their cadences (the last three only when `step` is the latest step: see _weights_needed)."""
+        their cadences (the last three only when `step` is the latest step: see fit and _due)."""
         w, t = self.world, self.t
         loss, grad_norm = result.read()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -359,27 +367,27 @@ class Trainer:
         if step % t.step_log == 0 or step == self.total_steps:
             window_loss, window_steps, window_t0 = self._window
             dt = time.perf_counter() - window_t0
-            tokens_per_step = t.batch_size * t.aggregate * self.L
             record = {"step": step, "loss": window_loss / window_steps, "lr": self._lr(step - 1), "grad_norm": grad_norm,
-                      "tokens_per_s": tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
+                      "tokens_per_s": self.tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
             if w.is_main:
                 self.metrics.log(record)
                 self._bar.update(step, record)
             self._window = [0.0, 0, time.perf_counter()]
         if step != self.step:
             return
-        if step % (t.valid_every or self.total_steps) == 0 or step == self.total_steps:
+        due = self._due(step)
+        if "validate" in due:
             self._last_valid = self._validate()
             if w.is_main:
                 self.metrics.log({"step": step, "valid_loss": self._last_valid})
                 self._bar.note(f"step {step}: validation loss {self._last_valid:.4f}")
-        if w.is_main and t.sample_every and (step % t.sample_every == 0 or step == self.total_steps):
+        if w.is_main and "sample" in due:
             sample = self._sample()
             if sample is not None:
                 self._bar.note(f"step {step}: sample {sample[:120]!r}")
-        if step % t.save_every == 0 or step == self.total_steps:
+        if "save" in due:
             self._save(checkpoint.LATEST)
-        if t.backup_every and step % t.backup_every == 0:
+        if "backup" in due:
             self._save(f"step_{step:08d}.pt")
 
     def _lr(self, step: int) -> float:

@@ -53,7 +53,7 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
     q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(3))
     upstream = torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen)
     expected = _output_and_grads(sdpa, q, k, v, upstream)
-    report: dict = {"sdpa": round(_milliseconds(sdpa, q, k, v, upstream, dropout, reps), 4)}
+    report: dict = {"sdpa": round(forward_backward_ms(sdpa, q, k, v, upstream, dropout, reps), 4)}
     best, best_ms = "sdpa", report["sdpa"] * MARGIN
     for name, kernel in candidates.items():
         try:
@@ -61,7 +61,7 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
             if problem:
                 report[name] = f"dropped: {problem}"
                 continue
-            ms = _milliseconds(kernel, q, k, v, upstream, dropout, reps)
+            ms = forward_backward_ms(kernel, q, k, v, upstream, dropout, reps)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate means: do not use it
             report[name] = f"dropped: failed to run ({type(e).__name__}: {str(e)[:200]})"
             continue
@@ -97,7 +97,8 @@ def _mismatch(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str | No
     return None
 
 
-def _milliseconds(kernel: Kernel, q, k, v, upstream, dropout: float, reps: int) -> float:
+def forward_backward_ms(kernel: Kernel, q, k, v, upstream, dropout: float, reps: int) -> float:
+    """Milliseconds of one forward + backward of `kernel` (after two untimed runs)."""
     cuda = q.is_cuda
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(2):  # compile, autotune, warm caches

@@ -62,6 +62,20 @@ def chunked_mean_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     return total / hidden.shape[0]
 
 
+def head_and_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor | None, mode: str):
+    """The models' shared end: (B, T, d) final states -> (logits (B, T, vocab), mean loss in
+    nats/token, or None without targets). `mode` is model_params.head_loss: with "chunked" and
+    targets the head and loss are fused and the logits are None."""
+    if mode == "chunked" and targets is not None:
+        fused = chunked_head_loss if torch.is_grad_enabled() else chunked_mean_loss
+        return None, fused(hidden.reshape(-1, hidden.size(-1)), head.weight, targets.reshape(-1))
+    logits = head(hidden)
+    loss = None
+    if targets is not None:
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    return logits, loss
+
+
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
     """Mean cross-entropy (nats/token) of `targets` (N,) under logits `hidden (N, d) @ weight (V, d)ᵀ`,
     without ever holding more than `chunk_rows` rows of logits."""

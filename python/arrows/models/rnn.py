@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
 from arrows.models.gpt import per_position_loss, sample_next
-from arrows.models.head_loss import HEAD_LOSSES, chunked_head_loss, chunked_mean_loss
+from arrows.models.head_loss import HEAD_LOSSES, head_and_loss
 
 
 class RecurrentLM(nn.Module):
@@ -88,15 +87,7 @@ class RecurrentLM(nn.Module):
         """Returns (logits (B, T, vocab), loss): loss is the mean cross-entropy over all positions
         in nats/token, or None without targets. With `head_loss="chunked"` and targets, the head
         and loss are fused and the logits are None."""
-        if self.head_loss == "chunked" and targets is not None:
-            h, _ = self.hidden(idx)
-            fused = chunked_head_loss if torch.is_grad_enabled() else chunked_mean_loss
-            return None, fused(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
-        logits, _ = self.run(idx)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        return head_and_loss(self.hidden(idx)[0], self.lm_head, targets, self.head_loss)
 
     def loss_per_position(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) cross-entropy of each target token, in nats."""

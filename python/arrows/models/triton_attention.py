@@ -53,6 +53,12 @@ def _keep_mask(seed_ptr, bh, offs_m, offs_n, T, p_drop):
 
 
 @triton.jit
+def _load_rows(base, rows, stride_t, offs_d, d_ok, T):
+    """Rows `rows` of one head's (T, D) matrix starting at `base`; zeros past T and past D."""
+    return tl.load(base + rows[:, None] * stride_t + offs_d[None, :], mask=(rows[:, None] < T) & d_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _scores(q, k, offs_m, offs_n, T, scale_log2, MASKED: tl.constexpr):
     """q·kᵀ of a (query block × key block), scaled to log2 units; -inf where a key is not visible.
     Blocks wholly below the diagonal (MASKED false) need no mask: every key in them is visible."""
@@ -68,9 +74,8 @@ def _forward_block(acc, m_i, l_i, q, k_base, v_base, skt, svt, SEED, bh, offs_m,
                    BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, MASKED: tl.constexpr):
     """One key block of the online softmax: the running max, sum and output, updated."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
-    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _load_rows(k_base, offs_n, skt, offs_d, d_ok, T)
+    v = _load_rows(v_base, offs_n, svt, offs_d, d_ok, T)
     s = _scores(q, k, offs_m, offs_n, T, scale_log2, MASKED)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.exp2(s - m_new[:, None])
@@ -98,7 +103,7 @@ def _forward_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)  # BLOCK_D is HEAD_DIM rounded up to a power of two
     d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=(offs_m[:, None] < T) & d_ok[None, :], other=0.0)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, d_ok, T)
     k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of the scaled scores (log2 units)
@@ -143,9 +148,8 @@ def _dkdv_block(dk, dv, k, v, q_base, do_base, LSE, DELTA, SEED, bh, sqt, sot, o
     """The contribution of one query block to a key block's dK and dV."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_ok = offs_m < T
-    m_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
+    q = _load_rows(q_base, offs_m, sqt, offs_d, d_ok, T)
+    do = _load_rows(do_base, offs_m, sot, offs_d, d_ok, T)
     lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
     p = tl.exp2(_scores(q, k, offs_m, offs_n, T, scale_log2, MASKED) - lse[:, None])  # the weights, recomputed
@@ -177,8 +181,8 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     n_mask = (offs_n[:, None] < T) & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
+    k = _load_rows(K + b * skb + h * skh, offs_n, skt, offs_d, d_ok, T)
+    v = _load_rows(V + b * svb + h * svh, offs_n, svt, offs_d, d_ok, T)
     q_base, do_base = Q + b * sqb + h * sqh, DO + b * sob + h * soh
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -197,9 +201,8 @@ def _dq_block(dq, q, do, lse, delta, k_base, v_base, SEED, bh, skt, svt, offs_m,
               BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, MASKED: tl.constexpr):
     """The contribution of one key block to a query block's dQ."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    n_mask = (offs_n[:, None] < T) & d_ok[None, :]
-    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=n_mask, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=n_mask, other=0.0)
+    k = _load_rows(k_base, offs_n, skt, offs_d, d_ok, T)
+    v = _load_rows(v_base, offs_n, svt, offs_d, d_ok, T)
     p = tl.exp2(_scores(q, k, offs_m, offs_n, T, scale_log2, MASKED) - lse[:, None])
     dp = tl.dot(do, tl.trans(v))
     if DROPOUT:
@@ -224,8 +227,8 @@ def _dq_kernel(
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < T
     m_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_mask, other=0.0)
-    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=m_mask, other=0.0)
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, sqt, offs_d, d_ok, T)
+    do = _load_rows(DO + b * sob + h * soh, offs_m, sot, offs_d, d_ok, T)
     lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + bh * T + offs_m, mask=m_ok, other=0.0)
     k_base, v_base = K + b * skb + h * skh, V + b * svb + h * svh
