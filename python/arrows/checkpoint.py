@@ -92,6 +92,20 @@ def load(path: Path) -> dict:
     return payload
 
 
+def load_model(config: dict, path: Path):
+    """The model that a run's resolved config describes, with the weights of checkpoint `path`,
+    on the CPU, in eval mode."""
+    import torch
+
+    from arrows.config import config_from_dict
+    from arrows.models import build_model
+
+    with torch.device("cpu"):
+        model = build_model(config_from_dict(config).model_dict())
+    model.load_state_dict(load(path)["model"])
+    return model.eval()
+
+
 def _damaged(path: Path, why: str) -> CorruptDataError:
     """The error for a damaged checkpoint, naming the backups to resume from instead."""
     backups = sorted(p for p in path.parent.glob("step_*.pt") if p != path)

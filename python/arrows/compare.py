@@ -83,12 +83,9 @@ def load_run(path: Path) -> Run:
     checkpoint = path / "checkpoints" / "latest.pt"
     if not checkpoint.is_file():
         raise InputError(f"{path}: no checkpoint yet ({checkpoint} is missing); train it first")
-    metrics = []
-    metrics_file = path / "metrics.jsonl"
-    if metrics_file.is_file():
-        for line in metrics_file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                metrics.append(json.loads(line))
+    from arrows.metrics import read
+
+    metrics = read(path) if (path / "metrics.jsonl").is_file() else []
     return Run(path, json.loads(config_file.read_text()), checkpoint, metrics)
 
 
@@ -162,7 +159,6 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
 
     from arrows import checkpoint
     from arrows.loader import WindowLoader
-    from arrows.models import build_model
 
     t, L = run.training, int(run.model["attn_length"])
     loader = WindowLoader(
@@ -172,13 +168,7 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
     )
     if loader.windows == 0:
         raise InputError(f"{run.path}: the validation split of {t['dataset_folder']} holds no window of {L} tokens; use more data or a larger valid_fraction")
-    payload = checkpoint.load(run.checkpoint)
-    from arrows.config import config_from_dict
-
-    with torch.device("cpu"):
-        model = build_model(config_from_dict(run.config).model_dict())
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
+    model = checkpoint.load_model(run.config, run.checkpoint).to(device)
     n_windows = loader.windows if max_windows is None else min(loader.windows, max_windows)
     losses = np.empty((n_windows, L), dtype=np.float64) if keep_targets else None
     window_loss = np.empty(n_windows)

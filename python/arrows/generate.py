@@ -14,17 +14,13 @@ def load_run(run: Path):
     """The model of a run folder (latest checkpoint), its resolved config dict, and its tokenizer."""
     from arrows import checkpoint
     from arrows.data import find_tokenizer
-    from arrows.config import config_from_dict
-    from arrows.models import build_model
 
     run = Path(run)
     cfg_path, ckpt = run / "config.json", run / "checkpoints" / checkpoint.LATEST
     if not cfg_path.is_file() or not ckpt.is_file():
         raise InputError(f"{run}: not a trained run (needs config.json and checkpoints/{checkpoint.LATEST})")
     cfg = json.loads(cfg_path.read_text())
-    model = build_model(config_from_dict(cfg).model_dict())
-    model.load_state_dict(checkpoint.load(ckpt)["model"])
-    model.eval()
+    model = checkpoint.load_model(cfg, ckpt)
     t = cfg["training_params"]
     tok = find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
     if tok is None:

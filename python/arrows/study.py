@@ -28,6 +28,11 @@ class StudyRun:
     config: object  # the resolved arrows.config.Config
     devices: list[int] | None = None  # GPUs for this run when runs go side by side
 
+    @property
+    def stem(self) -> str:
+        """The run's name as one file name ("seed1_bw"): its config in configs/, its log."""
+        return self.name.replace("/", "_")
+
 
 def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
     """The runs of a study: for each seed, a forward and a backward copy of `config`."""
@@ -63,7 +68,7 @@ def run_study(config, study_dir: Path, *, seeds: int = 1, device: str = "auto", 
     config_dir = study_dir / "configs"
     config_dir.mkdir(exist_ok=True)
     for r in runs:
-        (config_dir / (r.name.replace("/", "_") + ".json")).write_text(json.dumps(r.config.to_dict(), indent=2) + "\n")
+        (config_dir / f"{r.stem}.json").write_text(json.dumps(r.config.to_dict(), indent=2) + "\n")
 
     side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
     if not side_by_side:
@@ -84,7 +89,7 @@ def run_study(config, study_dir: Path, *, seeds: int = 1, device: str = "auto", 
 def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, compile: bool) -> None:
     procs = []
     for r in runs:
-        cfg_file = study_dir / "configs" / (r.name.replace("/", "_") + ".json")
+        cfg_file = study_dir / "configs" / f"{r.stem}.json"
         cmd = [sys.executable, "-m", "arrows", "train", str(cfg_file)]
         if r.devices:
             cmd += ["--gpus", ",".join(map(str, r.devices))]
@@ -92,7 +97,7 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
             cmd += ["--device", device]
         if not compile:
             cmd.append("--no-compile")
-        log = study_dir / (r.name.replace("/", "_") + ".log")
+        log = study_dir / f"{r.stem}.log"
         env = dict(os.environ)
         if not r.devices:
             # Share the CPU cores between the processes instead of oversubscribing them.
