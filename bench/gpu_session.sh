@@ -1,52 +1,65 @@
 #!/usr/bin/env bash
 # Every GPU check of the project, for a session that is lent a CUDA machine (see README,
-# "Performance"). In two parts, each under ten minutes on an H100/H200, so that each fits one
-# device call with time to spare:
-#   bash bench/gpu_session.sh 1   # CUDA tests; attention kernels; GRU/LSTM; the loader check     (~7 min)
-#   bash bench/gpu_session.sh 2   # GPT-2 small and medium against gpu_anchor.py; the chunked head  (~8 min)
-#   bash bench/gpu_session.sh 3   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)     (~5 min)
+# "Performance"). A lease has about 15 minutes of device time, machine start included, so the
+# checks come in two parts of about six and four minutes, run back to back on the warm machine,
+# most important first (each step has its own time limit, so one hang cannot eat the rest):
+#   bash bench/gpu_session.sh 1   # GPT-2 small/medium against gpu_anchor.py, chunked head, loader,
+#                                 # a profile of the step; then the CUDA tests (test_cuda.py)    (~6.5 min)
+#   bash bench/gpu_session.sh 2   # attention kernels; GRU/LSTM; the Triton and head tests on CUDA (~4 min)
+#   bash bench/gpu_session.sh 3   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
 #
 # Prepare on the development machine (the GPU machine has no network and gets only the checkout):
-#   maturin build --release --out dist     # the abi3 wheel; runs on the GPU machine's Python 3.12
+#   maturin build --release --out dist        # the abi3 wheel; runs on the GPU machine's Python 3.12
 #   rm -rf shared && cp -r ../shared shared   # anchors and texts; ./shared is git-ignored, and travels
 # and name dist in the device call's `carry` (it is git-ignored, so it travels only when carried).
-# Logs go to $OUT (default bench/out/gpu).
+# Logs and results go to $OUT (default bench/out/gpu).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
 PART=${1:?give the part: 1, 2 or 3}
 
-# A venv over the machine's own torch/triton/numpy/..., with arrows' wheel installed into it (no
-# network there: --no-deps; every dependency of arrows is part of that machine's image).
-PY=/tmp/arrows-venv/bin/python
-if [ ! -x /tmp/arrows-venv/bin/arrows ]; then
-    if python3 -m venv --system-site-packages /tmp/arrows-venv; then
-        $PY -m pip install -q --no-index --no-deps dist/arrows-*.whl || exit 1
-    else  # no venv module there: install beside the machine's packages instead
-        python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/arrows-site dist/arrows-*.whl || exit 1
-        export PYTHONPATH=/tmp/arrows-site PATH=/tmp/arrows-site/bin:$PATH
-        PY=python3
-    fi
+# arrows' wheel beside the machine's own torch/triton/numpy/... (no network there: --no-deps;
+# every dependency of arrows is in that machine's image). Not a venv: the machine's python3 is
+# itself a venv, whose packages a --system-site-packages venv made from it would not see.
+SITE=/tmp/arrows-site
+if [ ! -x $SITE/bin/arrows ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target $SITE dist/arrows-*.whl || exit 1
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+export PYTHONPATH=$SITE PATH=$SITE/bin:$PATH
+PY=python3
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu_part$PART.txt"
+$PY -c "import arrows, torch, triton; print('arrows', arrows.__file__, 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_part$PART.txt"
+
+# One bench run: its log and its results file (bench/out/train.json, rewritten by every run) kept.
+bench() {  # bench NAME SECONDS ARGS...
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" $PY bench/train.py --gpu "$@" 2>&1 | tee "$OUT/bench_$name.txt"
+    cp bench/out/train.json "$OUT/train_$name.json" 2>/dev/null || true
+}
+# From tests/ so that the installed wheel, not python/ in the checkout, is imported.
+cuda_tests() {  # cuda_tests NAME SECONDS FILES...
+    local name=$1 limit=$2
+    shift 2
+    (cd tests && timeout "$limit" $PY -m pytest -q -rs -p no:cacheprovider "$@") 2>&1 | tee "$OUT/pytest_$name.txt"
+}
 
 case "$PART" in
 1)
-    # From tests/ so that the installed wheel, not python/ in the checkout, is imported.
-    (cd tests && $PY -m pytest -q -rs test_cuda.py test_triton_attention.py test_head_loss.py) 2>&1 | tee "$OUT/pytest_cuda.txt"
-    $PY bench/train.py --gpu --only attention,rnn,loader --steps 8 --warm 3 2>&1 | tee "$OUT/bench_part1.txt"
+    bench training 330 --only training,memory,loader --steps 10 --warm 3 --profile
+    cuda_tests cuda 210 test_cuda.py
     ;;
 2)
-    $PY bench/train.py --gpu --only training,memory --steps 10 --warm 3 2>&1 | tee "$OUT/bench_part2.txt"
+    bench attention 80 --only attention
+    bench rnn 150 --only rnn --steps 8 --warm 3
+    cuda_tests kernels 120 test_triton_attention.py test_head_loss.py
     ;;
 3)
-    $PY bench/synthetic_arrows.py --out "$OUT/synthetic" 2>&1 | tee "$OUT/synthetic.txt"
+    timeout 540 $PY bench/synthetic_arrows.py --out "$OUT/synthetic" 2>&1 | tee "$OUT/synthetic.txt"
     ;;
 *)
     echo "unknown part $PART: give 1, 2 or 3" >&2
     exit 2
     ;;
 esac
-cp bench/out/train.json "$OUT/" 2>/dev/null || true

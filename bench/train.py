@@ -170,6 +170,8 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
             results[f"arrows_{name}"] = mine
             rows.append((name, "plain", mine))
+            if a.profile and small:
+                print_profile(trainer, name)
             if small and "loader" in a.only:
                 results["loader_stall"] = loader_stall(trainer, a.stall_steps)
             del trainer
@@ -211,6 +213,20 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
         print(f"\n## Loader\n\n{next(iter(shapes))} step fed by the loader from real shards: {r['fed_ms']} ms; the same step on a batch already on the "
               f"device: {r['resident_ms']} ms; ratio {r['ratio']:.3f} (target ≤ 1.02; medians of {r['rounds']} alternating rounds "
               f"of {r['steps']} steps).")
+
+
+def print_profile(trainer, name: str, steps: int = 3) -> None:
+    """Where the step's device time goes: the kernels that take most of it over a few steps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = trainer._batches()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.cuda else [])
+    with profile(activities=activities) as prof:
+        seconds_per_step(trainer, batches, steps)
+    sort = "self_cuda_time_total" if trainer.cuda else "self_cpu_time_total"
+    print(f"\n## Profile of {name}, {steps} steps (top kernels by self time)\n")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
 
 
 def loader_stall(trainer, steps: int, rounds: int = 3) -> dict:
@@ -329,6 +345,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help=f"comma-separated sections among {', '.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement (default 12)")
     ap.add_argument("--warm", type=int, default=4, help="untimed steps first: compilation and autotuning (default 4)")
+    ap.add_argument("--profile", action="store_true", help="also print the top kernels of GPT-2 small's step (torch.profiler)")
     ap.add_argument("--stall-steps", type=int, default=10, help="steps per round of the loader check (default 10)")
     a = ap.parse_args()
     import torch

@@ -125,3 +125,41 @@ def test_study_side_by_side_on_one_gpu(tmp_path):
     arrows("study", tmp_path / "cfg.json", "--parallel", "--device", "cuda", "--out", tmp_path / "study")
     report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert abs(report["summary"]["delta"]) < 0.01
+
+
+@pytest.mark.parametrize("model_type", ["gru", "lstm"])
+def test_compiled_rnn_trains_on_cuda(tmp_path, model_type):
+    # On CUDA the RNNs are compiled too: dynamo leaves the cuDNN GRU/LSTM to eager and compiles
+    # the embedding and the head + loss around it.
+    (tmp_path / "t.txt").write_text("forwards and backwards, the same text. " * 30_000)
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cfg = {
+        "model_params": {"model_type": model_type, "vocab_size": 257, "n_layers": 2, "embed_dim": 128, "desired_attn_length": 64, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "s"), "batch_size": 64, "steps_to_train": 150, "step_log": 50, "valid_every": 150,
+                            "valid_batches": 4, "save_loc": str(tmp_path / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 3e-3, "warmup_steps": 10},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert "trained to step 150" in arrows("train", tmp_path / "cfg.json", "--device", "cuda").stdout
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["valid_loss"] < 1.0  # a repeated sentence: learned
+
+
+def test_real_cuda_out_of_memory_names_the_settings_to_lower(tmp_path):
+    # A batch that cannot fit (8192 windows of 1024 tokens, width 1024): the run stops with the
+    # settings to lower, not a traceback, whether the memory runs out while "auto" measures the
+    # attention kernels or in the first step.
+    (tmp_path / "t.txt").write_text("the arrow of time " * 700_000)  # 12.6 MB: enough windows for the batch
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cfg = {
+        "model_params": {"vocab_size": 257, "n_layers": 2, "n_heads": 8, "embed_dim": 1024, "attn_length": 1024, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "s"), "batch_size": 8192, "steps_to_train": 5, "valid_fraction": 0.01,
+                            "save_loc": str(tmp_path / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 1e-4},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    proc = arrows("train", tmp_path / "cfg.json", "--device", "cuda", "--no-compile", check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "CUDA out of memory at training_params.batch_size 8192" in said, said[-3000:]
+    assert 'head_loss to "chunked"' in said and "Traceback" not in said

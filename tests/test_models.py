@@ -438,3 +438,19 @@ def test_auto_attention_drops_a_wrong_or_failing_kernel(monkeypatch):
     assert report["not_causal"].startswith("dropped: output differs from SDPA's")
     assert "failed to run (RuntimeError: no kernel image" in report["broken"]
     assert "using sdpa" in attention_choice.describe(name, report, "B=2 H=2 T=16 D=8")
+
+
+@pytest.mark.parametrize("who", ["sdpa", "candidate"])
+def test_auto_attention_out_of_memory_takes_sdpa_unmeasured(monkeypatch, who):
+    # A shape too big to measure must not stop the run here: the training step then runs out of
+    # memory itself, with the message that says which setting to lower.
+    from arrows.models import attention_choice
+
+    def out_of_memory(q, k, v, p):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 17.00 GiB")
+
+    if who == "sdpa":
+        monkeypatch.setattr(attention_choice, "sdpa", out_of_memory)
+    name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"big": out_of_memory if who == "candidate" else _sdpa},
+                                                     dtype=torch.float32)
+    assert name == "sdpa" and report == {"sdpa": "not measured: out of memory at this shape"}

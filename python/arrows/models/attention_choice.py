@@ -49,6 +49,19 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
         candidates = cuda_candidates()
     if not candidates:
         return "sdpa", {"sdpa": "not measured: no other kernel available"}
+    try:
+        return _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps)
+    except torch.cuda.OutOfMemoryError:
+        pass
+    # Too big to measure is (about) too big to train: the training step will run out of memory
+    # too, and its error says which setting to lower. Until then nothing is lost by taking SDPA.
+    # (Freed here, outside the handler, once the exception no longer holds the tensors.)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return "sdpa", {"sdpa": "not measured: out of memory at this shape"}
+
+
+def _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps) -> tuple[str, dict]:
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(3))
     upstream = torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen)
@@ -62,6 +75,8 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
                 report[name] = f"dropped: {problem}"
                 continue
             ms = forward_backward_ms(kernel, q, k, v, upstream, dropout, reps)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the shape is at the edge of memory: SDPA, unmeasured (choose_attention)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate means: do not use it
             report[name] = f"dropped: failed to run ({type(e).__name__}: {str(e)[:200]})"
             continue
