@@ -286,7 +286,7 @@ def section_attention(a, anchor: dict, results: dict) -> None:
             for name, fn in kernels.items():
                 if p and name == "flex":
                     continue  # FlexAttention has no dropout
-                row[name] = round(forward_backward_ms(fn, q, k, v, upstream, p, 2 if a.quick else 30), 3)
+                row[name] = round(forward_backward_ms(lambda: fn(q, k, v, p), upstream, 2 if a.quick else 30), 3)
             rows.append((T, p, row))
             results[f"attention_T{T}_dropout{p}"] = row
         del q, k, v, upstream

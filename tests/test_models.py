@@ -412,12 +412,23 @@ def _sdpa(q, k, v, p):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
 
 
+def _fake_timer(calls: list, sdpa_ms: float, candidate_ms: float):
+    """A stand-in for forward_backward_ms: the candidate's time if running the attention calls it."""
+    def forward_backward_ms(attend, upstream, reps):
+        before = len(calls)
+        attend()
+        return candidate_ms if len(calls) > before else sdpa_ms
+
+    return forward_backward_ms
+
+
 @pytest.mark.parametrize("times, chosen", [({"sdpa": 1.0, "fast": 0.5}, "fast"), ({"sdpa": 1.0, "fast": 0.99}, "sdpa")])
 def test_auto_attention_takes_a_faster_kernel_only_by_a_margin(monkeypatch, times, chosen):
     from arrows.models import attention_choice
 
-    kernels = {"fast": lambda q, k, v, p: _sdpa(q, k, v, p) + 0}
-    monkeypatch.setattr(attention_choice, "forward_backward_ms", lambda kernel, *a: times["sdpa" if kernel is attention_choice.sdpa else "fast"])
+    calls = []
+    kernels = {"fast": lambda q, k, v, p: calls.append("fast") or _sdpa(q, k, v, p)}
+    monkeypatch.setattr(attention_choice, "forward_backward_ms", _fake_timer(calls, times["sdpa"], times["fast"]))
     name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.1, "cpu", candidates=kernels, dtype=torch.float32)
     assert name == chosen and report == times
 
@@ -425,13 +436,16 @@ def test_auto_attention_takes_a_faster_kernel_only_by_a_margin(monkeypatch, time
 def test_auto_attention_drops_a_wrong_or_failing_kernel(monkeypatch):
     from arrows.models import attention_choice
 
+    calls = []
+
     def not_causal(q, k, v, p):
+        calls.append("not_causal")
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=False)
 
     def broken(q, k, v, p):
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    monkeypatch.setattr(attention_choice, "forward_backward_ms", lambda kernel, *a: 1.0 if kernel is attention_choice.sdpa else 0.1)
+    monkeypatch.setattr(attention_choice, "forward_backward_ms", _fake_timer(calls, 1.0, 0.1))
     name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"not_causal": not_causal, "broken": broken},
                                                      dtype=torch.float32)
     assert name == "sdpa"
@@ -454,3 +468,23 @@ def test_auto_attention_out_of_memory_takes_sdpa_unmeasured(monkeypatch, who):
     name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"big": out_of_memory if who == "candidate" else _sdpa},
                                                      dtype=torch.float32)
     assert name == "sdpa" and report == {"sdpa": "not measured: out of memory at this shape"}
+
+
+def test_auto_attention_checks_the_compiled_form_when_the_run_compiles(monkeypatch):
+    # A kernel can be right eagerly and wrong once compiled (arrows' Triton kernels were, before
+    # their arguments were made dense): when the run compiles, auto checks what compile makes.
+    from arrows.models import attention_choice
+
+    calls = []
+
+    def wrong_when_compiled(q, k, v, p):
+        calls.append("candidate")
+        out = _sdpa(q, k, v, p)
+        return out * 2 if torch.compiler.is_compiling() else out
+
+    monkeypatch.setattr(attention_choice, "forward_backward_ms", _fake_timer(calls, 1.0, 0.5))
+    eager = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"k": wrong_when_compiled}, dtype=torch.float32)
+    assert eager == ("k", {"sdpa": 1.0, "k": 0.5})
+    name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"k": wrong_when_compiled}, dtype=torch.float32,
+                                                     compiled=True)
+    assert name == "sdpa" and report["k"].startswith("dropped: output differs from SDPA's")

@@ -168,6 +168,21 @@ def test_gpt_with_triton_attention_generates_like_plain():
     assert torch.equal(mine.generate(prompt, 14, temperature=0), plain.generate(prompt, 14, temperature=0))
 
 
+def test_the_kernels_get_only_dense_tensors():
+    # The kernels take strides as integers, which torch.compile bakes in while tracing; Inductor
+    # keeps only a tensor's stride order and may lay a gapped view out afresh. A dense tensor has
+    # one layout per stride order, so the kernels are given only dense ones.
+    qkv = torch.randn(2, 5, 3 * 4 * 8)
+    q = qkv[..., :32].view(2, 5, 4, 8).transpose(1, 2)  # one third of the projection: gaps
+    assert ta._dense(q) is not q and ta._dense(q).is_contiguous() and torch.equal(ta._dense(q), q)
+    o = torch.randn(2, 5, 4, 8).transpose(1, 2)  # a permutation of a contiguous tensor: dense
+    assert ta._dense(o) is o
+    d_not_innermost = torch.randn(2, 4, 8, 5).transpose(2, 3)  # dense, but D steps by 5
+    assert ta._dense(d_not_innermost).stride(-1) == 1 and torch.equal(ta._dense(d_not_innermost), d_not_innermost)
+    one_head = torch.randn(2, 1, 5, 8)  # size-1 dimensions have no say
+    assert ta._dense(one_head) is one_head
+
+
 def test_bad_shapes_are_refused():
     q = torch.zeros(1, 2, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="one shape"):

@@ -257,7 +257,7 @@ class Trainer:
         from arrows.models.attention_choice import choose_attention, describe
 
         batch, head_dim = self.t.batch_size // self.world.world_size, m.embed_dim // m.n_heads
-        choice, report = choose_attention(batch, m.n_heads, self.L, head_dim, m.dropout, self.device)
+        choice, report = choose_attention(batch, m.n_heads, self.L, head_dim, m.dropout, self.device, compiled=self.opts.compile)
         if self.world.distributed:
             import torch.distributed as dist
 

@@ -1,11 +1,16 @@
 """Which attention kernel a run uses when its config says `attention: "auto"` (the default).
 
 On CUDA, before the model is compiled, each candidate kernel runs forward + backward at the run's
-own shape (batch per process, heads, window, head size, bf16, dropout): first checked against
-SDPA's output and gradients without dropout, then timed. The fastest correct one wins; a
-candidate must beat SDPA by `MARGIN` to replace it, since SDPA's flash kernel is the proven one.
-A candidate that fails to run or to match is dropped, and the report says why. On a CPU, and for
-anything but CUDA, "auto" is SDPA, with no measurement.
+own shape (batch per process, heads, window, head size, bf16, dropout), on heads split out of one
+qkv projection as the GPT makes them: first checked against SDPA's output and gradients without
+dropout, then timed. The fastest correct one wins; a candidate must beat SDPA by `MARGIN` to
+replace it, since SDPA's flash kernel is the proven one. A candidate that fails to run or to match
+is dropped, and the report says why. On a CPU, and for anything but CUDA, "auto" is SDPA, with no
+measurement.
+
+When the run compiles its model, every kernel is checked and timed as torch.compile makes it,
+since that is what the run executes: a kernel can be right eagerly and wrong compiled (arrows'
+Triton kernels were, on an H200 with torch 2.11, before their arguments were made dense).
 
 The choice changes no weight, so a checkpoint resumes under any kernel.
 """
@@ -39,9 +44,10 @@ def cuda_candidates() -> dict[str, Kernel]:
 
 
 def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout: float, device: torch.device | str,
-                     candidates: dict[str, Kernel] | None = None, dtype: torch.dtype = torch.bfloat16, reps: int = 10) -> tuple[str, dict]:
+                     candidates: dict[str, Kernel] | None = None, dtype: torch.dtype = torch.bfloat16, reps: int = 10,
+                     compiled: bool = False) -> tuple[str, dict]:
     """The name of the kernel to use ("sdpa" or a candidate's) and a report: each kernel's time in
-    ms, or why it was dropped."""
+    ms, or why it was dropped. `compiled`: check and time each kernel inside torch.compile."""
     device = torch.device(device)
     if candidates is None:
         if device.type != "cuda":
@@ -50,7 +56,7 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
     if not candidates:
         return "sdpa", {"sdpa": "not measured: no other kernel available"}
     try:
-        return _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps)
+        return _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps, compiled)
     except torch.cuda.OutOfMemoryError:
         pass
     # Too big to measure is (about) too big to train: the training step will run out of memory
@@ -61,28 +67,46 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
     return "sdpa", {"sdpa": "not measured: out of memory at this shape"}
 
 
-def _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps) -> tuple[str, dict]:
+def split_heads(qkv: torch.Tensor, heads: int) -> list[torch.Tensor]:
+    """q, k, v (B, H, T, D) as the GPT makes them: strided views of one (B, T, 3·H·D) projection."""
+    B, T, three_c = qkv.shape
+    return [t.view(B, T, heads, -1).transpose(1, 2) for t in qkv.split(three_c // 3, dim=2)]
+
+
+def _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps, compiled) -> tuple[str, dict]:
     gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(3))
+    qkv = torch.randn(batch, length, 3 * heads * head_dim, device=device, dtype=dtype, generator=gen).requires_grad_()
     upstream = torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=gen)
-    expected = _output_and_grads(sdpa, q, k, v, upstream)
-    report: dict = {"sdpa": round(forward_backward_ms(sdpa, q, k, v, upstream, dropout, reps), 4)}
+
+    def as_run(kernel: Kernel) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        def attend(qkv: torch.Tensor, p: float) -> torch.Tensor:
+            return kernel(*split_heads(qkv, heads), p)
+
+        return torch.compile(attend) if compiled else attend
+
+    def ms(attend) -> float:
+        return forward_backward_ms(lambda: attend(qkv, dropout), upstream, reps)
+
+    reference = as_run(sdpa)
+    expected = _output_and_grad(reference, qkv, upstream)
+    report: dict = {"sdpa": round(ms(reference), 4)}
     best, best_ms = "sdpa", report["sdpa"] * MARGIN
     for name, kernel in candidates.items():
         try:
-            problem = _mismatch(expected, _output_and_grads(kernel, q, k, v, upstream))
+            attend = as_run(kernel)
+            problem = _mismatch(expected, _output_and_grad(attend, qkv, upstream))
             if problem:
                 report[name] = f"dropped: {problem}"
                 continue
-            ms = forward_backward_ms(kernel, q, k, v, upstream, dropout, reps)
+            took = ms(attend)
         except torch.cuda.OutOfMemoryError:
             raise  # the shape is at the edge of memory: SDPA, unmeasured (choose_attention)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate means: do not use it
             report[name] = f"dropped: failed to run ({type(e).__name__}: {str(e)[:200]})"
             continue
-        report[name] = round(ms, 4)
-        if ms < best_ms:
-            best, best_ms = name, ms
+        report[name] = round(took, 4)
+        if took < best_ms:
+            best, best_ms = name, took
     return best, report
 
 
@@ -92,17 +116,16 @@ def describe(choice: str, report: dict, shape: str) -> str:
     return f"attention auto at {shape}: using {choice} ({'; '.join(parts)})"
 
 
-def _output_and_grads(kernel: Kernel, q, k, v, upstream) -> list[torch.Tensor]:
-    for t in (q, k, v):
-        t.grad = None
-    out = kernel(q, k, v, 0.0)
+def _output_and_grad(attend, qkv: torch.Tensor, upstream: torch.Tensor) -> list[torch.Tensor]:
+    qkv.grad = None
+    out = attend(qkv, 0.0)
     out.backward(upstream)
-    # Copies: timing runs later accumulate into the same .grad tensors.
-    return [t.detach().float().clone() for t in (out, q.grad, k.grad, v.grad)]
+    # Copies: timing runs later accumulate into the same .grad tensor.
+    return [out.detach().float().clone(), qkv.grad.float().clone()]
 
 
 def _mismatch(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str | None:
-    for name, e, g in zip(("output", "dq", "dk", "dv"), expected, got):
+    for name, e, g in zip(("output", "gradient"), expected, got):
         if e.shape != g.shape:
             return f"{name} has shape {tuple(g.shape)}, not {tuple(e.shape)}"
         scale = e.abs().max().item() or 1.0
@@ -112,15 +135,14 @@ def _mismatch(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str | No
     return None
 
 
-def forward_backward_ms(kernel: Kernel, q, k, v, upstream, dropout: float, reps: int) -> float:
-    """Milliseconds of one forward + backward of `kernel` (after two untimed runs)."""
-    cuda = q.is_cuda
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+def forward_backward_ms(attend: Callable[[], torch.Tensor], upstream: torch.Tensor, reps: int) -> float:
+    """Milliseconds of one forward (`attend()`) + backward (after two untimed runs)."""
+    sync = torch.cuda.synchronize if upstream.is_cuda else (lambda: None)
     for _ in range(2):  # compile, autotune, warm caches
-        kernel(q, k, v, dropout).backward(upstream)
+        attend().backward(upstream)
     sync()
     t0 = time.perf_counter()
     for _ in range(reps):
-        kernel(q, k, v, dropout).backward(upstream)
+        attend().backward(upstream)
     sync()
     return (time.perf_counter() - t0) / reps * 1e3

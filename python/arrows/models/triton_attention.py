@@ -288,6 +288,26 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy where its elements do not fill one block of memory (the heads split
+    out of one qkv projection leave gaps between them).
+
+    Why: the kernels get strides as plain integers. Under torch.compile they are read once, while
+    tracing, and baked into the compiled graph; Inductor keeps only the *order* of a kernel
+    argument's strides and may lay a gapped view out afresh, densely, so that the baked strides
+    would address the wrong elements. A dense tensor has exactly one layout per stride order, so
+    what the kernel is told and what it gets agree."""
+    if t.size(-1) > 1 and t.stride(-1) != 1:  # the kernels step through D one element at a time
+        return t.contiguous()
+    dims = sorted((d for d in range(t.dim()) if t.size(d) > 1), key=t.stride)
+    expected = 1
+    for d in dims:
+        if t.stride(d) != expected:
+            return t.contiguous()
+        expected *= t.size(d)
+    return t
+
+
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if not (q.shape == k.shape == v.shape) or q.dim() != 4:
         raise ValueError(f"attention 'triton': q, k, v must be (B, H, T, D) of one shape, not {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -303,7 +323,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: t
     """(B, H, T, D) q, k, v -> output (B, H, T, D), laid out as (B, T, H, D) so that merging the
     heads afterwards is free, and the rows' log2-sum-exp2 (B·H, T) in fp32."""
     B, H, T, D = q.shape
-    o = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+    q, k, v = _dense(q), _dense(k), _dense(v)
+    o = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)  # dense: a permutation
     lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs ≥ 16; the padding is masked
     scale = 1.0 / math.sqrt(D)
@@ -321,14 +342,13 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: t
 @torch.library.triton_op("arrows::attention_backward", mutates_args=())
 def attention_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, seed: torch.Tensor, p_drop: float
-) -> torch.Tensor:
-    """dQ, dK, dV side by side in one (B, T, 3, H, D) tensor: the layout of the qkv projection
-    they flow back into (an operator's outputs may not alias each other, so one tensor it is)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV, each (B, H, T, D) laid out as (B, T, H, D), as the output: dense (see _dense)."""
     B, H, T, D = q.shape
+    q, k, v = _dense(q), _dense(k), _dense(v)
     if do.stride() != o.stride():  # the kernels read dO with O's strides
         do = torch.empty_like(o).copy_(do)
-    grads = torch.empty((B, T, 3, H, D), dtype=q.dtype, device=q.device)
-    dq, dk, dv = (grads[:, :, i].transpose(1, 2) for i in range(3))
+    dq, dk, dv = (torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2) for _ in range(3))
     delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(D))
     scale = 1.0 / math.sqrt(D)
@@ -340,7 +360,7 @@ def attention_backward(
     grid = (triton.cdiv(T, BACKWARD_BLOCKS["BLOCK"]), B * H)
     _launch(_dkdv_kernel)[grid](q, k, v, do, lse, delta, seed, dk, dv, *common, **blocks)
     _launch(_dq_kernel)[grid](q, k, v, do, lse, delta, seed, dq, *common, **blocks)
-    return grads
+    return dq, dk, dv
 
 
 def _setup_context(ctx, inputs, output):
@@ -352,8 +372,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do, _dlse):
     q, k, v, o, lse, seed = ctx.saved_tensors
-    grads = attention_backward(do, q, k, v, o, lse, seed, ctx.p_drop)
-    dq, dk, dv = (grads[:, :, i].transpose(1, 2) for i in range(3))
+    dq, dk, dv = attention_backward(do, q, k, v, o, lse, seed, ctx.p_drop)
     return dq, dk, dv, None, None
 
 
@@ -361,10 +380,9 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q·kᵀ/√D + causal mask) with dropout on the weights, then ·v; (B, H, T, D) in and out.
-    q, k, v must have unit stride in D (true of the heads split out of one projection)."""
+    """softmax(q·kᵀ/√D + causal mask) with dropout on the weights, then ·v; (B, H, T, D) in and out."""
     _check(q, k, v)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = _dense(q), _dense(k), _dense(v)  # here, so that the backward saves the dense copies
     seed = torch.randint(0, 2**30, (1,), dtype=torch.int32, device=q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int32, device=q.device)
     return attention_forward(q, k, v, seed, float(dropout_p))[0]
 
