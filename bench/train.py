@@ -1,6 +1,6 @@
 """Benchmark (not a test): arrows' training step against its anchors, every figure in one run.
 
-    python bench/train.py --gpu                 # on a CUDA GPU, every section (about 8 minutes on an H200)
+    python bench/train.py --gpu                 # on a CUDA GPU, every section (about 11 minutes on an H200)
     python bench/train.py --gpu --only attention,rnn
     python bench/train.py --quick               # every section at tiny shapes on CPU (checks the script, not the speed)
 
@@ -170,6 +170,7 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
             results[f"arrows_{name}"] = mine
             rows.append((name, "plain", mine))
+            print(f"arrows_{name}", json.dumps(mine), flush=True)  # now: a time limit may cut the table off
             if a.profile and small:
                 print_profile(trainer, name)
             if small and "loader" in a.only:
@@ -184,6 +185,7 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             mine.update(chunked_loss_check(trainer))
             results[f"arrows_{name}_chunked"] = mine
             rows.append((name, "chunked", mine))
+            print(f"arrows_{name}_chunked", json.dumps(mine), flush=True)
             del trainer
     reset_memory()
 
@@ -324,6 +326,7 @@ def section_rnn(a, work: Path, results: dict) -> None:
             mine["mfu_6N"] = round(6 * nonemb * mine["tokens_per_s"] / PEAK, 4)
             results[f"arrows_{kind}_{variant}"] = mine
             rows.append((kind, variant, mine))
+            print(f"arrows_{kind}_{variant}", json.dumps(mine), flush=True)
             del trainer
     reset_memory()
     print(f"\n## GRU / LSTM ({s['layers']}×{s['width']}, T={s['T']}, B={s['B']})\n")

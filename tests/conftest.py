@@ -15,6 +15,14 @@ if not ARROWS.exists() and shutil.which("arrows"):
     ARROWS = Path(shutil.which("arrows"))
 
 
+def pytest_runtest_logreport(report):
+    """With ARROWS_TEST_INSTAFAIL=1, a failure's traceback is printed as it happens, not only in the
+    summary at the end: a GPU session's time limit can cut a run off before that summary (it did)."""
+    if report.failed and os.environ.get("ARROWS_TEST_INSTAFAIL") == "1":
+        sys.stderr.write(f"\n{report.nodeid} FAILED ({report.when}):\n{report.longreprtext}\n")
+        sys.stderr.flush()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real texts beside the project; a user's clone has none, and those tests skip."""
