@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Every GPU check of the project, for a session that is lent a CUDA machine (see README,
 # "Performance"). A lease has 15 minutes of device time, machine start included (about 40 s on
-# the first lease), so the checks come in two parts run back to back on the warm machine, each
-# step with its own time limit so that one hang cannot eat the rest. Durations as measured on an
-# H200 (2026-11-28):
+# the first lease), so the checks come in parts, each one device call, run back to back on the
+# warm machine; each step has its own time limit so that one hang cannot eat the rest. Durations
+# estimated from the H200 lease of 2026-11-28:
 #   bash bench/gpu_session.sh 1   # GPT-2 small/medium against gpu_anchor.py (the anchor alone
-#                                 # takes about 3 minutes), chunked head, loader, a profile  (~7 min)
-#   bash bench/gpu_session.sh 2   # the CUDA tests; attention kernels; GRU/LSTM              (~6 min)
-#   bash bench/gpu_session.sh 3   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
+#                                 # takes about 3 minutes), chunked head, loader, profiles    (~7 min)
+#   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA (~7 min)
+#   bash bench/gpu_session.sh 3   # attention kernels; GRU/LSTM against gpu_anchor_rnn.py    (~4 min)
+#   bash bench/gpu_session.sh 4   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
+# One lease holds two or three of them: take first what the last lease left unmeasured (the
+# README's "Status" says what that is).
 #
 # Prepare on the development machine (the GPU machine has no network and gets only the checkout):
 #   maturin build --release --out dist        # the abi3 wheel; runs on the GPU machine's Python 3.12
@@ -18,7 +21,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
-PART=${1:?give the part: 1, 2 or 3}
+PART=${1:?give the part: 1, 2, 3 or 4}
 
 # arrows' wheel beside the machine's own torch/triton/numpy/... (no network there: --no-deps;
 # every dependency of arrows is in that machine's image). Not a venv: the machine's python3 is
@@ -52,15 +55,17 @@ case "$PART" in
     bench training 450 --only training,memory,loader --steps 10 --warm 3 --profile
     ;;
 2)
-    cuda_tests cuda 240 test_cuda.py test_triton_attention.py
+    cuda_tests cuda 500 test_cuda.py test_triton_attention.py
+    ;;
+3)
     bench attention 80 --only attention
     bench rnn 150 --only rnn --steps 8 --warm 3
     ;;
-3)
+4)
     timeout 540 $PY bench/synthetic_arrows.py --out "$OUT/synthetic" 2>&1 | tee "$OUT/synthetic.txt"
     ;;
 *)
-    echo "unknown part $PART: give 1, 2 or 3" >&2
+    echo "unknown part $PART: give 1, 2, 3 or 4" >&2
     exit 2
     ;;
 esac

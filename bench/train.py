@@ -171,7 +171,7 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             results[f"arrows_{name}"] = mine
             rows.append((name, "plain", mine))
             print(f"arrows_{name}", json.dumps(mine), flush=True)  # now: a time limit may cut the table off
-            if a.profile and small:
+            if a.profile:
                 print_profile(trainer, name)
             if small and "loader" in a.only:
                 results["loader_stall"] = loader_stall(trainer, a.stall_steps)
@@ -348,7 +348,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help=f"comma-separated sections among {', '.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement (default 12)")
     ap.add_argument("--warm", type=int, default=4, help="untimed steps first: compilation and autotuning (default 4)")
-    ap.add_argument("--profile", action="store_true", help="also print the top kernels of GPT-2 small's step (torch.profiler)")
+    ap.add_argument("--profile", action="store_true", help="also print the top kernels of each GPT step measured (torch.profiler)")
     ap.add_argument("--stall-steps", type=int, default=10, help="steps per round of the loader check (default 10)")
     a = ap.parse_args()
     import torch
