@@ -24,6 +24,7 @@ if DEVICE == "cpu" and not ta.INTERPRETED:
     pytest.skip("the kernels were defined before TRITON_INTERPRET was set (imported earlier in this process)", allow_module_level=True)
 
 from arrows.models import build_model  # noqa: E402
+from arrows.models.gpt import split_heads  # noqa: E402
 
 
 def plain_attention(q, k, v, keep=None, p_drop=0.0):
@@ -40,8 +41,7 @@ def heads_of_one_projection(B, H, T, D, dtype=torch.float32, seed=0):
     """q, k, v as the GPT makes them: strided views of one (B, T, 3·H·D) projection."""
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(B, T, 3 * H * D, generator=g).to(DEVICE, dtype).requires_grad_()
-    q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
-    return qkv, q, k, v
+    return (qkv, *split_heads(qkv, H))
 
 
 def grads_of(fn, qkv, q, k, v, upstream):

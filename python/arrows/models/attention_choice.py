@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from arrows.models.gpt import split_heads  # q, k, v exactly as the model makes them
+
 MARGIN = 0.97  # a candidate is chosen over SDPA only if it takes at most this fraction of SDPA's time
 TOLERANCE = 3e-2  # bf16: outputs and gradients within this of SDPA's (relative to their scale)
 
@@ -65,12 +67,6 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return "sdpa", {"sdpa": "not measured: out of memory at this shape"}
-
-
-def split_heads(qkv: torch.Tensor, heads: int) -> list[torch.Tensor]:
-    """q, k, v (B, H, T, D) as the GPT makes them: strided views of one (B, T, 3·H·D) projection."""
-    B, T, three_c = qkv.shape
-    return [t.view(B, T, heads, -1).transpose(1, 2) for t in qkv.split(three_c // 3, dim=2)]
 
 
 def _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps, compiled) -> tuple[str, dict]:

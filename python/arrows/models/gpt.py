@@ -61,6 +61,13 @@ def triton_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d
     return causal_attention(q, k, v, dropout_p)
 
 
+def split_heads(qkv: torch.Tensor, n_heads: int) -> list[torch.Tensor]:
+    """The (B, T, 3C) output of the key, query, value projection -> q, k, v, each (B, nh, T, hs):
+    heads become a batch dimension (strided views, nothing is copied)."""
+    B, T, three_c = qkv.shape
+    return [t.view(B, T, n_heads, -1).transpose(1, 2) for t in qkv.split(three_c // 3, dim=2)]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, embed_dim: int, n_heads: int, dropout: float, attention_impl: str):
         super().__init__()
@@ -76,11 +83,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.embed_dim, dim=2)
-        # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
-        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+        q, k, v = split_heads(self.c_attn(x), self.n_heads)
 
         if self.attention_impl in ("sdpa", "auto"):
             y = F.scaled_dot_product_attention(
