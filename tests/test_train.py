@@ -213,6 +213,49 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(tmp_path, store, monkeyp
     assert "batch_size 16" in message and "aggregate" in message and 'head_loss to "chunked"' in message
 
 
+def test_ctrl_c_stops_the_run_between_two_steps(tmp_path, store):
+    # Ctrl-C is only noted, and acted on before the next step: it never lands inside a step or a
+    # checkpoint write (inside torch.save it became a RuntimeError, and the run exited 1).
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer, TrainOptions
+
+    trainer = Trainer(load_config(write_config(tmp_path / "c.json", store, run_name="ctrl_c")), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    train_step = trainer._train_step
+
+    def ctrl_c_during_the_third_step(batches):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # Python runs the handler here: a plain KeyboardInterrupt would end the step now
+        return train_step(batches)
+
+    trainer._train_step = ctrl_c_during_the_third_step
+    with pytest.raises(CancelledError, match="interrupted at step 3;"):
+        trainer.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C interrupts at once
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import torch
+
+    from arrows import checkpoint
+
+    checkpoint.save(tmp_path / "latest.pt", {"step": 1})
+    before = (tmp_path / "latest.pt").read_bytes()
+
+    def interrupted_save(payload, f):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:  # what torch's zip writer does with it while closing the archive
+            raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 16384 vs 16278") from None
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path / "latest.pt", {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"] and (tmp_path / "latest.pt").read_bytes() == before
+
+
 def test_a_non_finite_step_changes_neither_weights_nor_optimizer(tmp_path, store):
     # The check stays on the device (fused AdamW's found_inf): nothing of a bad step is applied.
     import math

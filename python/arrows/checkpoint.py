@@ -54,6 +54,10 @@ def save(path: Path, payload: dict) -> None:
             os.fsync(f.fileno())
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, KeyboardInterrupt):
+            # Ctrl-C inside torch.save: its zip writer's clean-up fails ("unexpected pos") and
+            # hides the interrupt, which is what happened.
+            raise KeyboardInterrupt from None
         # A failed write (a full disk, a file-size limit) arrives as an OSError, or as torch's
         # RuntimeError around one: report the OS error, with the file.
         cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
