@@ -4,8 +4,10 @@
 # the first lease), so the checks come in parts, each one device call, run back to back on the
 # warm machine; each step has its own time limit so that one hang cannot eat the rest. Durations
 # estimated from the H200 lease of 2026-11-28:
-#   bash bench/gpu_session.sh 1   # GPT-2 small/medium against gpu_anchor.py (the anchor alone
-#                                 # takes about 3 minutes), chunked head, loader, profiles    (~7 min)
+#   bash bench/gpu_session.sh 1   # gpu_anchor.py (about 3 minutes alone), then GPT-2 small with
+#                                 # both heads, the loader check, profiles                   (~6 min)
+#   bash bench/gpu_session.sh 5   # GPT-medium with both heads, profiles; against part 1's
+#                                 # anchor when part 1 ran on this machine (else its own)     (~4 min)
 #   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA (~7 min)
 #   bash bench/gpu_session.sh 3   # attention kernels; GRU/LSTM against gpu_anchor_rnn.py    (~4 min)
 #   bash bench/gpu_session.sh 4   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
@@ -21,7 +23,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
-PART=${1:?give the part: 1, 2, 3 or 4}
+PART=${1:?give the part: 1, 2, 3, 4 or 5}
 
 # arrows' wheel beside the machine's own torch/triton/numpy/... (no network there: --no-deps;
 # every dependency of arrows is in that machine's image). Not a venv: the machine's python3 is
@@ -52,10 +54,17 @@ cuda_tests() {  # cuda_tests NAME SECONDS FILES...
 
 case "$PART" in
 1)
-    bench training 450 --only training,memory,loader --steps 10 --warm 3 --profile
+    bench training 420 --only training,memory,loader --models gpt2small --heads plain,chunked --steps 10 --warm 3 --profile
+    # Kept on the machine (bench/out is git-ignored) for part 5 while the machine stays warm.
+    cp bench/out/train.json bench/out/gpu_anchor_figures.json 2>/dev/null || true
+    ;;
+5)
+    from=()
+    [ -f bench/out/gpu_anchor_figures.json ] && from=(--anchor-from bench/out/gpu_anchor_figures.json)
+    bench medium 540 --only training --models medium --heads plain,chunked --steps 10 --warm 3 --profile "${from[@]}"
     ;;
 2)
-    cuda_tests cuda 500 test_cuda.py test_triton_attention.py
+    cuda_tests cuda 500 test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
     ;;
 3)
     bench attention 80 --only attention
@@ -65,7 +74,7 @@ case "$PART" in
     timeout 540 $PY bench/synthetic_arrows.py --out "$OUT/synthetic" 2>&1 | tee "$OUT/synthetic.txt"
     ;;
 *)
-    echo "unknown part $PART: give 1, 2, 3 or 4" >&2
+    echo "unknown part $PART: give 1, 2, 3, 4 or 5" >&2
     exit 2
     ;;
 esac

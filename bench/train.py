@@ -2,6 +2,7 @@
 
     python bench/train.py --gpu                 # on a CUDA GPU, every section (about 11 minutes on an H200)
     python bench/train.py --gpu --only attention,rnn
+    python bench/train.py --gpu --only training --heads plain,chunked
     python bench/train.py --quick               # every section at tiny shapes on CPU (checks the script, not the speed)
 
 Sections (targets on one H100/H200, each a ratio against an anchor measured in the same run):
@@ -9,7 +10,8 @@ Sections (targets on one H100/H200, each a ratio against an anchor measured in t
              MFU of arrows' training step (Trainer._train_step, fed by the Rust loader from a real
              token store) against ../shared/bench/gpu_anchor.py's reference style (fp32, eager) and
              tuned PyTorch (bf16, SDPA, fused AdamW, compile). Targets: >= 1.3x tuned for small,
-             >= 1.15x for medium; >= 8x the reference style.
+             >= 1.15x for medium; >= 8x the reference style. `--heads plain,chunked` measures
+             each model with both LM heads (model_params.head_loss).
   memory     GPT-2 small with `head_loss: "chunked"`: tokens/s, peak memory against the tuned
              anchor's (target <= 0.6x), and its loss against the plain head's on the same batch.
   loader     the GPT-2 small step fed by the loader against the same step on a batch already on
@@ -156,36 +158,34 @@ def gpt_model(s: dict, **extra) -> dict:
 
 # ---- sections ---------------------------------------------------------------------------------
 def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
-    """training, memory and loader: they share the token store and GPT-2 small's trainer."""
-    shapes = GPT_QUICK if a.quick else GPT
+    """training, memory and loader: they share the token store and GPT-2 small's trainers."""
+    every = GPT_QUICK if a.quick else GPT
+    shapes = {name: s for name, s in every.items() if a.quick or a.models is None or name.split("_")[0] in a.models}
     store = token_store(work, next(iter(shapes.values()))["vocab"])
     rows = []
     for name, s in shapes.items():
-        small = name == next(iter(shapes))
-        if "training" in a.only or ("loader" in a.only and small):
+        small = name == next(iter(every))  # GPT-2 small: the memory and loader sections use it
+        heads = list(a.heads) if "training" in a.only else []
+        if small and "memory" in a.only and "chunked" not in heads:
+            heads.append("chunked")
+        if small and "loader" in a.only and not heads:
+            heads.append("plain")
+        for head in heads:
+            key = f"arrows_{name}" + ("" if head == "plain" else f"_{head}")
             reset_memory()
-            trainer = make_trainer(name, gpt_model(s), s["B"], store, work)
+            trainer = make_trainer(key, gpt_model(s, head_loss=head), s["B"], store, work)
             mine = measure_step(trainer, a.steps, a.warm)
             mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
             mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
-            results[f"arrows_{name}"] = mine
-            rows.append((name, "plain", mine))
-            print(f"arrows_{name}", json.dumps(mine), flush=True)  # now: a time limit may cut the table off
+            if head == "chunked" and small and "memory" in a.only:
+                mine.update(chunked_loss_check(trainer))
+            results[key] = mine
+            rows.append((name, head, mine))
+            print(key, json.dumps(mine), flush=True)  # now: a time limit may cut the table off
             if a.profile:
-                print_profile(trainer, name)
-            if small and "loader" in a.only:
+                print_profile(trainer, f"{name}, {head} head")
+            if small and "loader" in a.only and "loader_stall" not in results:
                 results["loader_stall"] = loader_stall(trainer, a.stall_steps)
-            del trainer
-        if small and "memory" in a.only:
-            reset_memory()
-            trainer = make_trainer(name + "_chunked", gpt_model(s, head_loss="chunked"), s["B"], store, work)
-            mine = measure_step(trainer, a.steps, a.warm)
-            mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
-            mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
-            mine.update(chunked_loss_check(trainer))
-            results[f"arrows_{name}_chunked"] = mine
-            rows.append((name, "chunked", mine))
-            print(f"arrows_{name}_chunked", json.dumps(mine), flush=True)
             del trainer
     reset_memory()
 
@@ -246,7 +246,8 @@ def loader_stall(trainer, steps: int, rounds: int = 3) -> dict:
 
 
 def chunked_loss_check(trainer) -> dict:
-    """The chunked head's loss against the plain head's: the same weights, the same batch, bf16."""
+    """The chunked head's loss against the plain head's: the same weights, the same batch, the same
+    dropout masks (the same seed before each), bf16."""
     import torch
 
     model = trainer.model
@@ -255,8 +256,10 @@ def chunked_loss_check(trainer) -> dict:
     losses = {}
     for head in ("chunked", "plain"):
         model.head_loss = head
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.cuda):
-            losses[head] = model(x, y)[1].item()  # gradients on: the training path of each head
+        with torch.random.fork_rng(devices=[trainer.device] if trainer.cuda else []):
+            torch.manual_seed(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.cuda):
+                losses[head] = model(x, y)[1].item()  # gradients on: the training path of each head
         model.zero_grad(set_to_none=True)
     model.head_loss = "chunked"
     return {"loss_chunked": losses["chunked"], "loss_plain": losses["plain"],
@@ -348,16 +351,28 @@ def main() -> None:
     ap.add_argument("--only", default=None, help=f"comma-separated sections among {', '.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement (default 12)")
     ap.add_argument("--warm", type=int, default=4, help="untimed steps first: compilation and autotuning (default 4)")
+    ap.add_argument("--heads", default="plain", help="comma-separated head_loss settings the training section measures for each GPT "
+                    "(plain, chunked; default plain; the memory section adds chunked for GPT-2 small)")
+    ap.add_argument("--models", default=None, help="comma-separated GPTs the GPT sections measure: gpt2small, medium (default both)")
+    ap.add_argument("--anchor-from", type=Path, default=None, metavar="JSON",
+                    help="take gpu_anchor.py's figures from an earlier run's bench/out/train.json instead of running it again "
+                         "(the same machine, minutes before: a GPU session split into parts)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of each GPT step measured (torch.profiler)")
     ap.add_argument("--stall-steps", type=int, default=10, help="steps per round of the loader check (default 10)")
     a = ap.parse_args()
     import torch
 
-    if a.gpu and not torch.cuda.is_available():
-        sys.exit("--gpu: no CUDA device is visible (use --quick on a CPU)")
+    if not (a.quick or torch.cuda.is_available()):
+        sys.exit("no CUDA device is visible: the full shapes need a GPU (use --quick on a CPU)")
     if a.quick:
         a.steps, a.warm, a.stall_steps = min(a.steps, 3), min(a.warm, 1), min(a.stall_steps, 2)
     a.only = set(SECTIONS if (a.gpu or a.quick) and a.only is None else (a.only or "training").split(","))
+    a.models = set(a.models.split(",")) if a.models else None
+    if a.models and a.models - {n.split("_")[0] for n in GPT}:
+        sys.exit(f"--models: choose among {', '.join(n.split('_')[0] for n in GPT)} (not {','.join(sorted(a.models))})")
+    a.heads = a.heads.split(",")
+    if set(a.heads) - {"plain", "chunked"}:
+        sys.exit(f"--heads: choose among plain, chunked (not {a.heads})")
     unknown = a.only - set(SECTIONS)
     if unknown:
         sys.exit(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose among {', '.join(SECTIONS)}")
@@ -366,7 +381,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     needs_anchor = a.only & {"training", "memory"}  # the attention section times SDPA and Flex itself
-    anchor = run_anchor("gpu_anchor.py", a.quick) if needs_anchor else {}
+    if needs_anchor and a.anchor_from:
+        anchor = json.loads(a.anchor_from.read_text())["anchor"]
+        print(f"anchor figures from {a.anchor_from} (device {anchor.get('device')}), not measured again")
+    else:
+        anchor = run_anchor("gpu_anchor.py", a.quick) if needs_anchor else {}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results["device"], results["torch"] = device, torch.__version__
     print(f"\ndevice: {device}  torch {torch.__version__}  anchors: {SHARED / 'bench'}")

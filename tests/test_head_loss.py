@@ -83,17 +83,18 @@ def test_validation_loss_without_gradients_is_chunked():
         assert torch.allclose(chunked_mean_loss(h, w, t, chunk_rows=chunk), _plain(h, w, t), atol=1e-5)
 
 
-def test_compiled_chunked_head_is_one_graph_with_the_eager_gradients():
-    # On CUDA the trainer compiles the model: the chunked head must trace whole (no graph break)
-    # and give the same loss and gradients. Inductor's CPU backend checks the same tracing here.
+def test_compiled_model_with_chunked_head_gives_the_eager_gradients():
+    # On CUDA the trainer compiles the model; the chunked head is left out of the graph on purpose
+    # (torch.compiler.disable) and must still give the same loss and gradients through the compiled
+    # body. Inductor's CPU backend checks the same split here.
     torch.manual_seed(0)
     chunked, plain = _tiny_gpt("chunked"), _tiny_gpt("plain")
     plain.load_state_dict(chunked.state_dict())
     x = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
     y = torch.roll(x, -1, dims=1)
     explanation = torch._dynamo.explain(chunked)(x, y)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled_loss = torch.compile(chunked, fullgraph=True)(x, y)[1]
+    assert explanation.graph_count == 2 and all("chunked_head_loss" in str(r.reason) for r in explanation.break_reasons)
+    compiled_loss = torch.compile(chunked)(x, y)[1]
     compiled_loss.backward()
     plain_loss = plain(x, y)[1]
     plain_loss.backward()

@@ -3,10 +3,17 @@
 The plain path computes logits for the whole batch, (B·T) × vocab, and the loss in fp32: for
 GPT-2 small at B=180, T=256 that is 46,080 × 50,257 floats, 9.3 GB in fp32, plus as much again
 for their gradient. Here the rows are processed `chunk_rows` at a time: each chunk's logits are
-made, turned into its loss and, at once, into the gradients of the hidden states and of the head
-weight (softmax − one-hot), then dropped. Only the hidden states' gradient (B·T × d) and the
+made, turned into its loss and, in place, into the gradient of the loss with respect to them
+(softmax − one-hot), which at once gives the chunk's gradients of the hidden states and of the
+head weight; then the chunk is dropped. Only the hidden states' gradient (B·T × d) and the
 weight's (vocab × d) are kept for the backward pass, which just scales them. Peak memory for the
 head falls from O(B·T·vocab) to O(chunk_rows·vocab).
+
+On CUDA the loss and gradient of each chunk come from one Triton kernel (triton_cross_entropy.py),
+and the vocabulary is padded to a multiple of 128 inside the matrix products: with 50,257 columns
+the logits' rows are not 16-byte aligned, which keeps cuBLAS off Hopper's fastest kernels (an H200
+profile showed an Ampere-generation kernel for the plain head's product). Elsewhere the same steps
+run as torch operations.
 
 The gradients are computed in the forward pass, so this is for training (a scalar mean loss that
 is back-propagated). Without gradients (validation) `chunked_mean_loss` walks the same chunks
@@ -16,32 +23,70 @@ validates. Per-position losses (`loss_per_position`, for `arrows compare`) use t
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+import torch.nn.functional as F
 
 HEAD_LOSSES = ("plain", "chunked")  # model_params.head_loss: logits of the whole batch, or this
-DEFAULT_CHUNK_ROWS = 4096
+DEFAULT_CHUNK_ROWS = 8192
+VOCAB_MULTIPLE = 128  # the padded vocabulary of the CUDA path's matrix products
+
+
+def softmax_xent_rows_torch_(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """triton_cross_entropy.softmax_xent_rows_ in torch operations (CPU, or CUDA without Triton):
+    per-row losses in fp32; `logits` overwritten with softmax − one-hot (0 past `n_classes`)."""
+    x = logits[:, :n_classes].float()  # `logits` itself when they are fp32 and unpadded
+    lse = torch.logsumexp(x, dim=-1)
+    losses = lse - x.gather(1, targets[:, None]).squeeze(1)
+    grad = x.sub_(lse[:, None]).exp_()
+    grad[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+    logits[:, :n_classes] = grad
+    logits[:, n_classes:] = 0.0
+    return losses
+
+
+def rows_kernel_for(device: torch.device):
+    """The per-row loss-and-gradient function for tensors on `device`."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        from arrows.models.triton_cross_entropy import softmax_xent_rows_
+
+        return softmax_xent_rows_
+    return softmax_xent_rows_torch_
+
+
+def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype autocast would give the head's matrix product here (bf16 in a CUDA run)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return default
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
-        n = hidden.shape[0]
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, rows_kernel, vocab_multiple: int) -> torch.Tensor:
+        n, vocab = hidden.shape[0], weight.shape[0]
+        dtype = _compute_dtype(hidden.device, weight.dtype)
+        # One cast (and pad) of the weight and the hidden states for all chunks, as autocast would
+        # make for each matrix product; padding rows are zeros, so their logits are 0 and ignored.
+        w = F.pad(weight.to(dtype), (0, 0, 0, (-vocab) % vocab_multiple))
+        h_all = hidden.to(dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_weight = None  # summed over the chunks in fp32 (fp64 for fp64 weights), (padded vocab, d)
+        sum_dtype = torch.promote_types(dtype, torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk_rows):
-            h = hidden[start : start + chunk_rows]
-            t = targets[start : start + chunk_rows]
-            logits = (h @ weight.t()).float()  # (rows, vocab): the only large tensor, one chunk at a time
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            # d(sum of losses)/d(logits) = softmax − one-hot, made in place of the logits.
-            grad_logits = logits.sub_(lse[:, None]).exp_()
-            grad_logits[torch.arange(len(t), device=t.device), t] -= 1.0
-            g = grad_logits.to(h.dtype)  # the matmuls run in the model's dtype (bf16 under autocast)
-            grad_hidden[start : start + chunk_rows] = g @ weight
-            grad_weight += (g.t() @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are set above
+            for start in range(0, n, chunk_rows):
+                h = h_all[start : start + chunk_rows]
+                logits = h @ w.t()  # (rows, padded vocab): the only large tensor, one chunk at a time
+                total += rows_kernel(logits, targets[start : start + chunk_rows], vocab).sum()
+                grad_logits = logits  # overwritten by the kernel: d(sum of losses)/d(logits)
+                grad_hidden[start : start + chunk_rows] = grad_logits @ w
+                part = grad_logits.t() @ h
+                grad_weight = part.to(sum_dtype) if grad_weight is None else grad_weight.add_(part)
+        if grad_weight is None:  # no rows
+            grad_weight = torch.zeros(weight.shape, dtype=sum_dtype, device=weight.device)
+        ctx.save_for_backward(grad_hidden, grad_weight[:vocab])
         ctx.n, ctx.weight_dtype = n, weight.dtype
         return total / n
 
@@ -49,7 +94,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output / ctx.n
-        return (grad_hidden * scale.to(grad_hidden.dtype), (grad_weight * scale).to(ctx.weight_dtype), None, None)
+        return (grad_hidden * scale.to(grad_hidden.dtype), (grad_weight * scale).to(ctx.weight_dtype), None, None, None, None)
 
 
 @torch.no_grad()
@@ -76,9 +121,21 @@ def head_and_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Te
     return logits, loss
 
 
-def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+# Outside torch.compile's graph: the work here is cuBLAS products and one kernel of our own, which
+# leaves Inductor nothing to fuse, and tracing would unroll the loop over chunks. torch's lazy form
+# of torch.compiler.disable: the public one imports dynamo (and with it Triton) when this module is
+# imported, 1.5 s more for every command that loads a model, and Triton before a test could set
+# TRITON_INTERPRET.
+@torch._disable_dynamo
+def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                      rows_kernel=None, vocab_multiple: int | None = None) -> torch.Tensor:
     """Mean cross-entropy (nats/token) of `targets` (N,) under logits `hidden (N, d) @ weight (V, d)ᵀ`,
-    without ever holding more than `chunk_rows` rows of logits."""
+    without ever holding more than `chunk_rows` rows of logits. The per-row loss and gradient
+    function (`rows_kernel`) and the multiple the vocabulary is padded to inside the products
+    (`vocab_multiple`) are chosen for the device unless given (the tests give them)."""
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be (N, d) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
-    return _ChunkedHeadLoss.apply(hidden, weight, targets, int(chunk_rows))
+    if vocab_multiple is None:
+        vocab_multiple = VOCAB_MULTIPLE if hidden.is_cuda else 1
+    rows_kernel = rows_kernel or rows_kernel_for(hidden.device)
+    return _ChunkedHeadLoss.apply(hidden, weight, targets, int(chunk_rows), rows_kernel, vocab_multiple)

@@ -30,18 +30,12 @@ machine without a GPU.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-try:  # Triton ≥ 3.4; read by triton.jit when the kernels below are defined
-    from triton import knobs
-
-    INTERPRETED = bool(knobs.runtime.interpret)
-except ImportError:
-    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+from arrows.models.triton_interpreter import INTERPRETED
 LOG2E = 1.4426950408889634  # the kernels use exp2, the native instruction: exp(x) = exp2(x·log2 e)
 
 
