@@ -23,6 +23,24 @@ def pytest_runtest_logreport(report):
         sys.stderr.flush()
 
 
+def triton_kernel_test_device() -> str:
+    """The device the tests of arrows' Triton kernels run on: "cuda" where there is one, else "cpu"
+    with Triton's interpreter switched on. Call at the top of such a test module, before Triton is
+    imported: Triton reads TRITON_INTERPRET when it is imported, and the variable stays set (nothing
+    else in the tests runs Triton on a CPU: torch.compile there generates C++)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        # Something imported while pytest collected the tests pulled Triton in already, so the
+        # interpreter cannot be switched on: fail loudly rather than run or skip the tests wrongly.
+        pytest.fail("triton was imported before TRITON_INTERPRET could be set; some module imports it at import time "
+                    "(a module-level torch.compiler.disable does)", pytrace=False)
+    os.environ["TRITON_INTERPRET"] = "1"
+    return "cpu"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real texts beside the project; a user's clone has none, and those tests skip."""

@@ -5,30 +5,15 @@ set here before they are defined); with one, on CUDA."""
 
 import json
 import math
-import os
-import sys
 
 import pytest
-from conftest import arrows
+from conftest import arrows, triton_kernel_test_device
 
 torch = pytest.importorskip("torch")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-    # Something imported while pytest collected the tests pulled Triton in already, so the
-    # interpreter cannot be switched on: fail loudly rather than run or skip these tests wrongly.
-    pytest.fail("triton was imported before TRITON_INTERPRET could be set; some module imports it at import time "
-                "(a module-level torch.compiler.disable does)", pytrace=False)
-if DEVICE == "cpu":
-    # Read by Triton when it is imported, so set before that, and it stays set. Nothing else here
-    # uses Triton on a CPU (torch.compile on CPU generates C++).
-    os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = triton_kernel_test_device()
 pytest.importorskip("triton")
 from arrows.models import triton_attention as ta  # noqa: E402
-
-if DEVICE == "cpu" and not ta.INTERPRETED:
-    pytest.skip("the kernels were defined before TRITON_INTERPRET was set (imported earlier in this process)", allow_module_level=True)
-
 from arrows.models import build_model  # noqa: E402
 from arrows.models.gpt import split_heads  # noqa: E402
 

@@ -3,28 +3,16 @@ place) against torch: losses, gradients, padding columns, ragged blocks, bf16, N
 head built on it. Without a GPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set
 here before it is defined); with one, on CUDA."""
 
-import os
-import sys
-
 import pytest
+from conftest import triton_kernel_test_device
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-    # Something imported while pytest collected the tests pulled Triton in already, so the
-    # interpreter cannot be switched on: fail loudly rather than run or skip these tests wrongly.
-    pytest.fail("triton was imported before TRITON_INTERPRET could be set; some module imports it at import time "
-                "(a module-level torch.compiler.disable does)", pytrace=False)
-if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"  # read when Triton is imported (see test_triton_attention.py)
+DEVICE = triton_kernel_test_device()
 pytest.importorskip("triton")
 from arrows.models import triton_cross_entropy as tx  # noqa: E402
 from arrows.models.head_loss import chunked_head_loss, softmax_xent_rows_torch_  # noqa: E402
-
-if DEVICE == "cpu" and not tx.INTERPRETED:
-    pytest.skip("the kernel was defined before TRITON_INTERPRET was set (imported earlier in this process)", allow_module_level=True)
 
 
 def expected_rows(logits, targets, n_classes):
