@@ -19,8 +19,9 @@ Sections (targets on one H100/H200, each a ratio against an anchor measured in t
   attention  causal attention forward + backward, bf16, B=180 H=12 D=64 at T=256, 512, 1024:
              arrows' Triton kernel against SDPA (flash) and compiled FlexAttention, all measured
              here, with and without dropout; the anchor's T=256 figures beside them.
-  rnn        GRU and LSTM 3×512, T=256, B=250: arrows (eager; compiled; compiled with the chunked
-             head) against ../shared/bench/gpu_anchor_rnn.py (fp32 reference style, bf16).
+  rnn        GRU and LSTM 3×512, T=256, B=250, no dropout: arrows (eager; compiled; compiled with
+             the chunked head) against ../shared/bench/gpu_anchor_rnn.py (fp32 reference style, bf16;
+             no dropout either).
              Target: >= 1.9x the fp32 reference style.
 
 The anchors are looked for in ../shared/bench, then ./shared/bench (a GPU machine gets only the
@@ -322,7 +323,7 @@ def section_rnn(a, work: Path, results: dict) -> None:
         for variant, compile, head in variants:
             reset_memory()
             model = {"model_type": kind, "vocab_size": s["vocab"], "n_layers": s["layers"], "embed_dim": s["width"],
-                     "desired_attn_length": s["T"], "head_loss": head}
+                     "desired_attn_length": s["T"], "head_loss": head, "dropout": 0.0}  # the anchor's RNNs have none
             trainer = make_trainer(f"{kind}_{head}_{compile}", model, s["B"], store, work, compile=compile)
             mine = measure_step(trainer, a.steps, a.warm)
             nonemb = sum(p.numel() for n, p in trainer.model.named_parameters() if "embedder" not in n)
