@@ -344,6 +344,23 @@ def section_rnn(a, work: Path, results: dict) -> None:
         print(f"| {kind} | {variant} | {mine['tokens_per_s']:,} | {mine['mfu_6N']:.1%} | {mine['peak_mem_GiB']} GiB | {ref or 'n/a'} | {bf16 or 'n/a'} | {vs_ref} | {vs_bf16} |")
 
 
+def set_inductor_option(setting: str) -> None:
+    import ast
+
+    import torch._inductor.config as inductor
+
+    key, _, text = setting.partition("=")
+    *path, name = key.split(".")
+    owner = inductor
+    for part in path:  # nested sections, e.g. triton.cudagraphs
+        owner = getattr(owner, part, None)
+    if owner is None or not hasattr(owner, name):
+        sys.exit(f"--inductor {setting}: torch._inductor.config has no {key}")
+    value = ast.literal_eval(text)
+    setattr(owner, name, value)
+    print(f"torch._inductor.config.{key} = {value!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
@@ -358,6 +375,9 @@ def main() -> None:
     ap.add_argument("--anchor-from", type=Path, default=None, metavar="JSON",
                     help="take gpu_anchor.py's figures from an earlier run's bench/out/train.json instead of running it again "
                          "(the same machine, minutes before: a GPU session split into parts)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (a Python literal) before anything compiles, to try a compiler "
+                         "setting on the step (repeatable; e.g. coordinate_descent_tuning=True, max_autotune_gemm=True)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of each GPT step measured (torch.profiler)")
     ap.add_argument("--stall-steps", type=int, default=10, help="steps per round of the loader check (default 10)")
     a = ap.parse_args()
@@ -378,6 +398,9 @@ def main() -> None:
     if unknown:
         sys.exit(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose among {', '.join(SECTIONS)}")
 
+    for setting in a.inductor:
+        set_inductor_option(setting)
+
     work = ROOT / "bench" / "out" / "train"
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -388,7 +411,7 @@ def main() -> None:
     else:
         anchor = run_anchor("gpu_anchor.py", a.quick) if needs_anchor else {}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    results["device"], results["torch"] = device, torch.__version__
+    results["device"], results["torch"], results["inductor"] = device, torch.__version__, a.inductor
     print(f"\ndevice: {device}  torch {torch.__version__}  anchors: {SHARED / 'bench'}")
     if a.only & {"training", "memory", "loader"}:
         section_gpt(a, anchor, work, results)
