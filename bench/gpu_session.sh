@@ -8,7 +8,7 @@
 #                                 # both heads, the loader check, profiles                   (~6 min)
 #   bash bench/gpu_session.sh 5   # GPT-medium with both heads, profiles; against part 1's
 #                                 # anchor when part 1 ran on this machine (else its own)     (~4 min)
-#   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA (~7 min)
+#   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA (~8 min)
 #   bash bench/gpu_session.sh 3   # attention kernels; GRU/LSTM against gpu_anchor_rnn.py    (~4 min)
 #   bash bench/gpu_session.sh 4   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
 # One lease holds two or three of them: take first what the last lease left unmeasured (the
@@ -64,7 +64,7 @@ case "$PART" in
     bench medium 540 --only training --models medium --heads plain,chunked --steps 10 --warm 3 --profile "${from[@]}"
     ;;
 2)
-    cuda_tests cuda 500 test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
+    cuda_tests cuda 570 test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
     ;;
 3)
     bench attention 80 --only attention
