@@ -8,7 +8,8 @@
 #                                 # both heads, the loader check, profiles                   (~6 min)
 #   bash bench/gpu_session.sh 5   # GPT-medium with both heads, profiles; against part 1's
 #                                 # anchor when part 1 ran on this machine (else its own)     (~4 min)
-#   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA (~8 min)
+#   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA
+#                                 # (~8 min one at a time; side by side with pytest-xdist, less)
 #   bash bench/gpu_session.sh 3   # attention kernels; GRU/LSTM against gpu_anchor_rnn.py    (~4 min)
 #   bash bench/gpu_session.sh 4   # the synthetic arrows on the GPU (bench/synthetic_arrows.py)  (~5 min)
 # One lease holds two or three of them: take first what the last lease left unmeasured (the
@@ -17,6 +18,7 @@
 # Prepare on the development machine (the GPU machine has no network and gets only the checkout):
 #   maturin build --release --out dist        # the abi3 wheel; runs on the GPU machine's Python 3.12
 #   rm -rf shared && cp -r ../shared shared   # anchors and texts; ./shared is git-ignored, and travels
+#   pip download --no-deps pytest-xdist execnet -d dist   # part 2 runs the tests side by side with it
 # and name dist in the device call's `carry` (it is git-ignored, so it travels only when carried).
 # Logs and results go to $OUT (default bench/out/gpu).
 set -uo pipefail
@@ -30,7 +32,8 @@ PART=${1:?give the part: 1, 2, 3, 4 or 5}
 # itself a venv, whose packages a --system-site-packages venv made from it would not see.
 SITE=/tmp/arrows-site
 if [ ! -x $SITE/bin/arrows ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target $SITE dist/arrows-*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target $SITE dist/arrows-*.whl \
+        $(ls dist/pytest_xdist-*.whl dist/execnet-*.whl 2>/dev/null) || exit 1
 fi
 export PYTHONPATH=$SITE PATH=$SITE/bin:$PATH
 PY=python3
@@ -46,7 +49,7 @@ bench() {  # bench NAME SECONDS ARGS...
 }
 # From tests/ so that the installed wheel, not python/ in the checkout, is imported. Failures are
 # printed as they happen (conftest.py), so a run cut off by its limit still shows them.
-cuda_tests() {  # cuda_tests NAME SECONDS FILES...
+cuda_tests() {  # cuda_tests NAME SECONDS PYTEST-ARGS...
     local name=$1 limit=$2
     shift 2
     (cd tests && ARROWS_TEST_INSTAFAIL=1 timeout "$limit" $PY -m pytest -q -rs -p no:cacheprovider "$@") 2>&1 | tee "$OUT/pytest_$name.txt"
@@ -58,13 +61,14 @@ case "$PART" in
     # Kept on the machine (bench/out is git-ignored) for part 5 while the machine stays warm.
     cp bench/out/train.json bench/out/gpu_anchor_figures.json 2>/dev/null || true
     ;;
-5)
-    from=()
-    [ -f bench/out/gpu_anchor_figures.json ] && from=(--anchor-from bench/out/gpu_anchor_figures.json)
-    bench medium 540 --only training --models medium --heads plain,chunked --steps 10 --warm 3 --profile "${from[@]}"
-    ;;
 2)
-    cuda_tests cuda 570 test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
+    # Most of the tests' time is compiling (torch.compile, Triton autotuning), on the CPU: with
+    # pytest-xdist they run six at a time on the machine's 16 cores; the test that fills the GPU's
+    # memory runs by itself afterwards.
+    side_by_side=()
+    $PY -c "import xdist" 2>/dev/null && side_by_side=(-n 6)
+    cuda_tests cuda 480 "${side_by_side[@]}" -m "not alone" test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
+    cuda_tests cuda_alone 90 -m alone test_cuda.py
     ;;
 3)
     bench attention 80 --only attention
@@ -72,6 +76,11 @@ case "$PART" in
     ;;
 4)
     timeout 540 $PY bench/synthetic_arrows.py --out "$OUT/synthetic" 2>&1 | tee "$OUT/synthetic.txt"
+    ;;
+5)
+    from=()
+    [ -f bench/out/gpu_anchor_figures.json ] && from=(--anchor-from bench/out/gpu_anchor_figures.json)
+    bench medium 540 --only training --models medium --heads plain,chunked --steps 10 --warm 3 --profile "${from[@]}"
     ;;
 *)
     echo "unknown part $PART: give 1, 2, 3, 4 or 5" >&2

@@ -162,6 +162,7 @@ def test_compiled_rnn_trains_on_cuda(tmp_path, model_type):
     assert summary["valid_loss"] < 1.0  # a repeated sentence: learned
 
 
+@pytest.mark.alone
 def test_real_cuda_out_of_memory_names_the_settings_to_lower(tmp_path):
     # A batch that cannot fit (8192 windows of 1024 tokens, width 1024): the run stops with the
     # settings to lower, not a traceback, whether the memory runs out while "auto" measures the
