@@ -176,22 +176,44 @@ def test_generate_reads_in_order(tmp_path, store, backward):
         assert out.startswith("The system")
 
 
-def test_torchrun_joins_instead_of_spawning(tmp_path, store):
-    """Under torchrun (RANK/WORLD_SIZE set) arrows joins the group: the same losses as one process."""
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_external_launcher_joins_instead_of_spawning(tmp_path, store, launcher):
+    """Under torchrun (RANK/WORLD_SIZE set) or in a SLURM job step (SLURM_PROCID/SLURM_NTASKS and
+    the job script's MASTER_ADDR/MASTER_PORT) arrows joins the group: the same losses as one process."""
     import sys
+
+    from arrows import checkpoint
+    from arrows.distributed import free_port
 
     model = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
     one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=6, step_log=1, run_name="one", valid_steps=6)
-    tr = write_config(tmp_path / "tr.json", store, model=model, steps_to_train=6, step_log=1, run_name="tr", valid_steps=6)
+    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=6, step_log=1, run_name="two", valid_steps=6)
     arrows("train", one, "--device", "cpu")
-    from arrows.distributed import free_port
+    train_two = [sys.executable, "-m", "arrows", "train", str(two), "--device", "cpu"]
+    if launcher == "torchrun":
+        procs = [subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                                 *train_two[1:]], capture_output=True, text=True, timeout=300)]
+    else:  # what srun gives each task of `srun --ntasks 2`
+        port = str(free_port())
+        tasks = [subprocess.Popen(train_two, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "SLURM_PROCID": str(i), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(i),
+                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+                 for i in range(2)]
+        procs = [subprocess.CompletedProcess(t.args, t.wait(timeout=300), *t.communicate()) for t in tasks]
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.allclose(losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "two"), rtol=1e-4, atol=1e-5)
+    # One group of two, not two runs of one: the checkpoint holds both processes' loader positions.
+    assert len(checkpoint.load(tmp_path / "runs" / "two" / "checkpoints" / checkpoint.LATEST)["per_rank"]) == 2
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "arrows", "train", str(tr), "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.allclose(losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "tr"), rtol=1e-4, atol=1e-5)
+
+def test_slurm_without_master_address_says_what_to_set(tmp_path, store):
+    cfg = write_config(tmp_path / "c.json", store, run_name="slurm")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    proc = subprocess.run([str(ARROWS), "train", str(cfg), "--device", "cpu"], capture_output=True, text=True, timeout=120,
+                          env={**env, "SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "set MASTER_ADDR and MASTER_PORT" in proc.stdout + proc.stderr
 
 
 def test_cuda_out_of_memory_names_the_settings_to_lower(tmp_path, store, monkeypatch):
