@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 
@@ -31,7 +32,8 @@ class Metrics:
                 import wandb
             except ImportError:
                 raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
-            self._wandb = wandb.init(project=wandb_project, name=run_dir.name, config=config, resume="allow", id=run_dir.name)
+            self._wandb = wandb.init(project=wandb_project, name=f"{run_dir.parent.name}/{run_dir.name}", config=config,
+                                     id=_wandb_id(run_dir, resuming=resume_step is not None), resume="allow")
 
     def log(self, record: dict) -> None:
         try:
@@ -53,6 +55,18 @@ class Metrics:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _wandb_id(run_dir: Path, *, resuming: bool) -> str:
+    """The wandb run id of this run folder: made when the run starts, kept in the folder, so that a
+    resumed run continues its wandb run. Not the folder's name: every study names its runs fw and
+    bw, and two studies logging to one project would have continued each other's runs."""
+    path = run_dir / "wandb_id"
+    if resuming and path.exists():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def _truncate_after(path: Path, step: int) -> None:

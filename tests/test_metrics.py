@@ -1,0 +1,75 @@
+"""metrics.jsonl and the optional loggers of a run: what wandb is given (through a stand-in module
+that records the calls: the real package is not a dependency), and resumption."""
+
+import sys
+import types
+
+import pytest
+
+from arrows.metrics import Metrics, read
+
+
+class FakeWandb(types.ModuleType):
+    """Records init/log/finish as wandb's module-level API is called."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.calls = []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        return self
+
+    def log(self, data, step):
+        self.calls.append(("log", data, step))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    module = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    return module
+
+
+def test_wandb_gets_every_record_and_one_id_per_run(tmp_path, fake_wandb):
+    run = tmp_path / "study_en" / "fw"
+    run.mkdir(parents=True)
+    m = Metrics(run, resume_step=None, config={"lr": 1e-3}, wandb_project="arrows")
+    m.log({"step": 1, "loss": 5.0, "lr": 1e-3})
+    m.log({"step": 2, "loss": 4.5, "lr": 1e-3})
+    m.close()
+    (_, init), *logs, finish = fake_wandb.calls
+    assert init["project"] == "arrows" and init["name"] == "study_en/fw" and init["config"] == {"lr": 1e-3} and init["resume"] == "allow"
+    assert logs == [("log", {"loss": 5.0, "lr": 1e-3}, 1), ("log", {"loss": 4.5, "lr": 1e-3}, 2)] and finish == ("finish",)
+    assert [r["step"] for r in read(run)] == [1, 2]
+
+    # Resumed from step 1: the same wandb run continues; the file drops what came after step 1.
+    fake_wandb.calls.clear()
+    Metrics(run, resume_step=1, config={}, wandb_project="arrows").close()
+    assert fake_wandb.calls[0][1]["id"] == init["id"]
+    assert [r["step"] for r in read(run)] == [1]
+
+    # Another study's fw run, or this folder started afresh: a run of its own.
+    other = tmp_path / "study_fr" / "fw"
+    other.mkdir(parents=True)
+    fake_wandb.calls.clear()
+    Metrics(other, resume_step=None, config={}, wandb_project="arrows").close()
+    Metrics(run, resume_step=None, config={}, wandb_project="arrows").close()
+    ids = {call[1]["id"] for call in fake_wandb.calls if call[0] == "init"}
+    assert len(ids) == 2 and init["id"] not in ids
+
+
+def test_wandb_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        Metrics(tmp_path, resume_step=None, config={}, wandb_project="arrows")
+
+
+def test_no_wandb_unless_asked(tmp_path, fake_wandb):
+    m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
+    m.log({"step": 1, "loss": 1.0})
+    m.close()
+    assert fake_wandb.calls == []
