@@ -229,7 +229,8 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.cuda else None)
         if self.cuda and opts.compile:
             # For the RNNs dynamo leaves nn.GRU/nn.LSTM to cuDNN (a graph break) and compiles the
-            # embedding and the head + loss around them.
+            # embedding and the head + loss around them. The chunked head always runs outside the
+            # graph (head_loss.py says why).
             self.net = torch.compile(self.net)
         self.tokenizer = self._tokenizer()
 
