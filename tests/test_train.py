@@ -305,12 +305,15 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer(tmp_path, store
     assert not torch.equal(weights["lm_head.weight"], trainer.model.lm_head.weight)
 
 
-def test_attention_flag_and_resuming_under_another_kernel(tmp_path, store):
+def test_attention_and_head_flags_and_resuming_under_other_kernels(tmp_path, store):
     cfg = write_config(tmp_path / "c.json", store, run_name="kernels", steps_to_train=4, save_every=2, step_log=1)
     arrows("train", cfg, "--device", "cpu", "--attention", "plain")
-    proc = arrows("train", cfg, "--device", "cpu", "--attention", "sdpa", "--more", "2")  # the weights are the same: it resumes
+    # the weights are the same under any attention kernel and either head: it resumes
+    proc = arrows("train", cfg, "--device", "cpu", "--attention", "sdpa", "--head-loss", "chunked", "--more", "2")
     assert "step 6" in proc.stdout
     saved = json.loads((tmp_path / "runs" / "kernels" / "config.json").read_text())
-    assert saved["model_params"]["attention"] == "sdpa"
+    assert saved["model_params"]["attention"] == "sdpa" and saved["model_params"]["head_loss"] == "chunked"
     bad = arrows("train", cfg, "--device", "cpu", "--attention", "flash", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "attention" in bad.stderr and "sdpa" in bad.stderr
+    bad = arrows("train", cfg, "--device", "cpu", "--head-loss", "fused", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "model_params.head_loss" in bad.stderr and "chunked" in bad.stderr

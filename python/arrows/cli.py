@@ -156,6 +156,13 @@ def inspect(
         print(f"verified     all {len(m['shards'])} shard checksums match")
 
 
+ATTENTION_HELP = ("Override model_params.attention (GPT): auto (default: on CUDA the fastest kernel that matches SDPA at the "
+                  "run's shape), sdpa, flex, triton or plain. --attention sdpa is the fallback if a kernel misbehaves.")
+HEAD_LOSS_HELP = ("Override model_params.head_loss: plain (default: the batch's logits, then the cross-entropy) or chunked (the head "
+                  "and the loss fused over chunks of rows; far less memory for large batches and vocabularies; on CUDA a Triton "
+                  "kernel of arrows').")
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -169,7 +176,8 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Override training_params.run_name (the run folder's name under save_loc)."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
-    attention: Optional[str] = typer.Option(None, "--attention", help="Override model_params.attention (GPT): auto (default: on CUDA the fastest kernel that matches SDPA at the run's shape), sdpa, flex, triton or plain. --attention sdpa is the fallback if a kernel misbehaves."),
+    attention: Optional[str] = typer.Option(None, "--attention", help=ATTENTION_HELP),
+    head_loss: Optional[str] = typer.Option(None, "--head-loss", help=HEAD_LOSS_HELP),
     wandb: Optional[str] = typer.Option(None, "--wandb", help="Also log to this wandb project (needs the wandb package)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check config, data, tokenizer and devices; print the model, its exact parameter count and the plan; do not train."),
 ):
@@ -187,7 +195,7 @@ def train(
         overrides["training_params"]["steps_to_train"] = steps
     if run_name is not None:
         overrides["training_params"]["run_name"] = run_name
-    cfg = _load_train_config(config, model, overrides["training_params"], attention)
+    cfg = _load_train_config(config, model, overrides["training_params"], _model_overrides(attention, head_loss))
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
     result = run(cfg, opts)
     if dry_run:
@@ -310,13 +318,17 @@ def reverse(
     print(f"reversed     {src} → {dst} ({human_bytes(n)})")
 
 
-def _load_train_config(config: Path, model: Optional[str], training_overrides: dict, attention: Optional[str] = None):
+def _model_overrides(attention: Optional[str], head_loss: Optional[str]) -> dict:
+    """The model_params keys given on the command line (checked with the config's own)."""
+    given = {"attention": attention, "head_loss": head_loss}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _load_train_config(config: Path, model: Optional[str], training_overrides: dict, model_overrides: dict):
     """A config as `arrows train` reads it: checked, paths resolved, the data's vocabulary checked."""
     from arrows.config import check_paths, load_config
 
-    overrides = {"training_params": training_overrides}
-    if attention is not None:
-        overrides["model_params"] = {"attention": attention}
+    overrides = {"training_params": training_overrides, "model_params": model_overrides}
     cfg = load_config(config, model_type=model, overrides=overrides)
     cfg = cfg.with_paths(check_paths(cfg, vocab_size_of_data=None))  # paths first, then the vocabulary there
     check_paths(cfg, vocab_size_of_data=_data_vocab(cfg))
@@ -335,7 +347,8 @@ def study(
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPUs. With two or more, forward and backward train at the same time, each on half of them."),
     parallel: bool = typer.Option(False, "--parallel", help="Train forward and backward at the same time (separate processes) even without GPUs."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
-    attention: Optional[str] = typer.Option(None, "--attention", help="Override model_params.attention (GPT): auto (default: on CUDA the fastest kernel that matches SDPA at the run's shape), sdpa, flex, triton or plain. --attention sdpa is the fallback if a kernel misbehaves."),
+    attention: Optional[str] = typer.Option(None, "--attention", help=ATTENTION_HELP),
+    head_loss: Optional[str] = typer.Option(None, "--head-loss", help=HEAD_LOSS_HELP),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Compare on at most this many validation windows (default: all)."),
 ):
     """Train the forward and the backward model on identical settings, then compare them."""
@@ -343,7 +356,7 @@ def study(
 
     gpu_list = _devices(gpus, device)
     overrides = {} if steps is None else {"steps_to_train": steps}
-    cfg = _load_train_config(config, model, overrides, attention)
+    cfg = _load_train_config(config, model, overrides, _model_overrides(attention, head_loss))
     study_dir = out or Path(cfg.training.save_loc) / config.stem
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
     _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)

@@ -352,7 +352,7 @@ class Trainer:
             raise TrainingStopped(
                 f"CUDA out of memory at training_params.batch_size {t.batch_size} (× attn_length {self.L}); lower batch_size and raise "
                 f"aggregate to keep the same effective batch"
-                + (", or set model_params.head_loss to \"chunked\" (the batch's logits are then never held at once)" if self.config.model.head_loss == "plain" else "")
+                + (", or set model_params.head_loss to \"chunked\" (or add --head-loss chunked; the batch's logits are then never held at once)" if self.config.model.head_loss == "plain" else "")
                 + ", or use a smaller model. The last checkpoint is intact."
             ) from None
         finally:
