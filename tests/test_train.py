@@ -317,3 +317,45 @@ def test_attention_and_head_flags_and_resuming_under_other_kernels(tmp_path, sto
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "attention" in bad.stderr and "sdpa" in bad.stderr
     bad = arrows("train", cfg, "--device", "cpu", "--head-loss", "fused", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "model_params.head_loss" in bad.stderr and "chunked" in bad.stderr
+
+
+def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, store, monkeypatch):
+    # The kernel's out-of-memory killer would end such a run at step 1 without a word (the paper's
+    # nano config with batch 250 did, on a 24 GB machine: about 51 GB with the plain head).
+    import arrows.train as train_module
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import TrainOptions, head_memory_bytes, train
+
+    cfg = load_config(write_config(tmp_path / "c.json", store, run_name="big", batch_size=64))
+    train_bytes, valid_bytes = head_memory_bytes(cfg, processes=1)
+    assert train_bytes == 64 * 32 * 512 * 4 * 4 and valid_bytes == train_bytes // 2  # logits, log-softmax, gradients
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: train_bytes // 2)
+    with pytest.raises(InputError) as refused:
+        train(cfg, TrainOptions(device="cpu", dry_run=True))
+    message = str(refused.value)
+    assert "64 windows" in message and "--head-loss chunked" in message and "aggregate" in message and "available" in message
+    assert not (tmp_path / "runs" / "big").exists()
+
+    # The chunked head needs a chunk of logits at a time: it fits where the plain one did not ...
+    chunked = load_config(write_config(tmp_path / "k.json", store, run_name="big", batch_size=64, model={
+        "n_layers": 2, "n_heads": 2, "embed_dim": 48, "attn_length": 32, "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": None,
+        "head_loss": "chunked"}))
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: max(head_memory_bytes(chunked, processes=1)))
+    assert train(chunked, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
+    # ... and where even it cannot, the advice is the batch; unknown memory (not Linux) is not checked.
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(InputError, match="lower training_params.batch_size"):
+        train(chunked, TrainOptions(device="cpu", dry_run=True))
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: None)
+    assert train(cfg, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
+
+
+def test_available_memory_is_read_on_linux():
+    from arrows.train import available_memory_bytes
+
+    available = available_memory_bytes()
+    if not os.path.exists("/proc/meminfo"):
+        assert available is None
+    else:
+        assert 0 < available < 1 << 50

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from arrows import checkpoint
@@ -80,6 +80,7 @@ def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     _check_devices(opts)
     _check_attention(config, opts)
+    _check_host_memory(config, opts)
     if opts.dry_run:
         verify_data(config)
         return dry_run(config, opts)
@@ -121,6 +122,80 @@ def _check_attention(config, opts: TrainOptions) -> None:
                          "(or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter, very slowly)")
     if config.model.attention == "flex":
         raise InputError("model_params.attention 'flex' trains on CUDA only (FlexAttention has no backward pass on the CPU); use 'sdpa'")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process could still take: MemAvailable, or less under a cgroup (v2) limit, as in a
+    container. None where neither can be read (not Linux)."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = int(limit) - used
+            available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+# Peak memory of a CPU step per fp32 logit, measured with the nano GPT (vocabulary 50257): the plain
+# head holds the logits, their log-softmax and their gradient (4.2 × the logits), the chunked one
+# a chunk of logits and its gradient (2.2 ×); validation, without gradients, about half of each.
+_LOGIT_COPIES = {"plain": 4.0, "chunked": 2.0}
+
+
+def head_memory_bytes(config, processes: int) -> tuple[int, int]:
+    """About how much memory the head's logits take at once in a CPU training step and in a
+    validation step, all `processes` of this machine together."""
+    from arrows.models.head_loss import DEFAULT_CHUNK_ROWS
+
+    m, t = config.model, config.training
+    copies = _LOGIT_COPIES[m.head_loss]
+
+    def held(batch: int, grad: bool) -> int:
+        rows = batch * m.attn_length  # all processes together
+        if m.head_loss == "chunked":
+            rows = min(rows, DEFAULT_CHUNK_ROWS * processes)
+        return int(rows * m.vocab_size * 4 * (copies if grad else copies / 2))
+
+    return held(t.batch_size, True), held(t.val_batch_size, False)
+
+
+def _check_host_memory(config, opts: TrainOptions) -> None:
+    """A CPU run whose head cannot fit is refused before it starts: the kernel's out-of-memory
+    killer would end it at the first step without a word (the paper's nano config, batch 250,
+    needs about 51 GB with the plain head). CUDA runs get torch's out-of-memory error instead, which
+    the trainer turns into the same advice."""
+    if _device(opts, 0) != "cpu":
+        return
+    available = available_memory_bytes()
+    if available is None:
+        return
+    processes = len(opts.gpus) if opts.gpus else opts.nproc
+    train_bytes, valid_bytes = head_memory_bytes(config, processes)
+    need, what = max((train_bytes, "training"), (valid_bytes, "validation"))
+    if need <= available:
+        return
+    m, t = config.model, config.training
+    batch = t.batch_size if what == "training" else t.val_batch_size
+    key = "batch_size" if what == "training" else "val_batch_size"
+    advice = f"lower training_params.{key}" + (" and raise aggregate to keep the same effective batch" if what == "training" else "")
+    if m.head_loss == "plain":
+        chunked = head_memory_bytes(replace(config, model=replace(m, head_loss="chunked")), processes)
+        advice = (f"add --head-loss chunked (model_params.head_loss; the logits are then made a chunk of rows at a time: about "
+                  f"{max(chunked) / 1e9:.1f} GB), or {advice}")
+    raise InputError(
+        f"a {what} step on the CPU holds the logits of {batch} windows × attn_length {m.attn_length} over vocab_size "
+        f"{m.vocab_size}: about {need / 1e9:.1f} GB with model_params.head_loss \"{m.head_loss}\", and this machine has "
+        f"{available / 1e9:.1f} GB available. To fit, {advice}."
+    )
 
 
 def verify_data(config) -> None:
