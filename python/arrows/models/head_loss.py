@@ -36,12 +36,17 @@ VOCAB_MULTIPLE = 128  # the padded vocabulary of the CUDA path's matrix products
 def softmax_xent_rows_torch_(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
     """triton_cross_entropy.softmax_xent_rows_ in torch operations (CPU, or CUDA without Triton):
     per-row losses in fp32; `logits` overwritten with softmax − one-hot (0 past `n_classes`)."""
-    x = logits[:, :n_classes].float()  # `logits` itself when they are fp32 and unpadded
-    lse = torch.logsumexp(x, dim=-1)
-    losses = lse - x.gather(1, targets[:, None]).squeeze(1)
-    grad = x.sub_(lse[:, None]).exp_()
+    x = logits[:, :n_classes].float()  # a view of `logits` when they are fp32
+    target_logits = x.gather(1, targets[:, None]).squeeze(1)
+    # Every step in place: no second tensor of the logits' size (logsumexp would make two).
+    row_max = x.amax(dim=-1, keepdim=True)
+    exp = x.sub_(row_max).exp_()
+    sums = exp.sum(dim=-1, keepdim=True)
+    losses = (row_max + sums.log()).squeeze(1) - target_logits  # lse − logit[target]
+    grad = exp.div_(sums)  # softmax
     grad[torch.arange(len(targets), device=targets.device), targets] -= 1.0
-    logits[:, :n_classes] = grad
+    if grad.data_ptr() != logits.data_ptr():  # else it was made in place already
+        logits[:, :n_classes] = grad
     logits[:, n_classes:] = 0.0
     return losses
 
@@ -75,10 +80,14 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_weight = None  # summed over the chunks in fp32 (fp64 for fp64 weights), (padded vocab, d)
         sum_dtype = torch.promote_types(dtype, torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # One buffer for every chunk's logits, the only large tensor: on a CPU, a fresh allocation
+        # of that size per chunk went to the system each time, and its page faults took longer
+        # than the arithmetic.
+        logits_buffer = torch.empty(min(n, chunk_rows), w.shape[0], dtype=dtype, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are set above
             for start in range(0, n, chunk_rows):
                 h = h_all[start : start + chunk_rows]
-                logits = h @ w.t()  # (rows, padded vocab): the only large tensor, one chunk at a time
+                logits = torch.matmul(h, w.t(), out=logits_buffer[: h.shape[0]])  # (rows, padded vocab)
                 total += rows_kernel(logits, targets[start : start + chunk_rows], vocab).sum()
                 grad_logits = logits  # overwritten by the kernel: d(sum of losses)/d(logits)
                 grad_hidden[start : start + chunk_rows] = grad_logits @ w
