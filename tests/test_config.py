@@ -124,7 +124,7 @@ def test_defaults_are_filled_in():
     d = config_from_dict(small()).to_dict()
     assert d["model_params"] == {
         "model_type": "gpt", "vocab_size": 100, "n_layers": 2, "n_heads": 2, "embed_dim": 16, "attn_length": 8,
-        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "auto", "head_loss": "plain",
+        "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": 0.1, "attention": "auto", "head_loss": "auto",
     }  # fmt: skip
     assert d["training_params"] == {
         "dataset_folder": "data", "tokenizer_path": None, "batch_size": 4, "val_batch_size": 4, "aggregate": 1,

@@ -101,3 +101,18 @@ def test_compiled_model_with_chunked_head_gives_the_eager_gradients():
     assert abs(compiled_loss.item() - plain_loss.item()) < 1e-5
     for (name, a), (_, b) in zip(chunked.named_parameters(), plain.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_auto_is_chunked_on_a_cpu_and_plain_on_cuda():
+    from arrows.models.head_loss import resolve_head_loss
+
+    assert resolve_head_loss("auto", "cpu") == "chunked" and resolve_head_loss("auto", "cuda") == "plain"
+    assert resolve_head_loss("plain", "cpu") == "plain" and resolve_head_loss("chunked", "cuda") == "chunked"
+    auto, plain = _tiny_gpt("auto"), _tiny_gpt("plain")
+    auto.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(4))
+    y = torch.roll(x, -1, dims=1)
+    none, la = auto(x, y)
+    _, lp = plain(x, y)
+    assert none is None and torch.allclose(la, lp, atol=1e-5)
+    assert auto(x)[0].shape == (3, 16, 97)  # without targets: the logits, as plain

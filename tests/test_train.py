@@ -327,7 +327,12 @@ def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, s
     from arrows.errors import InputError
     from arrows.train import TrainOptions, head_memory_bytes, train
 
-    cfg = load_config(write_config(tmp_path / "c.json", store, run_name="big", batch_size=64))
+    def config(head_loss, name):
+        model = {"n_layers": 2, "n_heads": 2, "embed_dim": 48, "attn_length": 32, "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": None,
+                 "head_loss": head_loss}
+        return load_config(write_config(tmp_path / name, store, run_name="big", batch_size=64, model=model))
+
+    cfg = config("plain", "c.json")
     train_bytes, valid_bytes = head_memory_bytes(cfg, processes=1)
     assert train_bytes == 64 * 32 * 512 * 4 * 4 and valid_bytes == train_bytes // 2  # logits, log-softmax, gradients
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda: train_bytes // 2)
@@ -338,9 +343,8 @@ def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, s
     assert not (tmp_path / "runs" / "big").exists()
 
     # The chunked head needs a chunk of logits at a time: it fits where the plain one did not ...
-    chunked = load_config(write_config(tmp_path / "k.json", store, run_name="big", batch_size=64, model={
-        "n_layers": 2, "n_heads": 2, "embed_dim": 48, "attn_length": 32, "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": None,
-        "head_loss": "chunked"}))
+    chunked = config("chunked", "k.json")
+    assert head_memory_bytes(config("auto", "a.json"), processes=1) == head_memory_bytes(chunked, processes=1)  # auto: chunked on a CPU
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda: max(head_memory_bytes(chunked, processes=1)))
     assert train(chunked, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
     # ... and where even it cannot, the advice is the batch; unknown memory (not Linux) is not checked.

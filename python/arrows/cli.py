@@ -158,9 +158,9 @@ def inspect(
 
 ATTENTION_HELP = ("Override model_params.attention (GPT): auto (default: on CUDA the fastest kernel that matches SDPA at the "
                   "run's shape), sdpa, flex, triton or plain. --attention sdpa is the fallback if a kernel misbehaves.")
-HEAD_LOSS_HELP = ("Override model_params.head_loss: plain (default: the batch's logits, then the cross-entropy) or chunked (the head "
-                  "and the loss fused over chunks of rows; far less memory for large batches and vocabularies; on CUDA a Triton "
-                  "kernel of arrows').")
+HEAD_LOSS_HELP = ("Override model_params.head_loss: auto (default: chunked on a CPU, plain on CUDA), plain (the batch's logits, "
+                  "then the cross-entropy) or chunked (the head and the loss fused over chunks of rows; far less memory for large "
+                  "batches and vocabularies; on CUDA a Triton kernel of arrows').")
 
 
 @app.command()

@@ -27,7 +27,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `mlp_ratio` | `4.0` | MLP width / `embed_dim` (GPT) |
 | `dropout` | `0.1` | dropout, in [0, 1) |
 | `embd_dropout` | `null` = `dropout` | dropout after the embeddings, in [0, 1) |
-| `head_loss` *(new)* | `"plain"` | training loss (GPT, GRU and LSTM): `"plain"` (logits of the whole batch, then cross-entropy) or `"chunked"` (head and cross-entropy fused over chunks of rows: the batch's logits are never held at once; for large batches and vocabularies) |
+| `head_loss` *(new)* | `"auto"` | training loss (GPT, GRU and LSTM): `"plain"` (logits of the whole batch, then cross-entropy), `"chunked"` (head and cross-entropy fused over chunks of rows: the batch's logits are never held at once; for large batches and vocabularies), or `"auto"`: chunked on a CPU (faster and smaller there), plain on CUDA |
 | `attention` *(new)* | `"auto"` | GPT attention: `"auto"` (on CUDA, the fastest kernel that matches SDPA, measured at the run's shape before training; SDPA elsewhere), `"sdpa"` (fused kernel), `"flex"` (FlexAttention compiled by torch.compile on CUDA; needs `dropout` 0), `"triton"` (arrows' own fused Triton kernels, forward and backward with dropout; CUDA only) or `"plain"` (hand-written, the reference's) |
 
 `training_params`
@@ -104,7 +104,7 @@ __all__ = [
 
 MODEL_TYPES = ("gpt", "gru", "lstm")
 ATTENTIONS = ("auto", "sdpa", "flex", "triton", "plain")
-HEAD_LOSSES = ("plain", "chunked")
+HEAD_LOSSES = ("auto", "plain", "chunked")
 SECTIONS = ("model_params", "training_params", "optim_params")
 
 
@@ -321,7 +321,7 @@ _MODEL_KEYS = (
     _Key("dropout", "float", 0.1, check=_dropout),
     _Key("embd_dropout", "float", None, nullable=True, check=_dropout),
     _Key("attention", "str", "auto", check=_choice(ATTENTIONS)),
-    _Key("head_loss", "str", "plain", check=_choice(HEAD_LOSSES)),
+    _Key("head_loss", "str", "auto", check=_choice(HEAD_LOSSES)),
 )
 
 _TRAINING_KEYS = (

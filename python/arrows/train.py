@@ -154,14 +154,15 @@ _LOGIT_COPIES = {"plain": 4.0, "chunked": 2.0}
 def head_memory_bytes(config, processes: int) -> tuple[int, int]:
     """About how much memory the head's logits take at once in a CPU training step and in a
     validation step, all `processes` of this machine together."""
-    from arrows.models.head_loss import DEFAULT_CHUNK_ROWS
+    from arrows.models.head_loss import DEFAULT_CHUNK_ROWS, resolve_head_loss
 
     m, t = config.model, config.training
-    copies = _LOGIT_COPIES[m.head_loss]
+    head = resolve_head_loss(m.head_loss, "cpu")
+    copies = _LOGIT_COPIES[head]
 
     def held(batch: int, grad: bool) -> int:
         rows = batch * m.attn_length  # all processes together
-        if m.head_loss == "chunked":
+        if head == "chunked":
             rows = min(rows, DEFAULT_CHUNK_ROWS * processes)
         return int(rows * m.vocab_size * 4 * (copies if grad else copies / 2))
 
@@ -187,13 +188,14 @@ def _check_host_memory(config, opts: TrainOptions) -> None:
     batch = t.batch_size if what == "training" else t.val_batch_size
     key = "batch_size" if what == "training" else "val_batch_size"
     advice = f"lower training_params.{key}" + (" and raise aggregate to keep the same effective batch" if what == "training" else "")
-    if m.head_loss == "plain":
+    if m.head_loss == "plain":  # "auto" is chunked on a CPU already
         chunked = head_memory_bytes(replace(config, model=replace(m, head_loss="chunked")), processes)
         advice = (f"add --head-loss chunked (model_params.head_loss; the logits are then made a chunk of rows at a time: about "
                   f"{max(chunked) / 1e9:.1f} GB), or {advice}")
     raise InputError(
         f"a {what} step on the CPU holds the logits of {batch} windows × attn_length {m.attn_length} over vocab_size "
-        f"{m.vocab_size}: about {need / 1e9:.1f} GB with model_params.head_loss \"{m.head_loss}\", and this machine has "
+        f"{m.vocab_size}: about {need / 1e9:.1f} GB with model_params.head_loss \"{m.head_loss}\""
+        f"{' (chunked on the CPU)' if m.head_loss == 'auto' else ''}, and this machine has "
         f"{available / 1e9:.1f} GB available. To fit, {advice}."
     )
 
@@ -424,10 +426,13 @@ class Trainer:
             where = f"the checkpoint of step {saved} in {self.ckpt_dir} is intact" if saved is not None else "no checkpoint was written yet"
             raise CancelledError(f"interrupted at step {self.step}; {where}: run the same command to continue") from None
         except torch.cuda.OutOfMemoryError:
+            from arrows.models.head_loss import resolve_head_loss
+
             raise TrainingStopped(
                 f"CUDA out of memory at training_params.batch_size {t.batch_size} (× attn_length {self.L}); lower batch_size and raise "
                 f"aggregate to keep the same effective batch"
-                + (", or set model_params.head_loss to \"chunked\" (or add --head-loss chunked; the batch's logits are then never held at once)" if self.config.model.head_loss == "plain" else "")
+                + (", or set model_params.head_loss to \"chunked\" (or add --head-loss chunked; the batch's logits are then never held at once)"
+                   if resolve_head_loss(self.config.model.head_loss, "cuda") == "plain" else "")
                 + ", or use a smaller model. The last checkpoint is intact."
             ) from None
         finally:
