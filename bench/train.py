@@ -61,6 +61,11 @@ ATTENTION = dict(B=180, H=12, D=64, Ts=(256, 512, 1024))
 ATTENTION_QUICK = dict(B=2, H=2, D=16, Ts=(32, 64))
 
 
+def model_name(shape_key: str) -> str:
+    """The --models name of a GPT entry: "gpt2small_T256_B180" -> "gpt2small"."""
+    return shape_key.split("_")[0]
+
+
 # ---- anchors ----------------------------------------------------------------------------------
 def run_anchor(script: str, quick: bool) -> dict:
     path = SHARED / "bench" / script
@@ -161,7 +166,7 @@ def gpt_model(s: dict, **extra) -> dict:
 def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
     """training, memory and loader: they share the token store and GPT-2 small's trainers."""
     every = GPT_QUICK if a.quick else GPT
-    shapes = {name: s for name, s in every.items() if a.quick or a.models is None or name.split("_")[0] in a.models}
+    shapes = {name: s for name, s in every.items() if a.quick or a.models is None or model_name(name) in a.models}
     store = token_store(work, next(iter(shapes.values()))["vocab"])
     rows = []
     for name, s in shapes.items():
@@ -389,8 +394,8 @@ def main() -> None:
         a.steps, a.warm, a.stall_steps = min(a.steps, 3), min(a.warm, 1), min(a.stall_steps, 2)
     a.only = set(SECTIONS if (a.gpu or a.quick) and a.only is None else (a.only or "training").split(","))
     a.models = set(a.models.split(",")) if a.models else None
-    if a.models and a.models - {n.split("_")[0] for n in GPT}:
-        sys.exit(f"--models: choose among {', '.join(n.split('_')[0] for n in GPT)} (not {','.join(sorted(a.models))})")
+    if a.models and a.models - set(map(model_name, GPT)):
+        sys.exit(f"--models: choose among {', '.join(map(model_name, GPT))} (not {','.join(sorted(a.models))})")
     a.heads = a.heads.split(",")
     if set(a.heads) - {"plain", "chunked"}:
         sys.exit(f"--heads: choose among plain, chunked (not {a.heads})")

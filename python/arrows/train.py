@@ -179,14 +179,14 @@ def _check_host_memory(config, opts: TrainOptions) -> None:
     available = available_memory_bytes()
     if available is None:
         return
-    processes = len(opts.gpus) if opts.gpus else opts.nproc
+    processes = opts.nproc  # a CPU run: --gpus does not apply
     train_bytes, valid_bytes = head_memory_bytes(config, processes)
     need, what = max((train_bytes, "training"), (valid_bytes, "validation"))
     if need <= available:
         return
     m, t = config.model, config.training
-    batch = t.batch_size if what == "training" else t.val_batch_size
     key = "batch_size" if what == "training" else "val_batch_size"
+    batch = getattr(t, key)
     advice = f"lower training_params.{key}" + (" and raise aggregate to keep the same effective batch" if what == "training" else "")
     if m.head_loss == "plain":  # "auto" is chunked on a CPU already
         chunked = head_memory_bytes(replace(config, model=replace(m, head_loss="chunked")), processes)
