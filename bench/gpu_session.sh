@@ -5,9 +5,10 @@
 # warm machine; each step has its own time limit so that one hang cannot eat the rest. Durations
 # estimated from the H200 lease of 2026-11-28:
 #   bash bench/gpu_session.sh 1   # gpu_anchor.py (about 3 minutes alone), then GPT-2 small with
-#                                 # both heads, the loader check, profiles                   (~6 min)
-#   bash bench/gpu_session.sh 5   # GPT-medium with both heads, profiles; against part 1's
-#                                 # anchor when part 1 ran on this machine (else its own)     (~4 min)
+#                                 # both heads and the plain one unpadded, the loader check,
+#                                 # profiles                                                   (~7 min)
+#   bash bench/gpu_session.sh 5   # GPT-medium, the same three heads, profiles; against part 1's
+#                                 # anchor when part 1 ran on this machine (else its own)     (~6 min)
 #   bash bench/gpu_session.sh 2   # the CUDA tests: test_cuda.py, the Triton kernels on CUDA
 #                                 # (~8 min one at a time; side by side with pytest-xdist, less)
 #   bash bench/gpu_session.sh 3   # attention kernels; GRU/LSTM against gpu_anchor_rnn.py    (~4 min)
@@ -57,7 +58,7 @@ cuda_tests() {  # cuda_tests NAME SECONDS PYTEST-ARGS...
 
 case "$PART" in
 1)
-    bench training 420 --only training,memory,loader --models gpt2small --heads plain,chunked --steps 10 --warm 3 --profile
+    bench training 500 --only training,memory,loader --models gpt2small --heads plain,plain-unpadded,chunked --steps 10 --warm 3 --profile
     # Kept on the machine (bench/out is git-ignored) for part 5 while the machine stays warm.
     cp bench/out/train.json bench/out/gpu_anchor_figures.json 2>/dev/null || true
     ;;
@@ -80,7 +81,7 @@ case "$PART" in
 5)
     from=()
     [ -f bench/out/gpu_anchor_figures.json ] && from=(--anchor-from bench/out/gpu_anchor_figures.json)
-    bench medium 540 --only training --models medium --heads plain,chunked --steps 10 --warm 3 --profile "${from[@]}"
+    bench medium 560 --only training --models medium --heads plain,plain-unpadded,chunked --steps 10 --warm 3 --profile "${from[@]}"
     ;;
 *)
     echo "unknown part $PART: give 1, 2, 3, 4 or 5" >&2

@@ -11,7 +11,9 @@ Sections (targets on one H100/H200, each a ratio against an anchor measured in t
              token store) against ../shared/bench/gpu_anchor.py's reference style (fp32, eager) and
              tuned PyTorch (bf16, SDPA, fused AdamW, compile). Targets: >= 1.3x tuned for small,
              >= 1.15x for medium; >= 8x the reference style. `--heads plain,chunked` measures
-             each model with both LM heads (model_params.head_loss).
+             each model with both LM heads (model_params.head_loss); `plain-unpadded` is the plain
+             head with its product over the bare vocabulary (50,257), to see what the padding to
+             a multiple of 128 gains.
   memory     GPT-2 small with `head_loss: "chunked"`: tokens/s, peak memory against the tuned
              anchor's (target <= 0.6x), and its loss against the plain head's on the same batch.
   loader     the GPT-2 small step fed by the loader against the same step on a batch already on
@@ -36,6 +38,7 @@ import sys
 sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0])]
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -158,6 +161,20 @@ def gpt_flops_per_token(trainer, s: dict) -> float:
     return 6 * nonemb + 12 * s["layers"] * s["T"] * s["width"]
 
 
+@contextlib.contextmanager
+def vocab_padding(on: bool):
+    """With `on` False, the heads make their products over the bare vocabulary while inside."""
+    from arrows.models import head_loss
+
+    padded = head_loss.vocab_multiple_for
+    if not on:
+        head_loss.vocab_multiple_for = lambda device: 1
+    try:
+        yield
+    finally:
+        head_loss.vocab_multiple_for = padded
+
+
 def gpt_model(s: dict, **extra) -> dict:
     return {"vocab_size": s["vocab"], "n_layers": s["layers"], "n_heads": s["heads"], "embed_dim": s["width"], "attn_length": s["T"], **extra}
 
@@ -179,19 +196,20 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
         for head in heads:
             key = f"arrows_{name}" + ("" if head == "plain" else f"_{head}")
             reset_memory()
-            trainer = make_trainer(key, gpt_model(s, head_loss=head), s["B"], store, work)
-            mine = measure_step(trainer, a.steps, a.warm)
-            mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
-            mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
-            if head == "chunked" and small and "memory" in a.only:
-                mine.update(chunked_loss_check(trainer))
-            results[key] = mine
-            rows.append((name, head, mine))
-            print(key, json.dumps(mine), flush=True)  # now: a time limit may cut the table off
-            if a.profile:
-                print_profile(trainer, f"{name}, {head} head")
-            if small and "loader" in a.only and "loader_stall" not in results:
-                results["loader_stall"] = loader_stall(trainer, a.stall_steps)
+            with vocab_padding(head != "plain-unpadded"):  # the profile too: leaving it recompiles
+                trainer = make_trainer(key, gpt_model(s, head_loss=head.removesuffix("-unpadded")), s["B"], store, work)
+                mine = measure_step(trainer, a.steps, a.warm)
+                mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
+                mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
+                if head == "chunked" and small and "memory" in a.only:
+                    mine.update(chunked_loss_check(trainer))
+                results[key] = mine
+                rows.append((name, head, mine))
+                print(key, json.dumps(mine), flush=True)  # now: a time limit may cut the table off
+                if a.profile:
+                    print_profile(trainer, f"{name}, {head} head")
+                if small and "loader" in a.only and "loader_stall" not in results:
+                    results["loader_stall"] = loader_stall(trainer, a.stall_steps)
             del trainer
     reset_memory()
 
@@ -375,7 +393,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement (default 12)")
     ap.add_argument("--warm", type=int, default=4, help="untimed steps first: compilation and autotuning (default 4)")
     ap.add_argument("--heads", default="plain", help="comma-separated head_loss settings the training section measures for each GPT "
-                    "(plain, chunked; default plain; the memory section adds chunked for GPT-2 small)")
+                    "(plain, chunked, plain-unpadded: the plain head without its padding of the vocabulary; default plain; "
+                    "the memory section adds chunked for GPT-2 small)")
     ap.add_argument("--models", default=None, help="comma-separated GPTs the GPT sections measure: gpt2small, medium (default both)")
     ap.add_argument("--anchor-from", type=Path, default=None, metavar="JSON",
                     help="take gpu_anchor.py's figures from an earlier run's bench/out/train.json instead of running it again "
@@ -397,8 +416,8 @@ def main() -> None:
     if a.models and a.models - set(map(model_name, GPT)):
         sys.exit(f"--models: choose among {', '.join(map(model_name, GPT))} (not {','.join(sorted(a.models))})")
     a.heads = a.heads.split(",")
-    if set(a.heads) - {"plain", "chunked"}:
-        sys.exit(f"--heads: choose among plain, chunked (not {a.heads})")
+    if set(a.heads) - {"plain", "chunked", "plain-unpadded"}:
+        sys.exit(f"--heads: choose among plain, chunked, plain-unpadded (not {','.join(a.heads)})")
     unknown = a.only - set(SECTIONS)
     if unknown:
         sys.exit(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose among {', '.join(SECTIONS)}")

@@ -181,3 +181,17 @@ def test_real_cuda_out_of_memory_names_the_settings_to_lower(tmp_path):
     assert proc.returncode != 0
     assert "CUDA out of memory at training_params.batch_size 8192" in said, said[-3000:]
     assert 'head_loss to "chunked"' in said and "Traceback" not in said
+
+
+def test_plain_head_runs_over_the_padded_vocabulary():
+    # 1000 classes: the product is made over 1024 (aligned rows for cuBLAS), the logits are a view
+    # without the padding, and the compiled bf16 model gives the unpadded product's logits.
+    model = _gpt()
+    idx = torch.randint(0, 1000, (8, 64), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model.logits(idx)
+        unpadded = model.lm_head(model.hidden(idx))
+        compiled, _ = torch.compile(model)(idx, idx)
+    assert eager.shape == compiled.shape == (8, 64, 1000) and eager.stride(-2) == 1024
+    assert torch.allclose(eager.float(), unpadded.float(), atol=2e-2, rtol=2e-2)
+    assert torch.allclose(compiled.float(), unpadded.float(), atol=2e-2, rtol=2e-2)

@@ -116,3 +116,46 @@ def test_auto_is_chunked_on_a_cpu_and_plain_on_cuda():
     _, lp = plain(x, y)
     assert none is None and torch.allclose(la, lp, atol=1e-5)
     assert auto(x)[0].shape == (3, 16, 97)  # without targets: the logits, as plain
+
+
+@pytest.mark.parametrize("model_type", ["gpt", "lstm"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_padded_vocabulary_gives_the_unpadded_losses_and_gradients(monkeypatch, model_type, compiled):
+    # On CUDA the plain head's product runs over the vocabulary padded to a multiple of 128 (aligned
+    # rows for cuBLAS); forced here on the CPU, the padding must change nothing but the layout: the
+    # same logits, loss and gradients as the unpadded product, eager and through Inductor.
+    from arrows.models import head_loss
+
+    padded, unpadded = _tiny_gpt("plain", model_type), _tiny_gpt("plain", model_type)
+    unpadded.load_state_dict(padded.state_dict())
+    x = torch.randint(0, 97, (5, 16), generator=torch.Generator().manual_seed(6))
+    y = torch.roll(x, -1, dims=1)
+    logits, loss = unpadded(x, y)
+    loss.backward()
+
+    monkeypatch.setattr(head_loss, "vocab_multiple_for", lambda device: 128)
+    run = torch.compile(padded) if compiled else padded
+    padded_logits, padded_loss = run(x, y)
+    padded_loss.backward()
+    assert padded_logits.shape == (5, 16, 97)
+    if not compiled:  # a view of the (…, 128) product without its padding columns
+        assert padded_logits.stride(-2) == 128
+    assert torch.allclose(padded_logits, logits, atol=1e-5) and abs(padded_loss.item() - loss.item()) < 1e-6
+    for (name, a), (_, b) in zip(padded.named_parameters(), unpadded.named_parameters()):
+        assert a.grad.shape == b.grad.shape and torch.allclose(a.grad, b.grad, atol=1e-6), name
+    # arrows compare and generate go through the same padded head
+    with torch.no_grad():
+        assert torch.allclose(padded.loss_per_position(x, y).mean(), loss, atol=1e-5)
+
+
+def test_padded_head_pads_its_bias_too(monkeypatch):
+    from arrows.models import head_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50)  # the models' heads have no bias; a head that has one keeps it
+    h = torch.randn(3, 8)
+    expected = head(h)
+    monkeypatch.setattr(head_loss, "vocab_multiple_for", lambda device: 64)
+    got = head_loss.head_logits(h, head)
+    assert got.shape == (3, 50) and got.stride(0) == 64  # made over the padded vocabulary
+    assert torch.allclose(got, expected, atol=1e-6)

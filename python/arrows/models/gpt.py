@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from arrows.models.head_loss import HEAD_LOSSES, head_and_loss
+from arrows.models.head_loss import HEAD_LOSSES, head_and_loss, head_logits
 
 ATTENTION_IMPLS = ("auto", "sdpa", "flex", "triton", "plain")
 
@@ -218,7 +218,7 @@ class GPT(nn.Module):
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits; T <= attn_length."""
-        return self.lm_head(self.hidden(idx))
+        return head_logits(self.hidden(idx), self.lm_head)
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, embed_dim): the final states that the head turns into logits."""

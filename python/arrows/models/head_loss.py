@@ -9,11 +9,16 @@ head weight; then the chunk is dropped. Only the hidden states' gradient (B·T �
 weight's (vocab × d) are kept for the backward pass, which just scales them. Peak memory for the
 head falls from O(B·T·vocab) to O(chunk_rows·vocab).
 
-On CUDA the loss and gradient of each chunk come from one Triton kernel (triton_cross_entropy.py),
-and the vocabulary is padded to a multiple of 128 inside the matrix products: with 50,257 columns
-the logits' rows are not 16-byte aligned, which keeps cuBLAS off Hopper's fastest kernels (an H200
-profile showed an Ampere-generation kernel for the plain head's product). Elsewhere the same steps
-run as torch operations.
+On CUDA the loss and gradient of each chunk come from one Triton kernel (triton_cross_entropy.py).
+Elsewhere the same steps run as torch operations.
+
+On CUDA both heads pad the vocabulary to a multiple of 128 inside their matrix products (zero rows
+appended to the weight, the extra columns of the logits ignored): with 50,257 columns the logits'
+rows are not 16-byte aligned, which keeps cuBLAS off Hopper's fastest kernels (an H200 profile of
+GPT-2 small showed an Ampere-generation kernel taking 6.8 ms of a 93 ms step for the head; nanoGPT
+measured the same effect on an A100). Under torch.compile the padding costs no pass of its own:
+Inductor fuses the weight's padding with its cast, and the cross-entropy's backward writes the
+padded gradient directly.
 
 The gradients are computed in the forward pass, so this is for training (a scalar mean loss that
 is back-propagated). Without gradients (validation) `chunked_mean_loss` walks the same chunks
@@ -34,7 +39,25 @@ import torch.nn.functional as F
 # dominate the step); plain on CUDA, where the chunked head's Triton path has not yet been timed.
 HEAD_LOSSES = ("auto", "plain", "chunked")
 DEFAULT_CHUNK_ROWS = 8192
-VOCAB_MULTIPLE = 128  # the padded vocabulary of the CUDA path's matrix products
+VOCAB_MULTIPLE = 128  # the padded vocabulary of the head's matrix products on CUDA
+
+
+def vocab_multiple_for(device: torch.device) -> int:
+    """The multiple the head pads the vocabulary to inside its matrix products on `device`: 128 on
+    CUDA (aligned rows), none elsewhere (a CPU's products gain nothing from it)."""
+    return VOCAB_MULTIPLE if device.type == "cuda" else 1
+
+
+def head_logits(hidden: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """The plain head: (..., d) final states -> (..., vocab) logits, the product made over the
+    vocabulary padded for the device (vocab_multiple_for); the result is a view without the
+    padding columns."""
+    vocab = head.out_features
+    pad = (-vocab) % vocab_multiple_for(hidden.device)
+    if pad == 0:
+        return head(hidden)
+    bias = None if head.bias is None else F.pad(head.bias, (0, pad))
+    return F.linear(hidden, F.pad(head.weight, (0, 0, 0, pad)), bias)[..., :vocab]
 
 
 def softmax_xent_rows_torch_(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -135,7 +158,7 @@ def head_and_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Te
     if resolve_head_loss(mode, hidden.device.type) == "chunked" and targets is not None:
         fused = chunked_head_loss if torch.is_grad_enabled() else chunked_mean_loss
         return None, fused(hidden.reshape(-1, hidden.size(-1)), head.weight, targets.reshape(-1))
-    logits = head(hidden)
+    logits = head_logits(hidden, head)
     loss = None
     if targets is not None:
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
@@ -157,6 +180,6 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be (N, d) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     if vocab_multiple is None:
-        vocab_multiple = VOCAB_MULTIPLE if hidden.is_cuda else 1
+        vocab_multiple = vocab_multiple_for(hidden.device)
     rows_kernel = rows_kernel or rows_kernel_for(hidden.device)
     return _ChunkedHeadLoss.apply(hidden, weight, targets, int(chunk_rows), rows_kernel, vocab_multiple)

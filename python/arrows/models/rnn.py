@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from arrows.models.gpt import per_position_loss, sample_next
-from arrows.models.head_loss import HEAD_LOSSES, head_and_loss
+from arrows.models.head_loss import HEAD_LOSSES, head_and_loss, head_logits
 
 
 class RecurrentLM(nn.Module):
@@ -75,7 +75,7 @@ class RecurrentLM(nn.Module):
         """(B, T) token ids and an optional recurrent state -> ((B, T, vocab) logits, new state).
         The state is h (GRU) or (h, c) (LSTM), each (n_layers, B, embed_dim); None = zeros."""
         h, state = self.hidden(idx, state)
-        return self.lm_head(h), state
+        return head_logits(h, self.lm_head), state
 
     def hidden(self, idx: torch.Tensor, state=None):
         """(B, T) token ids -> ((B, T, embed_dim) final states that the head turns into logits, new state)."""
