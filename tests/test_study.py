@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from arrows.compare import field_of_positions, paired_bootstrap
+from arrows.compare import compare_runs, field_of_positions, paired_bootstrap
+from arrows.errors import InputError
+from arrows.report import _plot_delta
 
 from conftest import arrows
 
@@ -48,6 +50,25 @@ def test_bootstrap_coverage():
         r = paired_bootstrap(fw, bw, resamples=400, seed=t)
         hits += r["low"] <= 0 <= r["high"]
     assert 0.88 <= hits / trials <= 0.99
+
+
+def test_bootstrap_and_compare_refuse_bad_counts():
+    """The Python API says what is wrong before any run is read (no IndexError, no reshape error)."""
+    fw = np.linspace(1.0, 3.0, 20)
+    for bad in (0, 1, -5):
+        with pytest.raises(InputError, match="resamples must be an integer of at least 2"):
+            paired_bootstrap(fw, fw, resamples=bad)
+        with pytest.raises(InputError, match="resamples must be an integer of at least 2"):
+            compare_runs([("fw", "bw")], resamples=bad)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(InputError, match="max_windows must be an integer of at least 1"):
+            compare_runs([("fw", "bw")], max_windows=bad)
+
+
+def test_delta_figure_with_the_estimate_outside_its_interval(tmp_path):
+    """With few windows or resamples, the percentile interval can miss δ itself; the figure is still drawn."""
+    _plot_delta({"pairs": [{"seed": 0, "delta": 0.05, "low": 0.06, "high": 0.07}]}, tmp_path / "delta.png")
+    assert (tmp_path / "delta.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_field_of_positions():
@@ -145,8 +166,40 @@ def test_compare_refuses_mismatched_runs(reversible_study, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     proc = arrows("compare", fw, other, check=False)
     assert proc.returncode == 1 and "data:" in proc.stderr
+    # Said for people: what differs, and each side's figures (no Python dicts).
+    tokens = manifest["tokens"]
+    assert "data: the input files differ:" in proc.stderr and f"({tokens:,} tokens, tokenizer " in proc.stderr, proc.stderr
+    assert "{'" not in proc.stderr and "xxh3:00000000…" in proc.stderr
     proc = arrows("compare", fw, check=False)
     assert proc.returncode == 1 and "not a study folder" in proc.stderr
+
+
+def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_path):
+    tmp, _ = reversible_study
+    study = tmp / "study"
+    for option, value in (("--max-windows", 0), ("--max-windows", -1), ("--resamples", 0), ("--resamples", -5), ("--resamples", 1)):
+        proc = arrows("compare", study, option, value, "--out", tmp_path / "report", check=False)
+        assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    # study checks them before it trains anything.
+    for option, value in (("--max-windows", 0), ("--seeds", 0), ("--steps", 0)):
+        proc = arrows("study", tmp / "cfg.json", option, value, "--out", tmp_path / "study", check=False)
+        assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
+        assert not (tmp_path / "study").exists()
+    assert not (tmp_path / "report").exists()
+    # The ranges are in the help.
+    helps = {command: arrows(command, "--help", env={"COLUMNS": "250"}).stdout for command in ("compare", "study")}
+    assert helps["compare"].count("[x>=1]") == 1 and helps["compare"].count("[x>=2]") == 1  # --max-windows, --resamples
+    assert helps["study"].count("[x>=1]") == 3  # --seeds, --steps, --max-windows
+    # --device is checked as train and study check it.
+    proc = arrows("compare", study, "--device", "bogus", check=False)
+    assert proc.returncode == 2 and "'bogus': choose auto, cpu or cuda" in proc.stderr and "Traceback" not in proc.stderr
+    proc = arrows("compare", study, "--device", "cuda", "--out", tmp_path / "report", env={"CUDA_VISIBLE_DEVICES": ""}, check=False)
+    assert proc.returncode == 1 and "--device cuda: no CUDA device is visible" in proc.stderr and "Traceback" not in proc.stderr
+    # The smallest values work, and the report counts in the singular.
+    arrows("compare", study, "--max-windows", 1, "--resamples", 2, "--out", tmp_path / "one")
+    md = (tmp_path / "one" / "report.md").read_text()
+    assert "the same 1 validation window (24 tokens) per pair" in md
 
 
 def test_study_with_seeds_side_by_side(tmp_path):
@@ -173,6 +226,19 @@ def test_study_with_seeds_side_by_side(tmp_path):
     arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--out", tmp_path / "study")
     again = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert again["summary"]["delta"] == report["summary"]["delta"]
+    # Without --seeds, the folder's own count: the same two pairs resumed, no new run beside them.
+    arrows("study", tmp_path / "cfg.json", "--out", tmp_path / "study")
+    assert json.loads((tmp_path / "study" / "study.json").read_text()) == study
+    assert not (tmp_path / "study" / "fw").exists() and not (tmp_path / "study" / "bw").exists()
+    again = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
+    assert [p["seed"] for p in again["pairs"]] == [4, 5] and again["summary"]["delta"] == report["summary"]["delta"]
+    # Another count is refused, saying where, both counts and what to do.
+    proc = arrows("study", tmp_path / "cfg.json", "--seeds", "1", "--out", tmp_path / "study", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = " ".join(proc.stderr.split())  # as one line, whatever the terminal's width
+    assert str(tmp_path / "study") in message and "has 2 seed(s)" in message and "not the 1 asked for" in message, message
+    assert "another --out" in message
+    assert json.loads((tmp_path / "study" / "study.json").read_text()) == study and not (tmp_path / "study" / "fw").exists()
 
 
 def test_study_refuses_a_directed_config(tmp_path):

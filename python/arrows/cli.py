@@ -339,9 +339,9 @@ def _load_train_config(config: Path, model: Optional[str], training_overrides: d
 @friendly_errors
 def study(
     config: Path = typer.Argument(..., help="A training config (as for `arrows train`), without backwards/permutation: the study trains both directions."),
-    seeds: int = typer.Option(1, "--seeds", help="Train this many forward/backward pairs (seeds S, S+1, ...; S = training_params.seed)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train this many forward/backward pairs (seeds S, S+1, ...; S = training_params.seed). Default: the count the study folder records (study.json), else 1."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder (default <save_loc>/<config stem>). Running a study again resumes its runs."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override training_params.steps_to_train."),
     model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm, for configs without model_type."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPUs. With two or more, forward and backward train at the same time, each on half of them."),
@@ -349,7 +349,7 @@ def study(
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
     attention: Optional[str] = typer.Option(None, "--attention", help=ATTENTION_HELP),
     head_loss: Optional[str] = typer.Option(None, "--head-loss", help=HEAD_LOSS_HELP),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Compare on at most this many validation windows (default: all)."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, help="Compare on at most this many validation windows (default: all)."),
 ):
     """Train the forward and the backward model on identical settings, then compare them."""
     from arrows.study import run_study
@@ -368,13 +368,14 @@ def compare(
     runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md, report.json and the figures (default: <study>/report, or ./arrows-report)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Evaluate on at most this many validation windows (default: all)."),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples for the 95% interval."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, help="Evaluate on at most this many validation windows (default: all)."),
+    resamples: int = typer.Option(2000, "--resamples", min=2, help="Bootstrap resamples for the 95% interval."),
 ):
     """Evaluate forward and backward runs on the same validation windows: losses, δ with a 95% paired
     bootstrap interval, loss by position, curves; as a table, report.md, report.json and PNG figures."""
     from arrows.compare import resolve_pairs
 
+    _devices(None, device)  # the same check of --device as train's and study's, before any run is read
     pairs = resolve_pairs(runs)
     if out is None:
         out = runs[0] / "report" if len(runs) == 1 else Path("arrows-report")
@@ -382,13 +383,16 @@ def compare(
 
 
 def _compare_and_print(pairs, out: Path, *, device: str, max_windows: int | None = None, resamples: int = 2000) -> dict:
+    import torch
+
     from arrows.compare import compare_runs
+    from arrows.errors import InputError
     from arrows.progress import Reporter
     from arrows.report import write_report
 
+    if device == "cuda" and not torch.cuda.is_available():  # worded as train's own check (arrows.train)
+        raise InputError("--device cuda: no CUDA device is visible; compare on the CPU with --device cpu")
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with Reporter.from_env() as reporter:
         report = compare_runs(pairs, device=device, max_windows=max_windows, resamples=resamples, reporter=reporter)

@@ -32,6 +32,7 @@ def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, l
     fw, bw = np.asarray(fw, dtype=np.float64), np.asarray(bw, dtype=np.float64)
     if fw.shape != bw.shape or fw.ndim != 1 or len(fw) == 0:
         raise ValueError(f"need two equal-length, non-empty 1-D arrays, got {fw.shape} and {bw.shape}")
+    _check_resamples(resamples)
     n = len(fw)
     delta = (bw.mean() - fw.mean()) / fw.mean()
     rng = np.random.default_rng(seed)
@@ -46,6 +47,12 @@ def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, l
     tail = (1 - level) / 2
     lo, hi = np.quantile(deltas, [tail, 1 - tail])
     return {"delta": float(delta), "low": float(lo), "high": float(hi), "level": level, "resamples": resamples, "windows": n}
+
+
+def _check_resamples(resamples: int) -> None:
+    # The interval is taken from the quantiles of the resamples: it needs at least two.
+    if not isinstance(resamples, (int, np.integer)) or resamples < 2:
+        raise InputError(f"resamples must be an integer of at least 2, not {resamples!r}")
 
 
 # ---- runs ---------------------------------------------------------------------------------------
@@ -100,6 +107,18 @@ def _data_identity(run: Run) -> dict:
     return {"file": str(folder.resolve()), "size": folder.stat().st_size if folder.exists() else None}
 
 
+_DATA_FIELDS = {"tokenizer": "the tokenizers", "inputs": "the input files", "tokens": "the token counts", "file": "the files", "size": "the sizes"}
+
+
+def _describe_data(identity: dict) -> str:
+    """A `_data_identity` for people: "300,000 tokens, tokenizer dfe102b1…, input xxh3:1a2726dc…"."""
+    if "tokens" not in identity:
+        return f"a file of {identity['size']:,} bytes" if identity["size"] is not None else "missing"
+    inputs = [f[:13] + "…" for f in identity["inputs"]]  # "xxh3:" and 8 hex digits tell them apart
+    shown = ", ".join(inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    return f"{identity['tokens']:,} tokens, tokenizer {identity['tokenizer'][:8]}…, input{'s' if len(inputs) != 1 else ''} {shown}"
+
+
 def mismatches(fw: Run, bw: Run) -> list[str]:
     """Why two runs cannot be compared as a forward and a backward run (empty: they can)."""
     problems = []
@@ -115,7 +134,14 @@ def setup_differences(a: Run, b: Run) -> list[str]:
     problems = []
     x, y = _data_identity(a), _data_identity(b)
     if x != y:
-        problems.append(f"data: {a.training['dataset_folder']} ({x}) vs {b.training['dataset_folder']} ({y})")
+        if x.keys() != y.keys():
+            differ = "a token store and a file"
+        else:
+            names = [_DATA_FIELDS[k] for k in x if x[k] != y[k]]
+            differ = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+            differ += " differ"
+        problems.append(f"data: {differ}: {a.training['dataset_folder']} ({_describe_data(x)}) "
+                        f"vs {b.training['dataset_folder']} ({_describe_data(y)})")
     for section, key in (("model_params", "attn_length"), ("model_params", "vocab_size"), ("training_params", "valid_fraction"), ("training_params", "stride")):
         u, v = a.config[section].get(key), b.config[section].get(key)
         if u != v:
@@ -332,6 +358,9 @@ def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float
 def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_windows: int | None = None,
                  resamples: int = 2000, seed: int = 0, reporter=None) -> dict:
     """Evaluate each (forward, backward) pair on the same validation windows; the report dict."""
+    if max_windows is not None and (not isinstance(max_windows, (int, np.integer)) or max_windows < 1):
+        raise InputError(f"max_windows must be an integer of at least 1 (or None: every window), not {max_windows!r}")
+    _check_resamples(resamples)
     runs = [(load_run(f), load_run(b)) for f, b in pairs]
     problems = []
     for fw, bw in runs:

@@ -29,13 +29,18 @@ def _fmt_delta(d: dict) -> str:
     return f"{100 * d['delta']:+.2f}% [{100 * d['low']:+.2f}%, {100 * d['high']:+.2f}%]"
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 token', '2,000 tokens'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def markdown(report: dict) -> str:
     s = report["summary"]
     lines = [
         "# Arrow of time: forward vs backward",
         "",
         f"Data: `{report['data']}`, window {report['attn_length']} tokens; both directions scored on the same "
-        f"{s['windows']:,} validation windows ({s['tokens']:,} tokens) per pair.",
+        f"{_count(s['windows'], 'validation window')} ({_count(s['tokens'], 'token')}) per pair.",
         "",
         "| | forward | backward | δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval |",
         "|---|---|---|---|",
@@ -124,6 +129,9 @@ def _plot_delta(report: dict, path: Path) -> None:
     x = np.arange(len(pairs))
     d = np.array([100 * p["delta"] for p in pairs])
     err = np.array([[100 * (p["delta"] - p["low"]) for p in pairs], [100 * (p["high"] - p["delta"]) for p in pairs]])
+    # A percentile interval need not hold the point estimate (few windows, few resamples): an arm
+    # of negative length, which matplotlib refuses, is drawn as none.
+    err = np.clip(err, 0, None)
     ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(x, [f"seed {p['seed']}" for p in pairs])

@@ -6,7 +6,7 @@ A study folder holds `fw/` and `bw/` (with several seeds, `seed<S>/fw` and `seed
 per-run configs, `study.json` and the comparison report in `report/`.
 
 Runs are resumable: running the same study again continues each run from its checkpoint (a
-finished run has nothing to do), then compares again.
+finished run has nothing to do), then compares again. The folder keeps its seed count.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arrows.compare import STUDY_FILE
-from arrows.errors import InputError
+from arrows.errors import CorruptDataError, InputError
 
 
 @dataclass
@@ -55,12 +55,35 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
     return runs
 
 
-def run_study(config, study_dir: Path, *, seeds: int = 1, device: str = "auto", gpus: list[int] | None = None,
+def recorded_seeds(study_dir: Path) -> int | None:
+    """How many seeds the study in `study_dir` was started with (None: no study there yet)."""
+    study = Path(study_dir) / STUDY_FILE
+    if not study.is_file():
+        return None
+    try:
+        record = json.loads(study.read_text())
+        return int(record.get("seeds", len(record["pairs"])))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CorruptDataError(f"{study}: not a study record arrows can read; give another --out, or delete it to start the study over") from None
+
+
+def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str = "auto", gpus: list[int] | None = None,
               parallel: bool = False, compile: bool = True) -> list[tuple[Path, Path]]:
-    """Train every run of the study (resuming any that exist) and return the (fw, bw) pairs."""
+    """Train every run of the study (resuming any that exist) and return the (fw, bw) pairs.
+    `seeds` None: as many as the study folder records, or 1 for a new study."""
     from arrows.train import TrainOptions, train
 
     study_dir = Path(study_dir)
+    # A study folder keeps its seed count: another count would lay the runs out elsewhere (fw/ for
+    # one seed, seed<S>/fw for several), training new runs beside the old ones and orphaning them.
+    recorded = recorded_seeds(study_dir)
+    if seeds is None:
+        seeds = recorded or 1
+    elif recorded is not None and seeds != recorded:
+        raise InputError(
+            f"{study_dir}: this study has {recorded} seed(s) (its {STUDY_FILE}), not the {seeds} asked for; "
+            f"to resume it leave --seeds out (or give --seeds {recorded}); for a study with {seeds} seed(s) give another --out"
+        )
     runs = plan_study(config, study_dir, seeds)
     study_dir.mkdir(parents=True, exist_ok=True)
     pairs = [{"fw": runs[i].name, "bw": runs[i + 1].name, "seed": runs[i].config.training.seed} for i in range(0, len(runs), 2)]
