@@ -389,7 +389,7 @@ def test_check_paths_missing_folder_and_small_vocabulary(tmp_path, monkeypatch):
     blueprint["training_params"]["dataset_folder"] = str(tmp_path)
     c = config_from_dict(blueprint)
     assert check_paths(c, vocab_size_of_data=50257).tokenizer_path is None
-    assert e.problems[1] == "model_params.vocab_size 100 is smaller than the data's vocabulary (50257)"
+    assert e.problems[1] == "model_params.vocab_size: 100 is smaller than the data's vocabulary (50257 ids)"
 
 
 def test_check_paths_resolution(tmp_path, monkeypatch):

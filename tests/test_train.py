@@ -110,6 +110,18 @@ def test_two_gloo_processes_equal_one(tmp_path, store):
     va = [r["valid_loss"] for r in read_metrics(tmp_path / "runs" / "one") if "valid_loss" in r]
     vb = [r["valid_loss"] for r in read_metrics(tmp_path / "runs" / "two") if "valid_loss" in r]
     assert np.allclose(va, vb, rtol=1e-4)
+    # Resuming under another process count is refused, inside the spawned processes: the user reads
+    # the error, not torch.multiprocessing's nested tracebacks; --dry-run says the same up front.
+    for dry in ([], ["--dry-run"]):
+        proc = arrows("train", one, "--device", "cpu", "--nproc", "2", "--more", "2", *dry, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "written by 1 process(es); resume with the same number (now 2)" in proc.stderr, proc.stderr
+    # A batch that does not split over the processes: refused before any process starts, dry run too.
+    odd = write_config(tmp_path / "odd.json", store, model=model, batch_size=15, run_name="odd")
+    for dry in ([], ["--dry-run"]):
+        proc = arrows("train", odd, "--device", "cpu", "--nproc", "2", *dry, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "batch_size 15 does not split evenly over 2 processes" in proc.stderr, proc.stderr
 
 
 def test_kill_9_then_resume_reproduces_the_losses_exactly(tmp_path, store):
@@ -363,3 +375,98 @@ def test_available_memory_is_read_on_linux():
         assert available is None
     else:
         assert 0 < available < 1 << 50
+
+
+def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store, monkeypatch):
+    # A fake clock: every training step takes 1 s, every checkpoint and validation 7 s. Each logged
+    # rate must then be exactly one step's tokens per second, including at the steps that save
+    # (once many times too high: their loss was read at once and timed from the previous log) and
+    # right after them (too low: the checkpoint's time was counted).
+    import types
+
+    from arrows import train as train_module
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0], time=time.time))
+    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=9, save_every=3, valid_steps=4, step_log=1, backup_every=None)
+    trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    for name, seconds in (("_train_step", 1.0), ("_save", 7.0), ("_validate", 7.0)):
+        def timed(*args, _real=getattr(trainer, name), _seconds=seconds):
+            result = _real(*args)
+            now[0] += _seconds
+            return result
+        monkeypatch.setattr(trainer, name, timed)
+    # _StepResult stamps the time it is made, inside _train_step: the step's second is then not yet
+    # counted, so move the stamp to the step's end.
+    real_step = trainer._train_step
+    def step_ending(*args):
+        result = real_step(*args)
+        result.queued_at = now[0]
+        return result
+    monkeypatch.setattr(trainer, "_train_step", step_ending)
+    trainer.fit()
+    rates = [r["tokens_per_s"] for r in read_metrics(tmp_path / "runs" / "rate") if "tokens_per_s" in r]
+    assert len(rates) == 9 and rates == [trainer.tokens_per_step] * 9, rates
+
+
+def test_a_finished_run_is_left_as_it_is_and_changed_settings_are_kept(tmp_path, store):
+    cfg = write_config(tmp_path / "c.json", store, run_name="done", steps_to_train=4, save_every=2, step_log=1, valid_steps=4)
+    arrows("train", cfg, "--device", "cpu")
+    run = tmp_path / "runs" / "done"
+    summary, config = (run / "summary.json").read_text(), (run / "config.json").read_text()
+    assert json.loads(summary)["valid_loss"] is not None
+    # Again: nothing to do, and the records of what trained stay as they were.
+    proc = arrows("train", cfg, "--device", "cpu")
+    assert "nothing to do: the run is already at step 4" in proc.stdout
+    assert (run / "summary.json").read_text() == summary and (run / "config.json").read_text() == config
+    dry = arrows("train", cfg, "--device", "cpu", "--dry-run").stdout
+    assert "resume       from step 4" in dry and "nothing to train" in dry, dry
+    # Two more steps at another learning rate: said up front, said when it starts, logged, and the
+    # config it trained under until now kept beside the new one.
+    changed = json.loads(cfg.read_text())
+    changed["optim_params"]["lr"] = 1e-3
+    cfg.write_text(json.dumps(changed))
+    dry = arrows("train", cfg, "--device", "cpu", "--more", "2", "--dry-run").stdout
+    assert "2 steps to train" in dry and "changed      optim_params.lr: 0.003 → 0.001" in dry, dry
+    proc = arrows("train", cfg, "--device", "cpu", "--more", "2")
+    assert "continuing from step 4 with changed settings: optim_params.lr: 0.003 → 0.001" in proc.stderr, proc.stderr
+    assert (run / "config.until_step_4.json").read_text() == config
+    assert json.loads((run / "config.json").read_text())["optim_params"]["lr"] == 1e-3
+    assert any(r.get("changed_settings") == "optim_params.lr: 0.003 → 0.001" for r in read_metrics(run))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_dry_run_checks_the_validation_split(tmp_path, store):
+    cfg = write_config(tmp_path / "c.json", store, run_name="tiny_valid", valid_fraction=0.0001)
+    proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "validation" in proc.stderr, proc.stderr
+
+
+def test_h5_ids_beyond_the_vocabulary_are_refused_before_anything_starts(tmp_path):
+    (tmp_path / "t.txt").write_text(random_text(3, 20_000), encoding="utf-8")
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s", "--h5")
+    cfg = write_config(tmp_path / "c.json", tmp_path / "s" / "tokens.h5", model={"vocab_size": 100, "n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16},
+                       run_name="h5")
+    from arrows.h5 import h5_id_range
+
+    lo, hi = h5_id_range(tmp_path / "s" / "tokens.h5")
+    assert lo >= 0 and hi > 200  # non-ASCII text: bytes ≥ 0x80, ids = byte + 1
+    for dry in ([], ["--dry-run"]):
+        proc = arrows("train", cfg, "--device", "cpu", *dry, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"model_params.vocab_size: 100 is smaller than the data's vocabulary ({hi + 1} ids)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs" / "h5").exists()  # nothing was started
+
+
+def test_a_missing_dataset_is_listed_with_the_other_problems(tmp_path, store):
+    cfg = json.loads(write_config(tmp_path / "c.json", store).read_text())
+    cfg["training_params"]["dataset_folder"] = "not_here"
+    cfg["training_params"]["dropout"] = 0.1  # a model key in the wrong section
+    (tmp_path / "bad.json").write_text(json.dumps(cfg))
+    proc = arrows("train", tmp_path / "bad.json", "--dry-run", check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and "2 problems" in proc.stderr, proc.stderr
+    assert "training_params.dropout: not a key of training_params; it belongs in model_params" in proc.stderr
+    assert "training_params.dataset_folder: 'not_here' not found" in proc.stderr

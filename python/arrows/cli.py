@@ -204,12 +204,18 @@ def train(
         print(f"model        {result['model_type']}, {result['parameters']:,} parameters ({result['parameters'] / 1e6:.1f}M)")
         print(f"data         {result['tokens']:,} tokens, {result['train_windows']:,} training windows")
         print(f"plan         {result['planned_steps']:,} steps of {result['tokens_per_step']:,} tokens ({result['steps_per_epoch']:,} steps per epoch)")
+        if result["resume_from"]:
+            start, planned = result["start_step"], result["planned_steps"]
+            todo = f"{planned - start:,} steps to train" if planned > start else "nothing to train (use --more N to train further)"
+            print(f"resume       from step {start:,} ({result['resume_from']}): {todo}")
+            for change in result["changed_settings"]:
+                print(f"changed      {change}")
         print(f"devices      {', '.join(result['devices'])}")
         print(f"run folder   {result['run_dir']}")
         return
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun/SLURM, rank 0 reports
-    if result["valid_loss"] is None:
+    if result.get("nothing_to_do"):
         print(f"nothing to do: the run is already at step {result['steps']} (use --more N to train further) → {result['run_dir']}")
     else:
         print(f"trained to step {result['steps']}; validation loss {result['valid_loss']:.4f} nats/token → {result['run_dir']}")
@@ -239,15 +245,29 @@ def _devices(gpus: Optional[str], device: str) -> list[int] | None:
 
 
 def _data_vocab(cfg) -> int | None:
-    """The vocabulary of the dataset, when it says (a token store's manifest)."""
+    """The vocabulary the dataset needs: a token store's (its manifest says), or for a reference
+    .h5 file its largest id + 1 (one pass over the file; negative ids are refused here)."""
     import json as _json
 
-    manifest = Path(cfg.training.dataset_folder) / "manifest.json"
+    folder = Path(cfg.training.dataset_folder)
+    manifest = folder / "manifest.json"
     if manifest.is_file():
         try:
             return int(_json.loads(manifest.read_bytes())["tokenizer"]["vocab_size"])
         except (ValueError, KeyError, TypeError):
             return None  # a damaged manifest: opening the store names the problem
+    if folder.is_file():
+        from arrows.errors import CorruptDataError
+        from arrows.h5 import h5_id_range
+
+        if folder.stat().st_size > 1e9:  # a noticeable pause: say what it is
+            print(f"reading the ids of {folder} ({folder.stat().st_size / 1e9:.1f} GB) to check them against the vocabulary", file=sys.stderr, flush=True)
+        found = h5_id_range(folder)
+        if found is None:
+            return None
+        if found[0] < 0:
+            raise CorruptDataError(f"{folder}: holds negative token ids (the smallest is {found[0]}); ids start at 0")
+        return found[1] + 1
     return None
 
 
@@ -264,8 +284,8 @@ def generate(
     """Sample text from a trained run (backward models write the text that leads to the prompt)."""
     from arrows.generate import generate_text
 
-    if not temperature > 0:
-        raise typer.BadParameter(f"{temperature} must be positive", param_hint="--temperature")
+    if not 0 < temperature < float("inf"):
+        raise typer.BadParameter(f"{temperature} must be a positive number", param_hint="--temperature")
     print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed))
 
 
@@ -326,10 +346,17 @@ def _model_overrides(attention: Optional[str], head_loss: Optional[str]) -> dict
 
 def _load_train_config(config: Path, model: Optional[str], training_overrides: dict, model_overrides: dict):
     """A config as `arrows train` reads it: checked, paths resolved, the data's vocabulary checked."""
-    from arrows.config import check_paths, load_config
+    from arrows.config import ConfigError, check_paths, dataset_problems, load_config
 
     overrides = {"training_params": training_overrides, "model_params": model_overrides}
-    cfg = load_config(config, model_type=model, overrides=overrides)
+    try:
+        cfg = load_config(config, model_type=model, overrides=overrides)
+    except ConfigError as e:
+        # Listed with the config's other problems: a missing dataset is one of them.
+        missing = dataset_problems(config)
+        if missing and not any(p.startswith("training_params.dataset_folder") for p in e.problems):
+            raise ConfigError.from_problems(e.path, e.problems + missing) from None
+        raise
     cfg = cfg.with_paths(check_paths(cfg, vocab_size_of_data=None))  # paths first, then the vocabulary there
     check_paths(cfg, vocab_size_of_data=_data_vocab(cfg))
     return cfg

@@ -84,6 +84,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from arrows.errors import InputError
@@ -455,7 +456,8 @@ class _Checker:
     def unknown_keys(self, section: str, raw: dict, known: list[str]) -> None:
         for key in raw:
             if key not in known:
-                self.problem(f"{section}.{key}", _unknown(key, known, "key"))
+                home = next((other for other in _SCHEMA if other != section and key in _all_names(_SCHEMA[other])), None)
+                self.problem(f"{section}.{key}", f"not a key of {section}; it belongs in {home}" if home else _unknown(key, known, "key"))
 
     def read(self, section: str, raw: dict, key: _Key) -> Any:
         """The value of `key` (an alias counts as the key), its default, or _BAD."""
@@ -772,6 +774,22 @@ def _resolve(value: str, config: Config, key: str) -> tuple[Path | None, str]:
     return None, f"{value!r} not found (looked for {' and '.join(tried)})"
 
 
+def dataset_problems(path: str | Path) -> list[str]:
+    """The problem `check_paths` would report about the dataset_folder of the config file at `path`,
+    read raw: for listing beside the problems of a config that does not load. Empty when the
+    dataset is found or the file cannot say (no such key, not JSON)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["training_params"]["dataset_folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(value, str):
+        return []
+    source = SimpleNamespace(source_path=path.absolute())
+    found, why = _resolve(value, source, "dataset_folder")
+    return [] if found is not None else [f"training_params.dataset_folder: {why}"]
+
+
 def check_paths(config: Config, *, vocab_size_of_data: int | None) -> ResolvedPaths:
     """Check what `load_config` leaves alone: that `dataset_folder` exists — a relative path is
     looked up in the current directory first, then beside the config file (a note in
@@ -798,7 +816,7 @@ def check_paths(config: Config, *, vocab_size_of_data: int | None) -> ResolvedPa
         elif why:
             c.notes.append(why)
     if vocab_size_of_data is not None and config.model.vocab_size < vocab_size_of_data:
-        c.problems.append(f"model_params.vocab_size {config.model.vocab_size} is smaller than the data's vocabulary ({vocab_size_of_data})")
+        c.problem("model_params.vocab_size", f"{config.model.vocab_size} is smaller than the data's vocabulary ({vocab_size_of_data} ids)")
     config.notes.extend(n for n in c.notes if n not in config.notes)
     if c.problems:
         raise ConfigError.from_problems(config.source_path, c.problems)

@@ -94,11 +94,13 @@ class TokenStore:
 
 def find_tokenizer(dataset_folder: str | Path, tokenizer_path: str | Path | None = None):
     """The tokenizer that decodes a dataset: `tokenizer_path` (a tokenizer.json, or a folder
-    holding one) if given, else the token store's own; None when there is none (an .h5 file)."""
+    holding one) if given, else the token store's own, else for an .h5 file the tokenizer.json
+    beside it (where `arrows tokenize --h5` puts it); None when there is none."""
     from tokenizers import Tokenizer
 
     candidates = [Path(tokenizer_path)] if tokenizer_path else []
-    candidates.append(Path(dataset_folder))
+    dataset = Path(dataset_folder)
+    candidates += [dataset, dataset.parent] if dataset.is_file() else [dataset]
     for c in candidates:
         f = c / "tokenizer.json" if c.is_dir() else c
         if f.is_file() and f.suffix == ".json":

@@ -81,13 +81,43 @@ def close_group(world: World) -> None:
             dist.destroy_process_group()
 
 
-def spawn(fn, nprocs: int, args: tuple) -> None:
-    """Run `fn(rank, *args)` in `nprocs` fresh processes on this machine (rank 0 reports)."""
+def spawn(fn, nprocs: int, args: tuple):
+    """Run `fn(rank, *args)` in `nprocs` fresh processes on this machine and return rank 0's result.
+    An arrows error in a process is raised here as it was raised there (a bad batch split, a
+    checkpoint of another process count): the user reads its message, not the nested tracebacks
+    of torch.multiprocessing."""
     import torch.multiprocessing as mp
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
-    mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=True)
+    outcomes = mp.get_context("spawn").SimpleQueue()  # small messages: (kind, rank, value)
+    try:
+        mp.start_processes(_reporting, args=(fn, args, outcomes), nprocs=nprocs, start_method="spawn", join=True)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        errors = [value for kind, _, value in _drain(outcomes) if kind == "error"]
+        if errors:
+            raise errors[0] from None
+        raise
+    return next((value for kind, rank, value in _drain(outcomes) if kind == "result" and rank == 0), None)
+
+
+def _reporting(rank: int, fn, args: tuple, outcomes) -> None:
+    from arrows.errors import ArrowsError
+
+    try:
+        result = fn(rank, *args)
+    except ArrowsError as e:
+        outcomes.put(("error", rank, e))
+        raise
+    if rank == 0:
+        outcomes.put(("result", rank, result))
+
+
+def _drain(queue) -> list:
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
 
 
 def _cuda() -> bool:

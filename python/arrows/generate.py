@@ -17,6 +17,8 @@ def load_run(run: Path):
 
     run = Path(run)
     cfg_path, ckpt = run / "config.json", run / "checkpoints" / checkpoint.LATEST
+    if not run.exists():
+        raise FileNotFoundError(2, "No such run folder", str(run))
     if not cfg_path.is_file() or not ckpt.is_file():
         raise InputError(f"{run}: not a trained run (needs config.json and checkpoints/{checkpoint.LATEST})")
     cfg = json.loads(cfg_path.read_text())
@@ -24,7 +26,7 @@ def load_run(run: Path):
     t = cfg["training_params"]
     tok = find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
     if tok is None:
-        raise InputError(f"{run}: no tokenizer found (dataset_folder has none; set training_params.tokenizer_path)")
+        raise InputError(f"{run}: no tokenizer found (none in or beside dataset_folder; set training_params.tokenizer_path in {cfg_path})")
     return model, cfg, tok
 
 

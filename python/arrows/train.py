@@ -76,11 +76,89 @@ def run_dir_of(config) -> Path:
     return Path(t.save_loc) / t.run_name
 
 
+def process_count(opts: TrainOptions) -> int:
+    """How many processes train: the external launcher's, one per listed GPU, or --nproc."""
+    if launched_externally():
+        import os
+
+        return int(os.environ.get("WORLD_SIZE") or os.environ["SLURM_NTASKS"])
+    return len(opts.gpus) if opts.gpus else opts.nproc
+
+
+def check_batch_split(config, world_size: int) -> None:
+    t = config.training
+    for name, size in (("batch_size", t.batch_size), ("val_batch_size", t.val_batch_size)):
+        if size % world_size:
+            raise InputError(f"training_params.{name} {size} does not split evenly over {world_size} processes: "
+                             f"make it a multiple of {world_size}, or use another process count")
+
+
+def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
+    """(training loader, validation loader) of process `rank`; each process gets its share of every
+    batch. Refuses batch sizes that do not split evenly over the processes."""
+    from arrows.loader import WindowLoader
+
+    t = config.training
+    check_batch_split(config, world_size)
+    common = dict(backward=t.backwards, permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed,
+                  rank=rank, world_size=world_size, threads=t.threads, device=device, stride=t.stride,
+                  vocab_size=config.model.vocab_size)
+    L = config.model.attn_length
+    train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world_size, **common)
+    valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
+    steps_per_epoch = len(train_loader) // t.aggregate
+    if steps_per_epoch == 0:
+        raise InputError(f"one epoch has {len(train_loader)} batches, fewer than aggregate={t.aggregate}")
+    return train_loader, valid_loader
+
+
+def resume_point(opts: TrainOptions, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from (--resume), or None to start afresh."""
+    if opts.resume == "never":
+        return None
+    if opts.resume != "auto":
+        path = Path(opts.resume)
+        if not path.is_file():
+            raise InputError(f"--resume {path}: no such checkpoint")
+        return path
+    latest = run_dir / "checkpoints" / checkpoint.LATEST
+    return latest if latest.exists() else None
+
+
+def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[str]:
+    """Refuses a checkpoint written with another setup (weights, data or batch) or by another
+    number of processes. Returns the settings that changed without mattering to the weights
+    ("section.key: old → new"): the run continues under the new ones, and says so."""
+    saved, mine = payload["config"], config.to_dict()
+    # How attention and the loss are computed changes no weight: a run may resume under another kernel.
+    compute_only = {"attention", "head_loss"}
+    refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed")}
+    diffs, changed = [], []
+    for sec, values in mine.items():
+        if not isinstance(values, dict):
+            continue
+        keys = refused.get(sec, ())
+        for k, v in values.items():
+            if saved.get(sec, {}).get(k) == v:
+                continue
+            if (keys is None or k in keys) and k not in compute_only:
+                diffs.append(f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}")
+            elif k not in ("run_name", "save_loc", "state_save_loc"):  # where the run is, not how it trains
+                changed.append(f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} → {v!r}")
+    if diffs:
+        raise InputError(f"{path} was written with another setup; resume with the same config or use --resume never:\n  " + "\n  ".join(diffs))
+    ranks = len(payload["per_rank"])
+    if ranks != world_size:
+        raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size})")
+    return changed
+
+
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     _check_devices(opts)
     _check_attention(config, opts)
     _check_host_memory(config, opts)
+    check_batch_split(config, process_count(opts))
     if opts.dry_run:
         verify_data(config)
         return dry_run(config, opts)
@@ -90,10 +168,9 @@ def train(config, opts: TrainOptions) -> dict:
         verify_data(config)
         if world is not None:
             return _worker_main(world, config, opts)
-        nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+        nprocs = process_count(opts)
         if nprocs > 1:
-            spawn(_spawned, nprocs, (config, opts))
-            return json.loads((run_dir_of(config) / "summary.json").read_text())
+            return spawn(_spawned, nprocs, (config, opts))
         return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
 
 
@@ -233,12 +310,12 @@ def _device(opts: TrainOptions, local_rank: int) -> str:
     return "cpu"
 
 
-def _spawned(rank: int, config, opts: TrainOptions) -> None:
+def _spawned(rank: int, config, opts: TrainOptions) -> dict:
     import os
 
     nprocs = len(opts.gpus) if opts.gpus else opts.nproc
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
-    _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
+    return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
 
 
 def _worker_main(world: World, config, opts: TrainOptions) -> dict:
@@ -258,7 +335,6 @@ class Trainer:
     def __init__(self, config, world: World, opts: TrainOptions):
         import torch
 
-        from arrows.loader import WindowLoader
         from arrows.models import build_model
 
         self.config, self.world, self.opts = config, world, opts
@@ -270,18 +346,9 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         L = config.model.attn_length
         self.L = L
-        for name, size in (("batch_size", t.batch_size), ("val_batch_size", t.val_batch_size)):
-            if size % world.world_size:
-                raise InputError(f"training_params.{name} {size} does not split evenly over {world.world_size} processes")
-        common = dict(backward=t.backwards, permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed,
-                      rank=world.rank, world_size=world.world_size, threads=t.threads, device=world.device, stride=t.stride,
-                      vocab_size=config.model.vocab_size)
-        self.train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world.world_size, **common)
-        self.valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world.world_size, split="valid", **common)
+        self.train_loader, self.valid_loader = make_loaders(config, world.rank, world.world_size, world.device)
         self.steps_per_epoch = len(self.train_loader) // t.aggregate
         self.tokens_per_step = t.batch_size * t.aggregate * L  # all processes together
-        if self.steps_per_epoch == 0:
-            raise InputError(f"one epoch has {len(self.train_loader)} batches, fewer than aggregate={t.aggregate}")
 
         # The same initial weights in every process (DDP also broadcasts rank 0's).
         torch.manual_seed(t.seed)
@@ -291,7 +358,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
         self.step = 0
         self.step_saved = None  # the step of the latest checkpoint on disk
-        resume_from = self._resume_point()
+        self.changed_settings = []  # on resume: settings that differ from the checkpoint's (check_resumable)
+        resume_from = resume_point(opts, self.run_dir)
         if resume_from is not None:
             self._load(resume_from)
         else:
@@ -312,34 +380,10 @@ class Trainer:
         self.tokenizer = self._tokenizer()
 
     # ---- setup helpers -------------------------------------------------------------------
-    def _resume_point(self) -> Path | None:
-        if self.opts.resume == "never":
-            return None
-        if self.opts.resume != "auto":
-            path = Path(self.opts.resume)
-            if not path.is_file():
-                raise InputError(f"--resume {path}: no such checkpoint")
-            return path
-        latest = self.ckpt_dir / checkpoint.LATEST
-        return latest if latest.exists() else None
-
     def _load(self, path: Path) -> None:
         payload = checkpoint.load(path)
-        saved = payload["config"]
-        mine = self.config.to_dict()
-        # How attention and the loss are computed changes no weight: a run may resume under another kernel.
-        compute_only = {"attention", "head_loss"}
-        diffs = [
-            f"{sec}.{k}: checkpoint {saved[sec].get(k)!r}, config {v!r}"
-            for sec, keys in (("model_params", None), ("training_params", ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed")))
-            for k, v in mine[sec].items()
-            if (keys is None or k in keys) and k not in compute_only and saved[sec].get(k) != v
-        ]
-        if diffs:
-            raise InputError(f"{path} was written with another setup; resume with the same config or use --resume never:\n  " + "\n  ".join(diffs))
+        self.changed_settings = check_resumable(path, payload, self.config, self.world.world_size)
         ranks = payload["per_rank"]
-        if len(ranks) != self.world.world_size:
-            raise InputError(f"{path} was written by {len(ranks)} process(es); resume with the same number (now {self.world.world_size})")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint of an earlier arrows may carry the unfused setting
@@ -392,17 +436,26 @@ class Trainer:
 
         w, t = self.world, self.t
         resumed = getattr(self, "resumed_from", None)
+        if self.step >= self.total_steps:
+            # Nothing to train: the run folder, its config.json and summary.json stay as they are.
+            return {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": None, "tokens_seen": self.step * self.tokens_per_step,
+                    "nothing_to_do": True}
         if w.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partial(self.ckpt_dir)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self._write_config()
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
+            if self.changed_settings:
+                self.metrics.log({"step": self.step, "changed_settings": "; ".join(self.changed_settings)})
             if self.attention_choice:
                 print(self.attention_choice, file=sys.stderr, flush=True)
                 self.metrics.log({"step": self.step, "attention": self.attention_choice})
         batches = self._batches()
         bar = self._bar = _Progress(self.total_steps, self.step) if w.is_main else None
-        self._window = [0.0, 0, time.perf_counter()]  # loss sum, steps, start time of the logging window
+        # The logging window: loss sum, steps, the time its steps started from (the previous
+        # window's last step), and the seconds since then spent validating, sampling and saving,
+        # which tokens/s leaves out.
+        self._window = [0.0, 0, time.perf_counter(), 0.0]
         self._last_valid = None
         ctrl_c = _CtrlC()
         try:
@@ -446,6 +499,18 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _write_config(self) -> None:
+        """config.json: the resolved config the run trains under. When a resumed run continues under
+        changed settings (a new lr, more steps), the one it trained under so far is kept beside it
+        as config.until_step_N.json, and the change is said and logged."""
+        path = self.run_dir / "config.json"
+        if self.changed_settings:
+            if path.exists():
+                path.replace(self.run_dir / f"config.until_step_{self.step}.json")
+            said = "; ".join(self.changed_settings)
+            print(f"note: continuing from step {self.step} with changed settings: {said}", file=sys.stderr, flush=True)
+        path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+
     def _due(self, step: int) -> set[str]:
         """What runs after `step` besides logging: "validate", "sample", "save", "backup". Each
         needs the model as it is after that very step (not only its loss)."""
@@ -476,16 +541,28 @@ class Trainer:
         self._window[0] += loss
         self._window[1] += 1
         if step % t.step_log == 0 or step == self.total_steps:
-            window_loss, window_steps, window_t0 = self._window
-            dt = time.perf_counter() - window_t0
+            # Timed up to the moment this step was handed to the device, not to now: a step whose
+            # loss is read at once (before a checkpoint) and one read a step later (CUDA) count
+            # the same; the pauses for checkpoints and validation are not training.
+            window_loss, window_steps, window_t0, paused = self._window
+            seconds = max(result.queued_at - window_t0 - paused, 1e-9)
             record = {"step": step, "loss": window_loss / window_steps, "lr": self._lr(step - 1), "grad_norm": grad_norm,
-                      "tokens_per_s": self.tokens_per_step * window_steps / dt, "epoch": self.train_loader.epoch, "time": time.time()}
+                      "tokens_per_s": self.tokens_per_step * window_steps / seconds, "epoch": self.train_loader.epoch, "time": time.time()}
             if w.is_main:
                 self.metrics.log(record)
                 self._bar.update(step, record)
-            self._window = [0.0, 0, time.perf_counter()]
+            self._window = [0.0, 0, result.queued_at, 0.0]
         if step != self.step:
             return
+        pause_t0 = time.perf_counter()
+        try:
+            self._validate_sample_save(step)
+        finally:
+            self._window[3] += time.perf_counter() - pause_t0
+
+    def _validate_sample_save(self, step: int) -> None:
+        """What is due after `step` besides logging (see _due)."""
+        w = self.world
         due = self._due(step)
         if "validate" in due:
             self._last_valid = self._validate()
@@ -623,6 +700,7 @@ class _StepResult:
 
     def __init__(self, values, done=None):
         self.values, self.done = values, done  # done: a CUDA event recorded after the copy to `values`
+        self.queued_at = time.perf_counter()  # when the step was handed to the device (on a CPU: done)
 
     def read(self) -> tuple[float, float]:
         if self.done is not None:
@@ -677,18 +755,23 @@ class _Progress:
 
 
 def dry_run(config, opts: TrainOptions) -> dict:
-    """Check config, data, tokenizer and devices; report the model and the plan. No training."""
-    from arrows.loader import WindowLoader
+    """Check config, data, tokenizer, devices and the run folder's checkpoint as training would
+    (rank 0's view); report the model and the plan. No training."""
     from arrows.models import count_parameters
 
     t = config.training
-    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
-    # Rank 0's share, as training would see it: every rank has as many batches.
-    loader = WindowLoader(t.dataset_folder, config.model.attn_length, max(t.batch_size // nprocs, 1), backward=t.backwards,
-                          permutation=t.permutation, valid_fraction=t.valid_fraction, seed=t.seed, vocab_size=config.model.vocab_size,
-                          stride=t.stride, rank=0, world_size=nprocs)
+    nprocs = process_count(opts)
+    loader, _ = make_loaders(config, 0, nprocs)
     steps_per_epoch = len(loader) // t.aggregate
-    steps = opts.more if opts.more is not None else (t.steps_to_train or steps_per_epoch)
+    planned = t.steps_to_train or steps_per_epoch
+    start, changed = 0, []
+    path = resume_point(opts, run_dir_of(config))
+    if path is not None:
+        payload = checkpoint.load(path)
+        changed = check_resumable(path, payload, config, nprocs)
+        start = int(payload["step"])
+    if opts.more is not None:
+        planned = start + opts.more
     return {
         "model_type": config.model.model_type,
         "parameters": count_parameters(config.model_dict()),
@@ -696,7 +779,10 @@ def dry_run(config, opts: TrainOptions) -> dict:
         "tokens": loader.tokens,
         "train_windows": loader.windows,
         "steps_per_epoch": steps_per_epoch,
-        "planned_steps": steps,
+        "start_step": start,
+        "resume_from": None if path is None else str(path),
+        "changed_settings": changed,
+        "planned_steps": planned,
         "tokens_per_step": t.batch_size * t.aggregate * config.model.attn_length,
         "run_dir": str(run_dir_of(config)),
     }
