@@ -600,7 +600,8 @@ def test_unreadable_file_and_folder_are_named(tmp_path):
     try:
         for inputs, name, why in (([tmp_path / "ok.txt", secret], "secret.txt", "is not readable"), ([folder], "locked", "Permission denied")):
             proc = subprocess.run([str(ARROWS), "tokenize", *map(str, inputs), "--out", str(tmp_path / "out"), "--tokenizer", "bytes", "--force"],
-                                  capture_output=True, text=True, preexec_fn=preexec, timeout=120)
+                                  capture_output=True, text=True, preexec_fn=preexec, timeout=120,
+                                  env={**os.environ, "COLUMNS": "1000"})  # typer's box would cut a long path in two
             if proc.returncode == 97:
                 pytest.skip("running as root without the right to drop capabilities: files cannot be made unreadable")
             user_error(proc, name, why)
@@ -648,6 +649,8 @@ def test_paths_with_spaces_and_non_ascii_names(tmp_path):
         (["--seed", "-1"], ["--seed"]),
         (["--shard-bytes", "0"], ["--shard-bytes", "positive"]),
         (["--shard-bytes", "-3MB"], ["--shard-bytes", "not a size"]),
+        (["--shard-bytes", "18446744073709551615"], ["--shard-bytes", "too large"]),
+        (["--sample-bytes", "99999999999999999999999GB"], ["--sample-bytes", "too large"]),
         (["--sample-bytes", "lots"], ["--sample-bytes"]),
         (["--out-is-a-file"], ["File exists"]),
         (["--empty-folder"], ["no .txt file"]),

@@ -30,9 +30,12 @@ def parse_size(text: str, option: str) -> int:
     if not m:
         raise typer.BadParameter(f"{text!r} is not a size; write e.g. 1GB, 128MiB or 5000000", param_hint=option)
     unit = (m.group(2) or "").lower().rstrip("b")
-    value = int(float(m.group(1)) * _UNITS[unit])
+    number = m.group(1)
+    value = int(number) * _UNITS[unit] if number.isdigit() else int(float(number) * _UNITS[unit])
     if value <= 0:
         raise typer.BadParameter(f"{text!r} must be positive", param_hint=option)
+    if value >= 2**63:  # the Rust job takes 64-bit sizes
+        raise typer.BadParameter(f"{text!r} is too large (at most 8 EiB)", param_hint=option)
     return value
 
 
@@ -75,7 +78,7 @@ def tokenize(
     sample_bytes: str = typer.Option("1GB", "--sample-bytes", help="Train the BPE on at most this much text, drawn from across the whole corpus (memory stays bounded). Accepts 500MB, 2GiB, ..."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1, help="Seed of the training sample's draw."),
     threads: int = typer.Option(0, "--threads", "-j", min=0, max=1024, help="Encoding threads; 0 = every core. The output does not depend on it."),
-    shard_bytes: str = typer.Option("128MiB", "--shard-bytes", help="Input bytes per shard; the unit of resumption. The token stream does not depend on it."),
+    shard_bytes: str = typer.Option("128MiB", "--shard-bytes", help="Input bytes per shard; the unit of resumption. The token stream does not depend on it. At most 20,000 shards per corpus (each one rewrites the manifest)."),
     strict_utf8: bool = typer.Option(False, "--strict-utf8", help="Stop at the first invalid UTF-8 byte, naming the file and offset (default: replace with U+FFFD and count)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT after its last complete shard; the result is identical to an uninterrupted run. Refused if the inputs or options differ."),
     force: bool = typer.Option(False, "--force", help="Start over in a non-empty OUT, deleting the arrows files there."),

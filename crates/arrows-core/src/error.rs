@@ -14,7 +14,7 @@ pub enum Error {
     Input(String),
 
     /// `--strict-utf8` met bytes that are not UTF-8.
-    #[error("{}: invalid UTF-8 at byte offset {offset}; fix the file or drop --strict-utf8 to replace such bytes with U+FFFD", path.display())]
+    #[error("{}: invalid UTF-8 at byte offset {offset}; fix the file, or run again without --strict-utf8 and with --force (this run has begun the folder) to replace such bytes with U+FFFD", path.display())]
     InvalidUtf8 { path: PathBuf, offset: u64 },
 
     /// A tokenizer file that cannot be used.

@@ -119,6 +119,18 @@ pub fn tokenize(opts: &TokenizeOptions, progress: &Progress) -> Result<Summary> 
     if corpus.total == 0 {
         return Err(Error::Input(format!("the corpus is empty: {} file(s), 0 bytes", corpus.files.len())));
     }
+    // Each finished shard rewrites the manifest, which lists every shard so far: n shards cost
+    // O(n²) bytes of manifest writes, which past a few ten thousand shards outweigh the encoding.
+    let shards = corpus.total.div_ceil(opts.shard_bytes);
+    if shards > MAX_SHARDS {
+        return Err(Error::Input(format!(
+            "--shard-bytes {} would cut the {}-byte corpus into about {shards} shards (at most {MAX_SHARDS}: each shard rewrites the \
+             manifest); give at least {} bytes",
+            opts.shard_bytes,
+            corpus.total,
+            corpus.total.div_ceil(MAX_SHARDS)
+        )));
+    }
     let out = opts.out.as_path();
     std::fs::create_dir_all(out).at(out)?;
     let _lock = lock_folder(out)?;
@@ -128,6 +140,9 @@ pub fn tokenize(opts: &TokenizeOptions, progress: &Progress) -> Result<Summary> 
         .map_err(|e| Error::Input(format!("cannot start {} threads: {e}", opts.threads)))?;
     pool.install(|| run(opts, &corpus, progress, started))
 }
+
+/// The most shards a job may plan (see `tokenize`): 2.6 TB of text at the default 128 MiB.
+pub const MAX_SHARDS: u64 = 20_000;
 
 fn check_options(opts: &TokenizeOptions) -> Result<()> {
     if opts.shard_bytes == 0 {
@@ -300,9 +315,11 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
         }
     };
     setting("--tokenizer", a.tokenizer.clone(), b.tokenizer.clone());
-    setting("--vocab-size", format!("{:?}", a.vocab_size), format!("{:?}", b.vocab_size));
-    setting("--sample-bytes", format!("{:?}", a.sample_bytes), format!("{:?}", b.sample_bytes));
-    setting("--seed", format!("{:?}", a.seed), format!("{:?}", b.seed));
+    // Options that only apply when a tokenizer is trained: "unset" otherwise, not Rust's `None`.
+    let shown = |v: Option<u64>| v.map_or("unset".to_string(), |v| v.to_string());
+    setting("--vocab-size", shown(a.vocab_size.map(|v| v as u64)), shown(b.vocab_size.map(|v| v as u64)));
+    setting("--sample-bytes", shown(a.sample_bytes), shown(b.sample_bytes));
+    setting("--seed", shown(a.seed), shown(b.seed));
     setting("min frequency", format!("{:?}", a.min_frequency), format!("{:?}", b.min_frequency));
     setting("--shard-bytes", a.shard_bytes.to_string(), b.shard_bytes.to_string());
     setting("chunk size", a.chunk_bytes.to_string(), b.chunk_bytes.to_string());
@@ -358,7 +375,7 @@ fn keep_valid_shards(out: &Path, manifest: &mut Manifest, tokenizer_hash: u64, n
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let listed = manifest.shards.iter().any(|s| s.file == name);
-            if (is_shard_name(&name) && !listed) || name.ends_with(".tmp") {
+            if (is_shard_name(&name) && !listed) || is_our_tmp(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -373,6 +390,15 @@ fn is_shard_name(name: &str) -> bool {
     name.starts_with("shard_") && (name.ends_with(".bin") || name.ends_with(".bin.tmp"))
 }
 
+/// The files arrows writes in an output folder besides the shards.
+const OUTPUT_FILES: [&str; 3] = [crate::manifest::FILE_NAME, TOKENIZER_FILE, "tokens.h5"];
+
+/// An unfinished file of ours (written under a temporary name, then renamed); a user's own `.tmp`
+/// files in the folder are left alone.
+fn is_our_tmp(name: &str) -> bool {
+    name.strip_suffix(".tmp").is_some_and(|stem| is_shard_name(stem) || OUTPUT_FILES.contains(&stem))
+}
+
 fn folder_has_entries(out: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(out).at(out)?.flatten().any(|e| e.file_name() != LOCK_FILE))
 }
@@ -381,11 +407,7 @@ fn folder_has_entries(out: &Path) -> Result<bool> {
 fn remove_outputs(out: &Path) -> Result<()> {
     for e in std::fs::read_dir(out).at(out)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = is_shard_name(&name)
-            || name.ends_with(".tmp")
-            || name == crate::manifest::FILE_NAME
-            || name == TOKENIZER_FILE
-            || name == "tokens.h5";
+        let ours = is_shard_name(&name) || is_our_tmp(&name) || OUTPUT_FILES.contains(&name.as_str());
         if ours {
             std::fs::remove_file(e.path()).at(e.path())?;
         }

@@ -19,7 +19,8 @@ pub struct Tokenizer {
 
 enum Engine {
     Fast(Encoder),
-    General(Box<tokenizers::Tokenizer>),
+    /// `cuts_between_lines`: whether the text may be cut between two lines (`general_cuts_between_lines`).
+    General { tokenizer: Box<tokenizers::Tokenizer>, cuts_between_lines: bool },
 }
 
 /// Identity of a tokenizer: the hash of its file's bytes.
@@ -55,11 +56,12 @@ impl Tokenizer {
         let general: tokenizers::Tokenizer =
             json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
         let bos_id = general.token_to_id(crate::vocab::END_OF_TEXT);
+        let cuts_between_lines = general_cuts_between_lines(&general);
         Ok(Tokenizer {
             hash: hash_json(&json),
             vocab_size: general.get_vocab_size(true),
             bos_id,
-            engine: Engine::General(Box::new(general)),
+            engine: Engine::General { tokenizer: Box::new(general), cuts_between_lines },
             json,
         })
     }
@@ -73,7 +75,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, cache: &mut WordCache, out: &mut Vec<u32>) -> Result<()> {
         match &self.engine {
             Engine::Fast(enc) => enc.encode(text, cache, out),
-            Engine::General(tok) => {
+            Engine::General { tokenizer: tok, .. } => {
                 let enc = tok
                     .encode(text, false)
                     .map_err(|e| Error::Input(format!("the tokenizer failed on a piece of text: {e}")))?;
@@ -87,9 +89,11 @@ impl Tokenizer {
     pub fn next_safe_split(&self, bytes: &[u8], from: usize) -> Option<usize> {
         match &self.engine {
             Engine::Fast(enc) => enc.next_safe_split(bytes, from),
-            // Other pre-tokenizers are not analysed: cut only between lines that start with a
-            // non-space, which regex pre-tokenizers of the GPT family never join.
-            Engine::General(_) => {
+            // Other tokenizers: cut only between lines that start with a non-space, which regex
+            // pre-tokenizers of the GPT family never join, and only where the tokenizer was
+            // checked to keep them apart (else each file is encoded whole).
+            Engine::General { cuts_between_lines: false, .. } => None,
+            Engine::General { cuts_between_lines: true, .. } => {
                 let mut p = from.max(1);
                 while p + 1 < bytes.len() {
                     if bytes[p] == b'\n' && bytes[p - 1] != b'\n' && !bytes[p - 1].is_ascii_whitespace() && !bytes[p + 1].is_ascii_whitespace() {
@@ -101,4 +105,42 @@ impl Tokenizer {
             }
         }
     }
+}
+
+/// Whether a general tokenizer gives the same ids for a text cut between two lines (before a `\n`
+/// between two non-spaces, as `next_safe_split` cuts) as for the whole text. Two conditions, each
+/// checked on a few probes:
+/// - its pre-tokenizer ends a piece at the cut: merges never cross a piece's end, so no merge can
+///   join the bytes of two lines (a tokenizer without pre-tokenizer, or SentencePiece's Metaspace,
+///   which splits at spaces only, fails this);
+/// - the two parts encode to the whole's ids: no prefix is added at the start of each part
+///   (ByteLevel's `add_prefix_space`, Metaspace's `prepend_scheme`, a `Prepend` normalizer) and the
+///   normalizer does not depend on the context.
+fn general_cuts_between_lines(tok: &tokenizers::Tokenizer) -> bool {
+    use tokenizers::{Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    const PROBES: [&str; 6] = ["hello\nworld", "The end.\nNext line", "a\nb", "x = 1;\ny = 2;", "café\nnaïve", "42\n43"];
+    let Some(pre_tokenizer) = tok.get_pre_tokenizer() else {
+        return false;
+    };
+    PROBES.iter().all(|text| {
+        let cut = text.find('\n').expect("every probe has a line break");
+        let mut normalized = tokenizers::NormalizedString::from(*text);
+        if let Some(normalizer) = tok.get_normalizer() {
+            if normalizer.normalize(&mut normalized).is_err() {
+                return false;
+            }
+        }
+        let mut pieces = PreTokenizedString::from(normalized);
+        if pre_tokenizer.pre_tokenize(&mut pieces).is_err() {
+            return false;
+        }
+        let ends_at_cut = pieces.get_splits(OffsetReferential::Original, OffsetType::Byte).iter().any(|(_, (_, end), _)| *end == cut);
+        let ids = |t: &str| tok.encode(t, false).map(|e| e.get_ids().to_vec()).ok();
+        let parts = ids(&text[..cut]).zip(ids(&text[cut..])).map(|(mut a, b)| {
+            a.extend(b);
+            a
+        });
+        ends_at_cut && parts.is_some() && parts == ids(text)
+    })
 }

@@ -367,3 +367,28 @@ fn a_shard_or_tokenizer_from_another_run_is_named() {
 fn small_shards(input: PathBuf, out: PathBuf, tokenizer: TokenizerSpec) -> TokenizeOptions {
     TokenizeOptions { inputs: vec![input], out, tokenizer, threads: 1, shard_bytes: 2500, chunk_bytes: 500, strict_utf8: false, resume: false, force: false }
 }
+
+#[test]
+fn verify_names_every_damaged_shard_not_only_the_first() {
+    // Three shards damaged three ways (a header byte, a token byte, missing): each one is named,
+    // the ones after a bad header included.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_store(tmp.path());
+    let shards = shard_files(&dir);
+    assert!(shards.len() >= 4, "the pristine store should have several shards");
+    let flip = |path: &Path, at: usize| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+    };
+    flip(&shards[0], 20); // in the header
+    flip(&shards[1], std::fs::metadata(&shards[1]).unwrap().len() as usize - 1); // the last token
+    std::fs::remove_file(&shards[3]).unwrap();
+    let problems: Vec<String> = Store::verify_folder(&dir).unwrap().iter().map(|e| e.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    for damaged in [&shards[0], &shards[1], &shards[3]] {
+        let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(problems.iter().any(|p| p.contains(&name)), "{name} not named in {problems:?}");
+    }
+    assert!(!problems.iter().any(|p| p.contains(&*shards[2].file_name().unwrap().to_string_lossy())), "{problems:?}");
+}

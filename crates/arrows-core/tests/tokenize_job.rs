@@ -88,7 +88,7 @@ fn stream_is_independent_of_threads_and_shards_and_equals_whole_file_encoding() 
     assert_eq!(expected, whole, "chunked encoding differs from encoding each file whole");
     assert!(Store::open(&base, false).unwrap().shards.len() > 3);
 
-    for (threads, shard_bytes, chunk_bytes) in [(1, 2000, 300), (3, 2000, 300), (2, 1 << 30, 300), (2, 1, 50), (1, 5000, 1 << 20)] {
+    for (threads, shard_bytes, chunk_bytes) in [(1, 2000, 300), (3, 2000, 300), (2, 1 << 30, 300), (2, 2, 50), (1, 5000, 1 << 20)] {
         let out = tmp.path().join(format!("t{threads}_{shard_bytes}_{chunk_bytes}"));
         let mut o = options(inputs.clone(), &out);
         (o.threads, o.shard_bytes, o.chunk_bytes) = (threads, shard_bytes, chunk_bytes);
@@ -158,6 +158,15 @@ fn refusals_say_what_to_do() {
     let mut o = options(inputs, &tmp.path().join("v"));
     o.tokenizer = TokenizerSpec::Train { vocab_size: 100, sample_bytes: 1000, seed: 0, min_frequency: 2 };
     assert!(run(&o).unwrap_err().to_string().contains("257"));
+
+    // Shards so small that rewriting the manifest after each one would dominate the job.
+    let big = tmp.path().join("big.txt");
+    std::fs::write(&big, random_text(6, 30_000)).unwrap();
+    let mut o = options(vec![big], &tmp.path().join("tiny"));
+    o.shard_bytes = 1;
+    let msg = run(&o).unwrap_err().to_string();
+    assert!(msg.contains("--shard-bytes 1 would cut the") && msg.contains("give at least"), "{msg}");
+    assert!(!tmp.path().join("tiny").exists(), "nothing is written before the refusal");
 }
 
 #[test]
@@ -239,4 +248,61 @@ proptest! {
         // Same folder name for both, so the manifests (which hold no paths of the output) compare equal.
         prop_assert_eq!(snapshot(&crashed), snapshot(&finished));
     }
+}
+
+/// A tokenizer.json that is not GPT-2 style goes through the `tokenizers` crate; its stream must
+/// still equal each file encoded whole. Cutting between lines is only safe when the tokenizer keeps
+/// lines apart and adds nothing at the start of a text: a prefix space (`add_prefix_space`) or no
+/// pre-tokenizer at all must make the job encode each file whole.
+#[test]
+fn general_tokenizers_are_cut_only_where_the_ids_stay_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = vec![random_text(3, 30_000).into_bytes(), random_text(4, 9_000).into_bytes()];
+    let inputs = write_corpus(tmp.path(), &texts);
+    let base = tmp.path().join("base");
+    run(&options(inputs.clone(), &base)).unwrap();
+    let trained: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
+
+    let mut prefix = trained.clone();
+    prefix["pre_tokenizer"]["add_prefix_space"] = true.into();
+    let mut no_pre_tokenizer = trained.clone();
+    no_pre_tokenizer["pre_tokenizer"] = serde_json::Value::Null;
+    let mut sequence = trained.clone();
+    sequence["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [trained["pre_tokenizer"].clone()]});
+
+    let sample = b"first line\nsecond line\nthird";
+    for (name, json, cuts) in [("prefix", prefix, false), ("no_pre_tokenizer", no_pre_tokenizer, false), ("sequence", sequence, true)] {
+        let path = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let tok = Tokenizer::from_file(&path).unwrap();
+        assert!(!tok.is_fast(), "{name}: expected the general engine");
+        assert_eq!(tok.next_safe_split(sample, 1).is_some(), cuts, "{name}");
+
+        let out = tmp.path().join(format!("out_{name}"));
+        let mut o = options(inputs.clone(), &out);
+        o.tokenizer = TokenizerSpec::File(path.clone());
+        run(&o).unwrap();
+        let mut whole = Vec::new();
+        for t in &texts {
+            tok.encode(std::str::from_utf8(t).unwrap(), &mut WordCache::new(), &mut whole).unwrap();
+        }
+        assert_eq!(stream(&out), whole, "{name}: the job's stream differs from encoding each file whole");
+    }
+}
+
+#[test]
+fn force_deletes_only_the_files_arrows_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(5, 8_000).into_bytes()]);
+    let out = tmp.path().join("out");
+    run(&options(inputs.clone(), &out)).unwrap();
+    for (name, text) in [("my.tmp", "a user's file"), ("notes.md", "notes"), ("shard_000001.bin.tmp", "torn"), ("manifest.json.tmp", "torn")] {
+        std::fs::write(out.join(name), text).unwrap();
+    }
+    let mut o = options(inputs, &out);
+    o.force = true;
+    run(&o).unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("my.tmp")).unwrap(), "a user's file");
+    assert!(out.join("notes.md").exists());
+    assert!(!out.join("shard_000001.bin.tmp").exists() && !out.join("manifest.json.tmp").exists());
 }

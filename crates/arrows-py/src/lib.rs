@@ -132,7 +132,7 @@ fn open_store(py: Python<'_>, dir: PathBuf, allow_incomplete: bool) -> PyResult<
 /// Check every shard's checksum; returns one message per damaged shard (empty: all good).
 #[pyfunction]
 fn verify_store(py: Python<'_>, dir: PathBuf) -> PyResult<Vec<String>> {
-    let problems = py.detach(|| Store::open(&dir, true).map(|s| s.verify()));
+    let problems = py.detach(|| Store::verify_folder(&dir));
     Ok(core(py, problems)?.into_iter().map(|e| e.to_string()).collect())
 }
 
