@@ -195,6 +195,12 @@ def test_ids_beyond_the_vocabulary_are_an_error_naming_the_file(tmp_path):
         ({"attn_length": 16, "batch_size": 4, "valid_tokens": 10, "split": "valid"}, "longer than the validation split"),
         ({"attn_length": 16, "batch_size": 1000}, "fewer than one batch"),
         ({"attn_length": 16, "batch_size": 4, "rank": 2, "world_size": 2}, "rank 2"),
+        ({"attn_length": 16, "batch_size": -1}, "batch_size must be an integer of at least 1"),
+        ({"attn_length": 16.9, "batch_size": 4}, "attn_length must be an integer"),
+        ({"attn_length": 16, "batch_size": 4, "stride": 0}, "stride must be"),
+        ({"attn_length": 16, "batch_size": 4, "seed": 2**64}, "seed must be"),
+        ({"attn_length": 16, "batch_size": 4, "epoch": -1}, "epoch must be"),
+        ({"attn_length": 16, "batch_size": 4, "device": "bogus"}, "device must be"),
     ],
 )
 def test_impossible_setups_are_clear_errors(tmp_path, kwargs, message):

@@ -154,7 +154,7 @@ def test_reverse_invalid_utf8_names_the_offset(tmp_path):
     src.write_bytes(b"hello \xff world")
     with pytest.raises(InvalidUtf8Error, match="byte 6"):
         reverse_file(src, tmp_path / "out.txt", block=4)
-    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "out.txt.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # no output, no temporary file left
     proc = arrows("reverse", src, tmp_path / "out.txt", check=False)
     assert proc.returncode == 1 and "invalid UTF-8 at byte 6" in proc.stderr
 
@@ -177,3 +177,59 @@ def test_padded_primes_have_one_length(tmp_path):
         pq, n = line.split("=")
         p, q = map(int, pq.split("*"))
         assert int(n) == p * q
+
+
+def test_outputs_never_replace_the_input_or_anything_but_a_file(tmp_path):
+    import os
+    import stat
+
+    # An input whose name is the output's plus ".tmp" (once the temporary name) stays intact.
+    src = tmp_path / "out.txt.tmp"
+    src.write_text("hello wörld\n", encoding="utf-8")
+    arrows("reverse", src, tmp_path / "out.txt")
+    assert src.read_text(encoding="utf-8") == "hello wörld\n"
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == "\ndlröw olleh"
+    # A named pipe or a folder at the output path is refused, and left as it was.
+    fifo, folder = tmp_path / "pipe", tmp_path / "adir"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for target in (fifo, folder):
+        for command in (["synth", "primes", "--out", target, "--lines", "2"], ["reverse", src, target]):
+            proc = arrows(*command, check=False, timeout=60)
+            assert proc.returncode == 1 and "is not a regular file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not any(folder.iterdir())
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") and p != src]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["primes", "--seed", "-1"], "--seed must be at least 0"),
+    (["reversible", "--edges-per-node", "nan"], "--edges-per-node must be above 0"),
+    (["reversible", "--edges-per-node", "inf"], "--edges-per-node must be above 0"),
+    (["primes", "--lines", "1000000000000"], "--lines must be between 1 and"),
+    (["primes", "--max-prime", "3"], "--max-prime must be between 5"),
+    (["primes", "--max-prime", "100000000000000000000000"], "--max-prime must be between 5"),
+    (["reversible", "--walk-length", "100000000000000"], "--walk-length must be between 2 and"),
+    (["sparse-linear", "--bits", "0"], "--bits must be between 2 and 24"),
+])
+def test_out_of_range_synth_values_are_one_clear_message(tmp_path, args, message):
+    proc = arrows("synth", *args, "--out", tmp_path / "s.txt", check=False, timeout=60)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.txt").exists()
+
+
+def test_demo_never_wipes_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("important")
+    for args, message in ((["--out", mine], "did not make"), (["--out", "."], "the current folder"), (["--out", tmp_path / "new", "--steps", "0"], "--steps")):
+        proc = arrows("demo", *args, check=False, cwd=tmp_path, timeout=60)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (mine / "thesis.tex").read_text() == "important" and not (tmp_path / "new").exists()
+    # A folder an earlier demo made is made anew.
+    from arrows.demo import MARKER, prepare_folder
+
+    demo = tmp_path / "demo"
+    prepare_folder(demo)
+    (demo / "sparse-linear").mkdir()
+    prepare_folder(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [MARKER]

@@ -257,6 +257,14 @@ def test_token_store_api(tmp_path):
         assert np.array_equal(store[a:b], raw[a:b])
     assert store[-1] == raw[-1] and store[123] == raw[123]
     assert np.array_equal(store[10:40:3], raw[10:40:3])
+    # Any slice gives what numpy gives, negative steps and shard boundaries included.
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        start, stop = (int(v) if v < len(raw) + 5 else None for v in rng.integers(-len(raw) - 5, len(raw) + 10, 2))
+        step = int(rng.choice([1, 2, 3, 1000, -1, -2, -7, -5000]))
+        assert np.array_equal(store[start:stop:step], raw[start:stop:step]), (start, stop, step)
+    with pytest.raises(TypeError):
+        store[1.5]
     within = store[100:200]
     assert isinstance(within.base, np.memmap) or isinstance(within, np.memmap)  # a view: no copy
     assert store.tokenizer.decode(store[:50].tolist()) == text.encode()[:50].decode("utf-8", errors="replace")

@@ -457,8 +457,8 @@ def print_table(report: dict, title: str | None = None) -> None:
 @app.command()
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files (made anew)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per run (default: the demo's tuned budget; fewer for a quick look)."),
+    out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files, made anew: an earlier demo's folder is replaced, any other non-empty folder refused."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps per run (default: the demo's tuned budget; fewer for a quick look)."),
 ):
     """The built-in example, no download: synthetic languages with a known arrow, tokenized, trained
     forward and backward with a small GPT, compared; ends with the table and the report's path."""

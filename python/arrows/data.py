@@ -41,9 +41,14 @@ class TokenStore:
     def __getitem__(self, key):
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
-            if step != 1:
-                return self[start:stop][::step] if stop > start else np.empty(0, self.dtype)
-            return self._range(start, stop)
+            if step == 1:
+                return self._range(start, stop)
+            if step > 0:
+                return self._range(start, stop)[::step]
+            # A negative step runs from `start` down to just above `stop`, as numpy's does.
+            return self._range(stop + 1, start + 1)[::-1][::-step]
+        if not isinstance(key, (int, np.integer)):
+            raise TypeError(f"token indices are integers or slices, not {type(key).__name__}")
         i = int(key)
         if i < 0:
             i += len(self)

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from arrows.errors import InputError
+
 # (language, lines, steps): the demo's budget.
 LANGUAGES = (
     ("sparse-linear", 60_000, 3000),
@@ -84,18 +86,39 @@ def language_params(kind: str) -> dict:
     return {"walk_length": WALK_LENGTH} if kind == "reversible" else {}
 
 
+MARKER = "arrows-demo.json"  # what makes a folder the demo's own, to be made anew
+
+
+def prepare_folder(out: Path) -> None:
+    """Make `out` anew for the demo. Only a folder an earlier demo made (it holds MARKER) is
+    deleted first; any other non-empty path is refused: --out is never a user's folder to wipe."""
+    if out.exists():
+        resolved, here = out.resolve(), Path.cwd().resolve()
+        if resolved == here or resolved in here.parents:
+            raise InputError(f"--out {out}: the current folder (or one above it); give a folder of its own, e.g. --out arrows-demo")
+        if not out.is_dir():
+            raise InputError(f"--out {out}: exists and is not a folder; choose another --out")
+        if (out / MARKER).is_file():
+            shutil.rmtree(out)
+        elif any(out.iterdir()):
+            raise InputError(f"--out {out}: a folder that an earlier arrows demo did not make (no {MARKER} in it); "
+                             f"choose another --out, or empty it first")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"made_by": "arrows demo", "languages": [kind for kind, _, _ in LANGUAGES]}) + "\n")
+
+
 def run_demo(out: Path, steps: int | None = None) -> list[dict]:
     from arrows.cli import print_table
 
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, not {steps}")
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_folder(out)
     t0 = time.perf_counter()
     reports = []
     for kind, lines, budget in LANGUAGES:
         print(f"\n═══ {kind} ═══", flush=True)
-        reports.append((kind, run_language(kind, out / kind, lines=lines, steps=steps or budget, params=language_params(kind))))
+        reports.append((kind, run_language(kind, out / kind, lines=lines, steps=budget if steps is None else steps, params=language_params(kind))))
     print(f"\n═══ summary ({time.perf_counter() - t0:.0f} s) ═══")
     for kind, report in reports:
         print_table(report, title=kind)

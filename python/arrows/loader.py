@@ -89,6 +89,7 @@ class WindowLoader:
         device: str = "cpu",
         vocab_size: int | None = None,
     ):
+        import numpy as np
         import torch
 
         if split not in ("train", "valid"):
@@ -97,6 +98,15 @@ class WindowLoader:
             raise InputError("give either backward=True or a permutation, not both")
         if not 0.0 <= valid_fraction < 1.0:
             raise InputError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
+        counts = {"attn_length": (attn_length, 1), "batch_size": (batch_size, 1), "stride": (stride, 1), "valid_tokens": (valid_tokens, 0),
+                  "seed": (seed, 0), "epoch": (epoch, 0), "rank": (rank, 0), "world_size": (world_size, 1), "threads": (threads, 0),
+                  "prefetch": (prefetch, 1)}
+        for name, (value, least) in counts.items():
+            # Checked here: the core takes unsigned 64-bit integers, and a float would be truncated.
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not least <= value < 2**63):
+                raise InputError(f"{name} must be an integer of at least {least}, not {value!r}")
+        if rank >= world_size:
+            raise InputError(f"rank {rank} is outside world_size {world_size} (ranks 0 to {world_size - 1})")
         source, total, bos_id, vocab = open_source(path, vocab_size)
         if valid_tokens is None:
             valid_tokens = int(total * valid_fraction)
@@ -115,7 +125,10 @@ class WindowLoader:
         self.valid_tokens = int(valid_tokens)
         self.bos_id = bos_id
         self.vocab_size = vocab
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}") from None
         self._core = _arrows.LoaderCore(
             source,
             attn_length=self.attn_length,

@@ -7,10 +7,10 @@ before it, so every character is reversed whole and valid UTF-8 stays valid.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from arrows.errors import InputError, InvalidUtf8Error
+from arrows.output_file import atomic_output, check_output_path
 
 BLOCK = 8 << 20
 
@@ -22,13 +22,12 @@ def _is_continuation(byte: int) -> bool:
 def reverse_file(src: Path, dst: Path, *, block: int = BLOCK, reporter=None) -> int:
     """Write `src` reversed to `dst` (atomically: a temporary file renamed at the end).
     Returns the number of bytes. Invalid UTF-8 raises InvalidUtf8Error naming the byte offset."""
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src), check_output_path(Path(dst))
     if src.resolve() == dst.resolve():
         raise InputError(f"{src}: the output would overwrite the input; choose another output path")
     size = src.stat().st_size
-    tmp = dst.with_name(dst.name + ".tmp")
     done = 0
-    try:
+    with atomic_output(dst, sync=True) as tmp:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             carry = b""  # continuation bytes at the start of the block after this one
             end = size
@@ -53,10 +52,4 @@ def reverse_file(src: Path, dst: Path, *, block: int = BLOCK, reporter=None) -> 
                 end = start
                 if reporter is not None:
                     reporter.update("reversing", done, size, "bytes", final=end == 0)
-            fout.flush()
-            os.fsync(fout.fileno())
-        tmp.replace(dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return size

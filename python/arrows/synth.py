@@ -28,8 +28,14 @@ import numpy as np
 
 from arrows import gf2
 from arrows.errors import InputError
+from arrows.output_file import atomic_output, check_output_path
 
 KINDS = ("sparse-linear", "sparse-linear-reversed", "reversible", "primes")
+# Bounds of the sizes: the text is made in memory, and the sieve of primes too.
+MAX_LINES = 100_000_000
+MAX_WALK_LENGTH = 100_000
+MAX_PRIME = 100_000_000
+
 DEFAULTS = {
     "sparse-linear": {"bits": 8, "row_weight": 2},
     "reversible": {"nodes": 8, "walk_length": 16, "edges_per_node": 2.0},
@@ -49,9 +55,12 @@ def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) ->
     """Write `lines` examples of `kind` to `out` (atomically) and its sidecar; returns the sidecar."""
     if kind not in KINDS:
         raise InputError(f"unknown language {kind!r}; choose one of: {', '.join(KINDS)}")
-    if lines < 1:
-        raise InputError(f"--lines must be at least 1, not {lines}")
-    out = Path(out)
+    if not 1 <= lines <= MAX_LINES:
+        raise InputError(f"--lines must be between 1 and {MAX_LINES:,} (the text is made in memory), not {lines}")
+    if seed < 0:
+        raise InputError(f"--seed must be at least 0, not {seed}")
+    out = check_output_path(Path(out), "--out")
+    check_output_path(sidecar_path(out), "sidecar")
     if out.suffix == ".json":
         raise InputError(f"{out}: the text file should not end in .json (its sidecar is {sidecar_path(out).name})")
     settings = {**DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
@@ -65,12 +74,11 @@ def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) ->
         text, info = _reversible(rng, lines, seed, **settings)
     else:
         text, info = _primes(rng, lines, **settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(text)
-    tmp.replace(out)
     sidecar = {"kind": kind, "lines": lines, "seed": seed, "params": settings, "file": out.name, "bytes": len(text), **info}
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(text)
+    with atomic_output(sidecar_path(out)) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
 
 
@@ -94,10 +102,10 @@ def sparse_matrix(bits: int, row_weight: int, seed: int) -> tuple[list[int], lis
     invertible one whose x bits are hardest to recover backwards: the most bits whose cheapest
     formula needs more than `row_weight` known bits, then the largest total cost.
     """
-    if not 1 <= row_weight <= bits:
-        raise InputError(f"--row-weight must be between 1 and --bits ({bits}), not {row_weight}")
     if not 2 <= bits <= 24:
         raise InputError(f"--bits must be between 2 and 24, not {bits}")
+    if not 1 <= row_weight <= bits:
+        raise InputError(f"--row-weight must be between 1 and --bits ({bits}), not {row_weight}")
     rng = random.Random(seed)
     best = None
     for _ in range(_SEARCH):
@@ -187,8 +195,11 @@ def random_graph(nodes: int, edges_per_node: float, rng) -> np.ndarray:
 def _reversible(rng, lines: int, seed: int, *, nodes: int, walk_length: int, edges_per_node: float):
     if not 2 <= nodes <= 26:
         raise InputError(f"--nodes must be between 2 and 26, not {nodes}")
-    if walk_length < 2:
-        raise InputError(f"--walk-length must be at least 2, not {walk_length}")
+    if not 2 <= walk_length <= MAX_WALK_LENGTH:
+        raise InputError(f"--walk-length must be between 2 and {MAX_WALK_LENGTH:,}, not {walk_length}")
+    # At least a spanning tree (nodes − 1 edges), at most every pair and self-loop.
+    if not (math.isfinite(edges_per_node) and 0 < edges_per_node <= nodes + 1):
+        raise InputError(f"--edges-per-node must be above 0 and at most --nodes + 1 ({nodes + 1}), not {edges_per_node}")
     w = random_graph(nodes, edges_per_node, np.random.default_rng(seed))
     strength = w.sum(axis=1)
     stationary = strength / strength.sum()
@@ -230,8 +241,8 @@ def primes_below(limit: int) -> np.ndarray:
 
 
 def _primes(rng, lines: int, *, max_prime: int, pad: bool):
-    if max_prime < 3:
-        raise InputError(f"--max-prime must be at least 3, not {max_prime}")
+    if not 5 <= max_prime <= MAX_PRIME:
+        raise InputError(f"--max-prime must be between 5 (two primes, 2 and 3) and {MAX_PRIME:,}, not {max_prime}")
     primes = primes_below(max_prime)
     pairs = np.sort(rng.choice(primes, size=(lines, 2)), axis=1)
     # Padded with zeros, every line has the same length (so windows can start at line starts).
