@@ -73,3 +73,22 @@ def test_no_wandb_unless_asked(tmp_path, fake_wandb):
     m.log({"step": 1, "loss": 1.0})
     m.close()
     assert fake_wandb.calls == []
+
+
+def test_a_run_started_over_drops_the_earlier_runs_records(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
+    for step in (1, 2, 3):
+        m.log({"step": step, "loss": 1.0 / step})
+    m.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # Resumed at step 2: the records after it go, the earlier ones stay.
+    m = Metrics(tmp_path, resume_step=2, config={}, wandb_project=None)
+    m.close()
+    assert [r["step"] for r in read(tmp_path)] == [1, 2]
+    # Started over (--resume never): nothing of the earlier run is left to mix with the new curves.
+    m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
+    m.log({"step": 1, "loss": 0.5})
+    m.close()
+    assert [r["step"] for r in read(tmp_path)] == [1]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1

@@ -18,6 +18,9 @@ class Metrics:
                 _truncate_after(log, resume_step)
             else:
                 log.unlink(missing_ok=True)
+        if resume_step is None:  # a run started over: the earlier run's curves go too
+            for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         try:
