@@ -60,6 +60,10 @@ def friendly_errors(command):
         except ArrowsError as e:
             _err(str(e))
             raise typer.Exit(1)
+        except BrokenPipeError:
+            # The reader went away (`arrows inspect DIR | head`): stop quietly, as other tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             _err(f"{where}{e.strerror or e}")
@@ -74,7 +78,7 @@ def tokenize(
     inputs: List[Path] = typer.Argument(..., help="Text files, or folders whose .txt files (searched recursively, sorted) are used. The corpus is their concatenation in that order; each file is encoded on its own."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: shards, manifest.json, tokenizer.json."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="A tokenizer.json to use, or 'bytes' for plain bytes without merges (id = byte + 1, id 0 = <|endoftext|>). Default: train a byte-level BPE on a sample of the corpus."),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=0, max=2**32, help="Vocabulary size of the trained BPE, <|endoftext|> (id 0, the BOS) and the 256 bytes included. Default 50257."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=257, max=2**32 - 1, help="Vocabulary size of the trained BPE, <|endoftext|> (id 0, the BOS) and the 256 bytes included. Default 50257."),
     sample_bytes: str = typer.Option("1GB", "--sample-bytes", help="Train the BPE on at most this much text, drawn from across the whole corpus (memory stays bounded). Accepts 500MB, 2GiB, ..."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1, help="Seed of the training sample's draw."),
     threads: int = typer.Option(0, "--threads", "-j", min=0, max=1024, help="Encoding threads; 0 = every core. The output does not depend on it."),
@@ -130,7 +134,7 @@ def tokenize(
 def inspect(
     store: Path = typer.Argument(..., help="A folder written by `arrows tokenize`."),
     verify: bool = typer.Option(False, "--verify", help="Recompute every shard's checksum and name any damaged shard (exit 1 if one is)."),
-    show: int = typer.Option(40, "--show", help="How many of the first tokens to print, with their text."),
+    show: int = typer.Option(40, "--show", min=0, help="How many of the first tokens to print, with their text."),
 ):
     """Counts, vocabulary, bytes per token and the first tokens of a token store."""
     from arrows.data import TokenStore
