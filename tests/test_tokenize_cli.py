@@ -330,3 +330,11 @@ def test_force_with_the_folders_own_tokenizer(tmp_path):
     assert np.array_equal(TokenStore(out)[:], before)
     assert (out / "tokenizer.json").read_bytes() == kept.read_bytes()
 
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
+    (tmp_path / "t.txt").write_text(random_text(4, 200_000, specials=False))
+    arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "s", "--tokenizer", "bytes")
+    # `head` closes the pipe after one line, long before 100,000 tokens are printed.
+    proc = subprocess.run(f"'{ARROWS}' inspect '{tmp_path / 's'}' --show 100000 | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("store") and proc.stderr == "", proc.stderr
