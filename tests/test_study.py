@@ -255,3 +255,16 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / "demo" / kind / "study" / "report" / "report.md").is_file()
         assert kind in out
     assert "summary" in out
+
+
+def test_study_on_a_reference_h5_file(tmp_path):
+    # dataset_folder may be a reference .h5 instead of a token store: the study trains on it and
+    # compares, and scores the same windows as on the store it was written from.
+    arrows("synth", "reversible", "--out", tmp_path / "w.txt", "--lines", "3000", "--nodes", "5", "--walk-length", "11")
+    arrows("tokenize", tmp_path / "w.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens", "--h5")
+    for name, data in (("h5", tmp_path / "tokens" / "tokens.h5"), ("store", tmp_path / "tokens")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_config(data, tmp_path / "runs", 12, 10)))
+        arrows("study", tmp_path / f"{name}.json", "--device", "cpu", "--out", tmp_path / name)
+    h5, store = (json.loads((tmp_path / name / "report" / "report.json").read_text()) for name in ("h5", "store"))
+    assert h5["summary"]["windows"] == store["summary"]["windows"] > 0
+    assert h5["summary"]["delta"] == pytest.approx(store["summary"]["delta"], abs=1e-6)

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,9 +203,12 @@ def test_external_launcher_joins_instead_of_spawning(tmp_path, store, launcher):
     two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=6, step_log=1, run_name="two", valid_steps=6)
     arrows("train", one, "--device", "cpu")
     train_two = [sys.executable, "-m", "arrows", "train", str(two), "--device", "cpu"]
-    if launcher == "torchrun":
-        procs = [subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                                 *train_two[1:]], capture_output=True, text=True, timeout=300)]
+    if launcher == "torchrun":  # through cli/launch/torchrun.sh, as the README shows it (torchrun beside this python)
+        from conftest import ROOT
+
+        env = {**os.environ, "GPUS_PER_NODE": "2", "MASTER_PORT": str(free_port()), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        procs = [subprocess.run(["bash", str(ROOT / "cli" / "launch" / "torchrun.sh"), str(two), "--device", "cpu"],
+                                capture_output=True, text=True, timeout=300, env=env)]
     else:  # what srun gives each task of `srun --ntasks 2`
         port = str(free_port())
         tasks = [subprocess.Popen(train_two, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

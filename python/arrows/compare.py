@@ -297,10 +297,12 @@ def unigram_entropy(run: Run) -> float:
     """Entropy of the validation split's token frequencies: the loss of a model that learned only
     which tokens are common. A run at or above it has not learned anything from context."""
     from arrows.data import TokenStore
+    from arrows.h5 import h5_tokens
 
-    store = TokenStore(run.training["dataset_folder"])
-    n = len(store)
-    valid = np.asarray(store[n - int(n * run.training["valid_fraction"]) :])
+    data = Path(run.training["dataset_folder"])
+    ids = h5_tokens(data) if data.is_file() else TokenStore(data)  # a reference .h5, or a token store
+    n = len(ids)
+    valid = np.asarray(ids[n - int(n * run.training["valid_fraction"]) :])
     return _entropy(np.bincount(valid.astype(np.int64)))
 
 

@@ -36,22 +36,29 @@ def write_h5(store_dir: str | Path, reporter=None) -> Path:
     return path
 
 
-def h5_id_range(path: str | Path) -> tuple[int, int] | None:
-    """(smallest, largest) id in a reference .h5 token file, or None when it holds none: the file
-    is read once through a memory map, a block at a time (at disk speed; a token store's manifest
-    records its vocabulary instead, an .h5 file does not)."""
+def h5_tokens(path: str | Path) -> np.ndarray:
+    """The ids of a reference .h5 token file as a read-only memory map (no copy)."""
     from arrows.loader import open_source
 
     (_, _, offset, count, _), *_ = open_source(path)  # checks the format, with its own messages
-    if count == 0:
-        return None
     import h5py
 
     with h5py.File(path, "r") as f:
         dtype = f["tokens"].dtype
-    ids = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    if count == 0:
+        return np.empty(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+def h5_id_range(path: str | Path) -> tuple[int, int] | None:
+    """(smallest, largest) id in a reference .h5 token file, or None when it holds none: the file
+    is read once through a memory map, a block at a time (at disk speed; a token store's manifest
+    records its vocabulary instead, an .h5 file does not)."""
+    ids = h5_tokens(path)
+    if len(ids) == 0:
+        return None
     lo, hi = None, None
-    for a in range(0, count, _BLOCK):
+    for a in range(0, len(ids), _BLOCK):
         block = ids[a : a + _BLOCK]
         lo = int(block.min()) if lo is None else min(lo, int(block.min()))
         hi = int(block.max()) if hi is None else max(hi, int(block.max()))

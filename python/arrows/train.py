@@ -146,7 +146,8 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
             elif k not in ("run_name", "save_loc", "state_save_loc"):  # where the run is, not how it trains
                 changed.append(f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} → {v!r}")
     if diffs:
-        raise InputError(f"{path} was written with another setup; resume with the same config or use --resume never:\n  " + "\n  ".join(diffs))
+        raise InputError(f"{path} was written with another setup; resume with the same config, or start over (arrows train: --resume never; "
+                         f"arrows study: another --out):\n  " + "\n  ".join(diffs))
     ranks = len(payload["per_rank"])
     if ranks != world_size:
         raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size})")

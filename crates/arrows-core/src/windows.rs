@@ -71,7 +71,7 @@ impl Sampler {
         if let Order::Permuted(p) = &o.order {
             let mut seen = vec![false; o.attn_length];
             if p.len() != o.attn_length || !p.iter().all(|&i| i < o.attn_length && !std::mem::replace(&mut seen[i], true)) {
-                return input(format!("the permutation must list each of 0..{} exactly once (got {} entries)", o.attn_length, p.len()));
+                return input(format!("the permutation must list each of 0..={} exactly once (got {} entries)", o.attn_length - 1, p.len()));
             }
         }
         let total = source.len();
