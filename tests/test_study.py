@@ -268,3 +268,23 @@ def test_study_on_a_reference_h5_file(tmp_path):
     h5, store = (json.loads((tmp_path / name / "report" / "report.json").read_text()) for name in ("h5", "store"))
     assert h5["summary"]["windows"] == store["summary"]["windows"] > 0
     assert h5["summary"]["delta"] == pytest.approx(store["summary"]["delta"], abs=1e-6)
+
+
+def test_curves_tell_the_seeds_apart(tmp_path, monkeypatch):
+    from arrows import report as report_module
+
+    labels = {}
+    real_finish = report_module._finish
+
+    def finish(plt, fig, ax, path, *args, **kwargs):
+        labels[path.name] = ax.get_legend_handles_labels()[1]
+        real_finish(plt, fig, ax, path, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "_finish", finish)
+    curve = {"train": [(1, 3.0), (2, 2.5)], "valid": [(2, 2.6)]}
+    pairs = [{"seed": s, "curves": {"forward": curve, "backward": curve}} for s in (4, 5)]
+    report_module._plot_curves({"pairs": pairs}, tmp_path / "two.png")
+    report_module._plot_curves({"pairs": pairs[:1]}, tmp_path / "one.png")
+    assert "forward, seed 5 (validation)" in labels["two.png"] and "backward, seed 4 (training)" in labels["two.png"]
+    assert labels["one.png"] == ["forward (training)", "forward (validation)", "backward (training)", "backward (validation)"]
+    assert (tmp_path / "two.png").stat().st_size > 0

@@ -100,16 +100,19 @@ def _figure():
 def _plot_curves(report: dict, path: Path) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for p in report["pairs"]:
+    pairs = report["pairs"]
+    for i, p in enumerate(pairs):
+        # One line style per seed (colour: the direction), named in the legend when there are several.
+        style = ("-", "--", ":", "-.")[i % 4]
+        seed = f", seed {p['seed']}" if len(pairs) > 1 else ""
         for direction in ("forward", "backward"):
             c = p["curves"][direction]
-            label = direction if p is report["pairs"][0] else None
             if c["train"]:
                 steps, losses = zip(*c["train"])
-                ax.plot(steps, losses, color=COLOURS[direction], alpha=0.5, lw=1, label=f"{label} (training)" if label else None)
+                ax.plot(steps, losses, color=COLOURS[direction], ls=style, alpha=0.5, lw=1, label=f"{direction}{seed} (training)")
             if c["valid"]:
                 steps, losses = zip(*c["valid"])
-                ax.plot(steps, losses, color=COLOURS[direction], marker="o", lw=2, label=f"{label} (validation)" if label else None)
+                ax.plot(steps, losses, color=COLOURS[direction], ls=style, marker="o", lw=2, label=f"{direction}{seed} (validation)")
     _finish(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss")
 
 
