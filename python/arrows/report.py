@@ -40,7 +40,9 @@ def markdown(report: dict) -> str:
         "# Arrow of time: forward vs backward",
         "",
         f"Data: `{report['data']}`, window {report['attn_length']} tokens; both directions scored on the same "
-        f"{_count(s['windows'], 'validation window')} ({_count(s['tokens'], 'token')}) per pair.",
+        f"{_count(s['windows'], 'validation window')} ({_count(s['tokens'], 'token')}) per pair: disjoint windows over the "
+        f"whole validation split, so the losses can differ from the `valid_loss` that training logs (its windows "
+        f"overlap, and `valid_batches` may take only some of them).",
         "",
         "| | forward | backward | δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval |",
         "|---|---|---|---|",
