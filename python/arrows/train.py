@@ -314,7 +314,7 @@ def _device(opts: TrainOptions, local_rank: int) -> str:
 def _spawned(rank: int, config, opts: TrainOptions) -> dict:
     import os
 
-    nprocs = len(opts.gpus) if opts.gpus else opts.nproc
+    nprocs = process_count(opts)  # before RANK/WORLD_SIZE are set below: the spawning count
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
     return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
 
