@@ -42,9 +42,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, payload: dict) -> None:
+def save(path: str | Path, payload: dict) -> None:
+    """Write `payload` to `path` atomically (a temporary file beside it, fsync, rename)."""
     import torch
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -72,7 +74,7 @@ def save(path: Path, payload: dict) -> None:
         os.close(dir_fd)
 
 
-def load(path: Path) -> dict:
+def load(path: str | Path) -> dict:
     """Read a checkpoint, first checking the CRC of every record of its zip archive (torch.load
     alone would load flipped bytes silently)."""
     import zipfile
@@ -88,15 +90,15 @@ def load(path: Path) -> dict:
         with open(path, "rb") as f:
             payload = torch.load(f, map_location="cpu", weights_only=False)
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+            raise  # the file could not be opened at all: nothing says it is damaged
         raise _damaged(path, f"unreadable: {e}") from None
     if not isinstance(payload, dict) or any(key not in payload for key in ("model", "optimizer", "step", "per_rank", "config")):
         raise _damaged(path, "not an arrows checkpoint")
     return payload
 
 
-def load_model(config: dict, path: Path):
+def load_model(config: dict, path: str | Path):
     """The model that a run's resolved config describes, with the weights of checkpoint `path`,
     on the CPU, in eval mode."""
     import torch
