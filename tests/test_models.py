@@ -208,6 +208,27 @@ def test_generate_is_reproducible_and_in_range(model_type):
     assert torch.equal(sample(top_k=1), sample(temperature=0))
 
 
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens must be"),  # returned the prompt unchanged
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be"),
+        ({"top_k": 0}, "top_k must be"),  # an IndexError from inside torch
+        ({"top_k": 2.5}, "top_k must be"),  # a TypeError from torch.topk
+        ({"temperature": -1.0}, "temperature must be"),  # sampled the least likely tokens
+        ({"temperature": float("nan")}, "temperature must be"),
+    ],
+)
+def test_generate_refuses_bad_settings_with_input_error(model_type, kwargs, message):
+    from arrows.errors import InputError
+
+    model = build_model(tiny(model_type, window=8)).eval()
+    kwargs = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(InputError, match=message):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), kwargs.pop("max_new_tokens"), **kwargs)
+
+
 @pytest.mark.parametrize("model_type", ["gru", "lstm"])
 def test_rnn_generate_steps_the_state_like_a_full_rerun(model_type):
     """Stepping the recurrent state must give the tokens that rereading the whole sequence gives."""

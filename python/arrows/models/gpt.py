@@ -24,11 +24,13 @@ Attention has several implementations with the same weights:
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from arrows.errors import InputError
 from arrows.models.head_loss import HEAD_LOSSES, head_and_loss, head_logits
 
 ATTENTION_IMPLS = ("auto", "sdpa", "flex", "triton", "plain")
@@ -247,6 +249,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in; the context is
         cropped to the last attn_length tokens. temperature=0 picks the most likely token.
         Call model.eval() first (dropout)."""
+        check_sampling(max_new_tokens, temperature, top_k)
         for _ in range(max_new_tokens):
             logits = self.logits(idx[:, -self.attn_length:])
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
@@ -267,6 +270,17 @@ def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     B, T, V = logits.shape
     losses = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction="none")
     return losses.view(B, T)
+
+
+def check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """Refuse generation settings that would fail deep inside torch (top_k 0) or sample silently
+    from something else than asked (a negative temperature inverts the distribution)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer of at least 0, not {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < math.inf:
+        raise InputError(f"temperature must be a finite number of at least 0 (0: the most likely token), not {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
+        raise InputError(f"top_k must be None or an integer of at least 1, not {top_k!r}")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator=None) -> torch.Tensor:

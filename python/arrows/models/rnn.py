@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from arrows.models.gpt import per_position_loss, sample_next
+from arrows.models.gpt import check_sampling, per_position_loss, sample_next
 from arrows.models.head_loss import HEAD_LOSSES, head_and_loss, head_logits
 
 
@@ -99,6 +99,7 @@ class RecurrentLM(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens. The context is read once, then only
         the recurrent state and the last token are fed in at each step. temperature=0 picks the
         most likely token. Call model.eval() first (dropout)."""
+        check_sampling(max_new_tokens, temperature, top_k)
         logits, state = self.run(idx)
         for step in range(max_new_tokens):
             if step > 0:  # feed the token just drawn
