@@ -10,7 +10,7 @@ from pathlib import Path
 from arrows.errors import InputError
 
 
-def load_run(run: Path):
+def load_run(run: str | Path):
     """The model of a run folder (latest checkpoint), its resolved config dict, and its tokenizer."""
     from arrows import checkpoint
     from arrows.data import find_tokenizer
@@ -30,7 +30,12 @@ def load_run(run: Path):
     return model, cfg, tok
 
 
-def generate_text(run: Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:
+def generate_text(run: str | Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:
+    """Sample `tokens` new tokens from the run folder's latest checkpoint and return the text in
+    reading order, the prompt included: prompt + continuation for a forward run; for a backward
+    run the prompt is the text's end and what comes back is the generated beginning + prompt.
+    `temperature` 0 picks the most likely token, `top_k` keeps the k most likely; `seed` makes the
+    draw repeatable. Bad settings raise InputError."""
     import torch
 
     model, cfg, tok = load_run(run)
