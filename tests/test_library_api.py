@@ -29,3 +29,40 @@ def test_a_checkpoint_path_that_cannot_be_opened_is_not_called_damaged(tmp_path)
     (tmp_path / "text.pt").write_text("not a zip")
     with pytest.raises(CorruptDataError, match="text.pt: damaged checkpoint"):
         checkpoint.load(tmp_path / "text.pt")
+
+
+def small_store(tmp_path, n_bytes=6000, shard_bytes="1000"):
+    """A token store of lowercase words (bytes tokenizer), in several shards."""
+    from conftest import arrows
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(ord("a"), ord("z") + 1, size=n_bytes, dtype=np.uint8)
+    raw[rng.random(n_bytes) < 0.15] = ord(" ")
+    (tmp_path / "text.txt").write_bytes(raw.tobytes())
+    arrows("tokenize", tmp_path / "text.txt", "--out", tmp_path / "store", "--tokenizer", "bytes", "--shard-bytes", shard_bytes)
+    return tmp_path / "store"
+
+
+def test_loader_positions_out_of_range_are_input_errors(tmp_path):
+    from arrows.data import WindowLoader
+    from arrows.errors import InputError
+
+    loader = WindowLoader(small_store(tmp_path), 16, 4, seed=1)
+    # Each of these was an OverflowError from the core ("can't convert negative int to unsigned").
+    with pytest.raises(InputError, match="epoch must be"):
+        loader.set_epoch(-1)
+    with pytest.raises(InputError, match="epoch must be"):
+        loader.window_starts(-1)
+    state = loader.state_dict()
+    with pytest.raises(InputError, match="batch must be"):
+        loader.load_state_dict({**state, "batch": -1})
+    # A batch beyond the epoch was taken silently as the start of the next epoch.
+    with pytest.raises(InputError, match=f"batch {len(loader) + 1} is beyond the {len(loader)} batches"):
+        loader.load_state_dict({**state, "batch": len(loader) + 1})
+    assert loader.state_dict() == state  # a refused state changes nothing
+    # The end of an epoch is a real position: the next iteration serves the following epoch.
+    loader.load_state_dict({**state, "epoch": 3, "batch": len(loader)})
+    first = next(iter(loader))[1]
+    assert loader.epoch == 4 and loader.batch == 1
+    loader.set_epoch(4)
+    assert torch.equal(next(iter(loader))[1], first)

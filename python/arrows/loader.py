@@ -49,6 +49,14 @@ def open_source(path: str | Path, vocab_size: int | None = None):
     raise InputError(f"{path}: not a token source; give a folder written by `arrows tokenize` or a reference .h5 file")
 
 
+def _check_count(name: str, value, least: int) -> None:
+    """Refuse what the core cannot take: it takes unsigned 64-bit integers (a float would be truncated)."""
+    import numpy as np
+
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not least <= value < 2**63:
+        raise InputError(f"{name} must be an integer of at least {least}, not {value!r}")
+
+
 class WindowLoader:
     """Batches of `(inputs, targets)`, int64 tensors of shape `(batch_size, attn_length)`.
 
@@ -89,7 +97,6 @@ class WindowLoader:
         device: str = "cpu",
         vocab_size: int | None = None,
     ):
-        import numpy as np
         import torch
 
         if split not in ("train", "valid"):
@@ -102,9 +109,8 @@ class WindowLoader:
                   "seed": (seed, 0), "epoch": (epoch, 0), "rank": (rank, 0), "world_size": (world_size, 1), "threads": (threads, 0),
                   "prefetch": (prefetch, 1)}
         for name, (value, least) in counts.items():
-            # Checked here: the core takes unsigned 64-bit integers, and a float would be truncated.
-            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not least <= value < 2**63):
-                raise InputError(f"{name} must be an integer of at least {least}, not {value!r}")
+            if value is not None:
+                _check_count(name, value, least)
         if rank >= world_size:
             raise InputError(f"rank {rank} is outside world_size {world_size} (ranks 0 to {world_size - 1})")
         source, total, bos_id, vocab = open_source(path, vocab_size)
@@ -204,6 +210,8 @@ class WindowLoader:
         return on_device[0], on_device[1]
 
     def set_epoch(self, epoch: int) -> None:
+        """Serve `epoch` from its first batch on the next iteration."""
+        _check_count("epoch", epoch, 0)
         self.epoch, self.batch = int(epoch), 0
 
     def window_starts(self, epoch: int | None = None):
@@ -211,6 +219,8 @@ class WindowLoader:
         they are served: row j of batch b is `starts[b * batch_size + j]`."""
         import numpy as np
 
+        if epoch is not None:
+            _check_count("epoch", epoch, 0)
         return np.asarray(self._core.span_starts(self.epoch if epoch is None else int(epoch)), dtype=np.int64)
 
     def _identity(self) -> dict:
@@ -235,4 +245,10 @@ class WindowLoader:
         diffs = [f"{k}: saved {state.get(k)!r}, now {v!r}" for k, v in mine.items() if state.get(k) != v]
         if diffs:
             raise InputError("the loader state belongs to another data setup: " + "; ".join(diffs))
+        _check_count("the loader state's epoch", state.get("epoch"), 0)
+        _check_count("the loader state's batch", state.get("batch"), 0)
+        # batch == len(self) is a finished epoch (the next iteration starts the following one);
+        # beyond it, the state cannot come from this loader.
+        if state["batch"] > len(self):
+            raise InputError(f"the loader state's batch {state['batch']} is beyond the {len(self)} batches of an epoch")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
