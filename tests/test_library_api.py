@@ -66,3 +66,30 @@ def test_loader_positions_out_of_range_are_input_errors(tmp_path):
     assert loader.epoch == 4 and loader.batch == 1
     loader.set_epoch(4)
     assert torch.equal(next(iter(loader))[1], first)
+
+
+def test_h5_sources_that_cannot_be_read_say_why_and_name_the_file(tmp_path):
+    import h5py
+
+    from arrows.data import WindowLoader
+    from arrows.errors import InputError
+    from arrows.h5 import h5_id_range, h5_tokens
+
+    not_hdf5 = tmp_path / "notes.h5"
+    not_hdf5.write_text("hello")
+    # Was h5py's OSError "Unable to synchronously open file (file signature not found)", no file name.
+    with pytest.raises(InputError, match=r"notes\.h5: not a readable HDF5 file"):
+        WindowLoader(not_hdf5, 8, 2)
+
+    # Both were called "chunked or compressed" with advice to h5repack a contiguous dataset.
+    unwritten = tmp_path / "unwritten.h5"
+    with h5py.File(unwritten, "w") as f:
+        f.create_dataset("tokens", shape=(1000,), dtype=np.int32)
+    with pytest.raises(InputError, match=r"unwritten\.h5: the 'tokens' dataset was created but never written"):
+        WindowLoader(unwritten, 8, 2)
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("tokens", shape=(0,), dtype=np.int32)
+    assert len(h5_tokens(empty)) == 0 and h5_id_range(empty) is None
+    with pytest.raises(InputError, match="no training tokens in a stream of 0"):
+        WindowLoader(empty, 8, 2)

@@ -28,7 +28,13 @@ def open_source(path: str | Path, vocab_size: int | None = None):
     if path.suffix.lower() in _H5_SUFFIXES and path.is_file():
         import h5py
 
-        with h5py.File(path, "r") as f:
+        with open(path, "rb"):  # an OS problem (no permission) stays the OSError it is, naming the file
+            pass
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:  # h5py's own message does not name the file
+            raise InputError(f"{path}: not a readable HDF5 file ({e}); give a reference .h5 token file or a folder written by `arrows tokenize`") from None
+        with f:
             if "tokens" not in f:
                 raise InputError(f"{path}: no 'tokens' dataset (it has: {', '.join(f.keys()) or 'nothing'}); arrows reads the reference format, a 1-D integer dataset named 'tokens'")
             ds = f["tokens"]
@@ -36,13 +42,17 @@ def open_source(path: str | Path, vocab_size: int | None = None):
             if ds.ndim != 1 or ids is None:
                 raise InputError(f"{path}: 'tokens' is {ds.ndim}-D {ds.dtype}; arrows reads a 1-D dataset of int32, int64, uint16 or uint32 ids")
             offset = ds.id.get_offset()
-            if ds.chunks is not None or ds.compression is not None or offset is None:
+            count = int(ds.shape[0])
+            if count == 0:
+                offset = 0  # nothing to map: the core then says the source is too short for a window
+            elif ds.chunks is None and offset is None:
+                raise InputError(f"{path}: the 'tokens' dataset was created but never written (HDF5 allocates its storage at the first write)")
+            if ds.chunks is not None or ds.compression is not None:
                 raise InputError(
                     f"{path}: the 'tokens' dataset is chunked or compressed, so it cannot be memory-mapped; "
                     f"convert it once with `h5repack -l tokens:CONTI {path} contiguous.h5` (from the hdf5-tools package), "
                     f"or re-tokenize with `arrows tokenize ... --h5`"
                 )
-            count = int(ds.shape[0])
         return ("raw", str(path), int(offset), count, ids), count, 0, vocab_size
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
