@@ -93,3 +93,32 @@ def test_h5_sources_that_cannot_be_read_say_why_and_name_the_file(tmp_path):
     assert len(h5_tokens(empty)) == 0 and h5_id_range(empty) is None
     with pytest.raises(InputError, match="no training tokens in a stream of 0"):
         WindowLoader(empty, 8, 2)
+
+
+def _next_targets(loader, queue):
+    queue.put(next(iter(loader))[1].tolist())
+
+
+def test_a_loader_pickles_and_keeps_its_position(tmp_path):
+    import copy
+    import multiprocessing
+    import pickle
+
+    from arrows.data import WindowLoader
+
+    loader = WindowLoader(small_store(tmp_path), 16, 4, seed=1, backward=True, valid_tokens=300)
+    batches = iter(loader)
+    next(batches), next(batches)
+    # Was "TypeError: cannot pickle 'builtins.LoaderCore' object".
+    copies = [pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader)]
+    assert all(c.state_dict() == loader.state_dict() for c in copies)
+    # A spawned process (torch.multiprocessing.spawn, DDP launchers) receives it pickled.
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    child = spawn.Process(target=_next_targets, args=(loader, queue))
+    child.start()
+    from_child = queue.get(timeout=300)
+    child.join()
+    expected = next(batches)[1]
+    assert all(torch.equal(next(iter(c))[1], expected) for c in copies)
+    assert from_child == expected.tolist()

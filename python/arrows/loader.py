@@ -82,6 +82,11 @@ class WindowLoader:
     with batch B serve exactly what one process with batch W·B would). `state_dict()` records the
     position, so that after `load_state_dict()` the next batch is the one an uninterrupted run
     would have served.
+
+    The loader batches, shuffles and prefetches on its own threads (`threads`, `prefetch`
+    buffers): iterate it directly, not through torch's DataLoader, and from one thread at a time.
+    It pickles (the copy opens the source again and keeps the position), so it can be handed to
+    another process.
     """
 
     def __init__(
@@ -109,6 +114,9 @@ class WindowLoader:
     ):
         import torch
 
+        # What builds this loader again in another process (see __getstate__); taken first, when
+        # the local names are exactly the arguments.
+        self._arguments = {name: value for name, value in locals().items() if name not in ("self", "torch")}
         if split not in ("train", "valid"):
             raise InputError(f"split must be 'train' or 'valid', not {split!r}")
         if permutation is not None and backward:
@@ -232,6 +240,15 @@ class WindowLoader:
         if epoch is not None:
             _check_count("epoch", epoch, 0)
         return np.asarray(self._core.span_starts(self.epoch if epoch is None else int(epoch)), dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        # The core (its threads and memory maps) cannot be pickled; its arguments and the position
+        # can, so that copy.deepcopy, torch.multiprocessing.spawn and the like get an equal loader.
+        return {"arguments": self._arguments, "epoch": self.epoch, "batch": self.batch}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["arguments"])
+        self.epoch, self.batch = state["epoch"], state["batch"]
 
     def _identity(self) -> dict:
         return {
