@@ -122,3 +122,19 @@ def test_a_loader_pickles_and_keeps_its_position(tmp_path):
     expected = next(batches)[1]
     assert all(torch.equal(next(iter(c))[1], expected) for c in copies)
     assert from_child == expected.tolist()
+
+
+def test_a_loader_on_a_missing_cuda_device_is_refused_at_once(tmp_path, monkeypatch):
+    from arrows.data import WindowLoader
+    from arrows.errors import InputError
+
+    store = small_store(tmp_path)
+    # Was a RuntimeError from torch at the first batch ("Found no NVIDIA driver on your system").
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(InputError, match="'cuda': this machine has 0 CUDA device"):
+        WindowLoader(store, 16, 4, device="cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match="'cuda:1': this machine has 1 CUDA device"):
+        WindowLoader(store, 16, 4, device="cuda:1")
+    with pytest.raises(InputError, match="device must be"):
+        WindowLoader(store, 16, 4, device="meta")

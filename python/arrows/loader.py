@@ -153,6 +153,11 @@ class WindowLoader:
             self.device = torch.device(device)
         except RuntimeError:
             raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}") from None
+        if self.device.type not in ("cpu", "cuda"):
+            raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            # Else the first batch fails inside torch ("Found no NVIDIA driver", "invalid device ordinal").
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use device='cpu'")
         self._core = _arrows.LoaderCore(
             source,
             attn_length=self.attn_length,
