@@ -57,6 +57,31 @@ def test_models_train_the_same_with_either_head_loss(model_type):
     assert torch.allclose(per_position.mean(), lp, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_type", ["gpt", "lstm"])
+def test_ignored_targets_count_for_nothing_in_either_head(model_type):
+    # Targets of -100 (padding, torch's ignore_index) are left out by the plain head, through
+    # cross_entropy. The chunked head failed on them with gradients, and without gradients
+    # (validation) skipped them but still divided by every position: a loss too low, silently.
+    plain, chunked = _tiny_gpt("plain", model_type), _tiny_gpt("chunked", model_type)
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 97, (6, 16), generator=torch.Generator().manual_seed(3))
+    y = torch.roll(x, -1, dims=1)
+    y[:, 10:] = -100
+    y[0] = -100
+    _, lp = plain(x, y)
+    _, lc = chunked(x, y)
+    assert torch.allclose(lp, lc, atol=1e-5)
+    _, counted_only = plain(x[1:, :10], y[1:, :10])  # causal: the ignored positions change nothing earlier
+    assert torch.allclose(lp, counted_only, atol=1e-5)
+    lp.backward()
+    lc.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), chunked.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    with torch.no_grad():
+        _, loss = chunked(x, y)
+    assert torch.allclose(loss, lp, atol=1e-5)
+
+
 def test_bf16_autocast_within_tolerance():
     plain, chunked = _tiny_gpt("plain"), _tiny_gpt("chunked")
     chunked.load_state_dict(plain.state_dict())

@@ -39,6 +39,9 @@ import torch.nn.functional as F
 # dominate the step); plain on CUDA, where the chunked head's Triton path has not yet been timed.
 HEAD_LOSSES = ("auto", "plain", "chunked")
 DEFAULT_CHUNK_ROWS = 8192
+# A target equal to this adds no loss and no gradient, and is not counted in the mean: torch's
+# cross_entropy default, which the plain head inherits and the chunked head follows.
+IGNORE_INDEX = -100
 VOCAB_MULTIPLE = 128  # the padded vocabulary of the head's matrix products on CUDA
 
 
@@ -98,6 +101,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, rows_kernel, vocab_multiple: int) -> torch.Tensor:
         n, vocab = hidden.shape[0], weight.shape[0]
+        counted = targets != IGNORE_INDEX
+        n_counted = counted.sum()  # a tensor: the step never waits for the device
+        safe_targets = torch.where(counted, targets, 0)  # an ignored row's loss and gradient are zeroed below
         dtype = _compute_dtype(hidden.device, weight.dtype)
         # One cast (and pad) of the weight and the hidden states for all chunks, as autocast would
         # make for each matrix product; padding rows are zeros, so their logits are 0 and ignored.
@@ -113,23 +119,26 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         logits_buffer = torch.empty(min(n, chunk_rows), w.shape[0], dtype=dtype, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are set above
             for start in range(0, n, chunk_rows):
-                h = h_all[start : start + chunk_rows]
+                rows = slice(start, start + chunk_rows)
+                h = h_all[rows]
+                keep = counted[rows]
                 logits = torch.matmul(h, w.t(), out=logits_buffer[: h.shape[0]])  # (rows, padded vocab)
-                total += rows_kernel(logits, targets[start : start + chunk_rows], vocab).sum()
+                total += (rows_kernel(logits, safe_targets[rows], vocab) * keep).sum()
                 grad_logits = logits  # overwritten by the kernel: d(sum of losses)/d(logits)
-                grad_hidden[start : start + chunk_rows] = grad_logits @ w
-                part = grad_logits.t() @ h
+                # Ignored rows zeroed on the (rows, d) side, not over the far larger logits.
+                grad_hidden[rows] = (grad_logits @ w) * keep[:, None]
+                part = grad_logits.t() @ (h * keep[:, None])
                 grad_weight = part.to(sum_dtype) if grad_weight is None else grad_weight.add_(part)
         if grad_weight is None:  # no rows
             grad_weight = torch.zeros(weight.shape, dtype=sum_dtype, device=weight.device)
-        ctx.save_for_backward(grad_hidden, grad_weight[:vocab])
-        ctx.n, ctx.weight_dtype = n, weight.dtype
-        return total / n
+        ctx.save_for_backward(grad_hidden, grad_weight[:vocab], n_counted)
+        ctx.weight_dtype = weight.dtype
+        return total / n_counted
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_output / ctx.n
+        grad_hidden, grad_weight, n_counted = ctx.saved_tensors
+        scale = grad_output / n_counted
         return (grad_hidden * scale.to(grad_hidden.dtype), (grad_weight * scale).to(ctx.weight_dtype), None, None, None, None)
 
 
@@ -139,8 +148,9 @@ def chunked_mean_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_rows):
         logits = (hidden[start : start + chunk_rows] @ weight.t()).float()
-        total += torch.nn.functional.cross_entropy(logits, targets[start : start + chunk_rows], reduction="sum")
-    return total / hidden.shape[0]
+        total += torch.nn.functional.cross_entropy(logits, targets[start : start + chunk_rows], reduction="sum", ignore_index=IGNORE_INDEX)
+    # The sum skipped the ignored targets: so does the count.
+    return total / (targets != IGNORE_INDEX).sum()
 
 
 def resolve_head_loss(mode: str, device_type: str) -> str:
@@ -174,7 +184,8 @@ def head_and_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Te
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                       rows_kernel=None, vocab_multiple: int | None = None) -> torch.Tensor:
     """Mean cross-entropy (nats/token) of `targets` (N,) under logits `hidden (N, d) @ weight (V, d)ᵀ`,
-    without ever holding more than `chunk_rows` rows of logits. The per-row loss and gradient
+    without ever holding more than `chunk_rows` rows of logits. Targets equal to IGNORE_INDEX
+    (-100) are left out, as torch's cross_entropy does. The per-row loss and gradient
     function (`rows_kernel`) and the multiple the vocabulary is padded to inside the products
     (`vocab_multiple`) are chosen for the device unless given (the tests give them)."""
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
