@@ -3,6 +3,8 @@
 
 Every model has the same interface:
     model(idx, targets=None) -> (logits (B, T, vocab), mean loss in nats/token or None)
+        the mean is over the targets that are not -100 (torch's ignore_index); with targets and
+        head_loss "chunked" ("auto" on a CPU, as in a run's config) the logits are None
     model.loss_per_position(idx, targets) -> (B, T) losses in nats
     model.generate(idx, max_new_tokens, temperature=1.0, top_k=None, generator=None) -> (B, T + new)
     model.config -> the dict that builds it again;  model.attn_length -> the window length
