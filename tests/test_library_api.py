@@ -138,3 +138,16 @@ def test_a_loader_on_a_missing_cuda_device_is_refused_at_once(tmp_path, monkeypa
         WindowLoader(store, 16, 4, device="cuda:1")
     with pytest.raises(InputError, match="device must be"):
         WindowLoader(store, 16, 4, device="meta")
+
+
+def test_decoding_ids_outside_the_vocabulary_is_an_error(tmp_path):
+    from arrows.data import TokenStore
+    from arrows.errors import InputError
+
+    store = TokenStore(small_store(tmp_path))  # bytes: id = byte + 1, 257 ids
+    assert store.decode(store[:5]) == store.decode(torch.tensor(store[:5].astype(np.int64)))
+    assert store.decode([0, 66, 67]) == "<|endoftext|>AB"
+    # 5000 was dropped silently (''), -1 an OverflowError from the tokenizer.
+    for bad in (5000, 257, -1):
+        with pytest.raises(InputError, match=f"cannot decode id {bad}, outside the vocabulary of 257 ids"):
+            store.decode([66, bad])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from arrows import _arrows
+from arrows.errors import InputError
 
 _NUMPY_DTYPE = {"u16": np.dtype("<u2"), "u32": np.dtype("<u4")}
 
@@ -87,7 +88,15 @@ class TokenStore:
         return Tokenizer.from_file(str(self.path / self.manifest["tokenizer"]["file"]))
 
     def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        """The text of a sequence of ids (a list, a tensor, `store[a:b]`), special tokens kept (the
+        BOS reads `<|endoftext|>`). An id outside the vocabulary raises InputError: the tokenizer
+        would drop it without a word."""
+        ids = [int(i) for i in ids]
+        outside = [i for i in ids if not 0 <= i < self.vocab_size]
+        if outside:
+            raise InputError(f"{self.path}: cannot decode id {outside[0]}, outside the vocabulary of {self.vocab_size} ids "
+                             f"({len(outside)} such id(s) of {len(ids)})")
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def verify(self) -> list[str]:
         """Recompute every shard's checksum; one message per damaged shard (empty: all good)."""
