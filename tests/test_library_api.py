@@ -151,3 +151,20 @@ def test_decoding_ids_outside_the_vocabulary_is_an_error(tmp_path):
     for bad in (5000, 257, -1):
         with pytest.raises(InputError, match=f"cannot decode id {bad}, outside the vocabulary of 257 ids"):
             store.decode([66, bad])
+
+
+def test_a_bad_permutation_says_what_is_wrong(tmp_path):
+    from arrows.data import WindowLoader
+    from arrows.errors import InputError
+
+    store = small_store(tmp_path)
+    # The core's message said "(got 4 entries)" for a repeat, which has the right count.
+    with pytest.raises(InputError, match=r"missing: \[3\]; repeated or out of range: \[2\]"):
+        WindowLoader(store, 4, 2, permutation=[0, 1, 2, 2])
+    with pytest.raises(InputError, match=r"missing: none; repeated or out of range: \[4\]"):
+        WindowLoader(store, 4, 2, permutation=[3, 2, 1, 0, 4])
+    # int() turned 1.5 into 1 and accepted the result as a permutation.
+    with pytest.raises(InputError, match="integer positions"):
+        WindowLoader(store, 4, 2, permutation=[0, 1.5, 2, 3])
+    for perm in ([3, 2, 1, 0], np.array([3, 2, 1, 0]), torch.tensor([3, 2, 1, 0])):
+        assert WindowLoader(store, 4, 2, permutation=perm).order == [3, 2, 1, 0]

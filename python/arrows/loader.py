@@ -67,6 +67,23 @@ def _check_count(name: str, value, least: int) -> None:
         raise InputError(f"{name} must be an integer of at least {least}, not {value!r}")
 
 
+def _check_permutation(permutation, length: int) -> list[int]:
+    """The permutation as a list of ints, refused unless it lists each of 0..length-1 once (int()
+    alone would truncate 1.5 to 1, and the core's message counts the entries, not what is wrong)."""
+    import operator
+
+    try:
+        order = [operator.index(i) for i in permutation]  # ints, numpy or torch integers; not floats
+    except TypeError:
+        raise InputError(f"permutation must be a sequence of integer positions, not {permutation!r}") from None
+    if sorted(order) != list(range(length)):
+        missing = sorted(set(range(length)) - set(order))
+        extra = sorted({i for i in order if order.count(i) > 1 or not 0 <= i < length})
+        raise InputError(f"permutation must list each position 0..{length - 1} of the window exactly once; "
+                         f"missing: {missing or 'none'}; repeated or out of range: {extra or 'none'}")
+    return order
+
+
 class WindowLoader:
     """Batches of `(inputs, targets)`, int64 tensors of shape `(batch_size, attn_length)`.
 
@@ -135,7 +152,7 @@ class WindowLoader:
         if valid_tokens is None:
             valid_tokens = int(total * valid_fraction)
         if permutation is not None:
-            order = [int(i) for i in permutation]
+            order = _check_permutation(permutation, attn_length)
         else:
             order = "backward" if backward else "forward"
         self.path = Path(path)
