@@ -181,9 +181,28 @@ def test_tiny_model_overfits_a_fixed_batch(model_type):
 
 
 def test_gpt_rejects_sequences_longer_than_attn_length():
+    from arrows.errors import InputError
+
     model = build_model(tiny("gpt", window=8))
-    with pytest.raises(ValueError, match="attn_length is 8"):
+    with pytest.raises(InputError, match="attn_length is 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "model_type, kwargs, message",
+    [
+        ("gpt", dict(vocab_size=10, n_layers=1, n_heads=3, embed_dim=8, attn_length=4), "must divide embed_dim"),
+        ("gpt", dict(vocab_size=10, n_layers=1, n_heads=2, embed_dim=8, attn_length=4, head_loss="fused"), "head_loss must be"),
+        ("lstm", dict(vocab_size=10, embed_dim=8, desired_attn_length=4, attn_length=5), "disagree"),
+    ],
+)
+def test_model_classes_used_directly_raise_arrows_errors(model_type, kwargs, message):
+    # The classes raised bare ValueErrors; only build_model turned them into arrows' InputError.
+    from arrows.errors import InputError
+    from arrows.models import MODELS
+
+    with pytest.raises(InputError, match=message):
+        MODELS[model_type](**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,15 +160,15 @@ class GPT(nn.Module):
     ):
         super().__init__()
         if embed_dim % n_heads != 0:
-            raise ValueError(f"model_params: n_heads ({n_heads}) must divide embed_dim ({embed_dim})")
+            raise InputError(f"model_params: n_heads ({n_heads}) must divide embed_dim ({embed_dim})")
         if attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"model_params: attention_impl must be one of {ATTENTION_IMPLS}, not {attention_impl!r}")
+            raise InputError(f"model_params: attention_impl must be one of {ATTENTION_IMPLS}, not {attention_impl!r}")
         if head_loss not in HEAD_LOSSES:
-            raise ValueError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
+            raise InputError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
         if attention_impl == "triton":
             require_triton()
         if attention_impl == "flex" and dropout > 0:
-            raise ValueError(f"model_params: attention 'flex' has no dropout on attention weights; set dropout to 0 (now {dropout}) or use 'sdpa'")
+            raise InputError(f"model_params: attention 'flex' has no dropout on attention weights; set dropout to 0 (now {dropout}) or use 'sdpa'")
         # Everything needed to build this model again (checkpoints store it).
         self.config = dict(
             model_type=self.model_type, vocab_size=vocab_size, n_layers=n_layers, n_heads=n_heads,
@@ -211,7 +211,7 @@ class GPT(nn.Module):
     def set_attention_impl(self, impl: str) -> None:
         """Switch every layer to another attention implementation (the weights are the same)."""
         if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, not {impl!r}")
+            raise InputError(f"attention_impl must be one of {ATTENTION_IMPLS}, not {impl!r}")
         if impl == "triton":
             require_triton()
         for block in self.transformer.h:
@@ -226,7 +226,7 @@ class GPT(nn.Module):
         """(B, T) token ids -> (B, T, embed_dim): the final states that the head turns into logits."""
         B, T = idx.shape
         if T > self.attn_length:
-            raise ValueError(f"cannot forward a sequence of length {T}: attn_length is {self.attn_length}")
+            raise InputError(f"cannot forward a sequence of length {T}: attn_length is {self.attn_length}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.token_embedder(idx) + self.transformer.position_embedder(pos)  # (B, T, C)
         x = self.transformer.drop(x)
@@ -261,7 +261,7 @@ def require_triton() -> None:
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
-        raise ValueError("model_params: attention 'triton' needs the triton package (pip install triton; "
+        raise InputError("model_params: attention 'triton' needs the triton package (pip install triton; "
                          "it comes with torch's CUDA wheels on Linux), or use attention 'sdpa'")
 
 

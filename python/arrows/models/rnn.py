@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from arrows.errors import InputError
 from arrows.models.gpt import check_sampling, per_position_loss, sample_next
 from arrows.models.head_loss import HEAD_LOSSES, head_and_loss, head_logits
 
@@ -36,9 +37,9 @@ class RecurrentLM(nn.Module):
     ):
         super().__init__()
         if head_loss not in HEAD_LOSSES:
-            raise ValueError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
+            raise InputError(f"model_params: head_loss must be one of {HEAD_LOSSES}, not {head_loss!r}")
         if desired_attn_length is not None and attn_length is not None and desired_attn_length != attn_length:
-            raise ValueError(
+            raise InputError(
                 f"model_params: desired_attn_length ({desired_attn_length}) and attn_length ({attn_length}) "
                 "disagree; give one of them"
             )
