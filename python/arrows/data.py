@@ -20,6 +20,8 @@ class TokenStore:
     `len(store)` is the number of tokens; `store[a:b]` is a numpy array of ids, a view into the
     memory map (no copy) when the range lies within one shard, else a concatenation.
     Headers are checked against the manifest on opening; `verify()` checks every checksum.
+    An unfinished tokenization is refused (InputError) unless `allow_incomplete=True`, which reads
+    the shards complete so far.
     """
 
     def __init__(self, path: str | Path, *, allow_incomplete: bool = False):
