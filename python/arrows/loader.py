@@ -94,9 +94,11 @@ class WindowLoader:
     The validation split is the last `valid_tokens` (or `valid_fraction` of the) tokens of the
     stream, contiguous, untouched by any training window, and identical for every direction.
 
-    Iterating yields the rest of the current epoch, then moves to the next one. The order is a
-    permutation drawn from `(seed, epoch)`; rank `r` of `world_size` gets a disjoint share (W ranks
-    with batch B serve exactly what one process with batch W·B would). `state_dict()` records the
+    Iterating yields the rest of the current epoch, then moves to the next one. Training windows
+    (`split="train"`) come in an order drawn from `(seed, epoch)`, and the last partial batch is
+    dropped; validation windows come in stream order with their last partial batch (`shuffle`
+    and `drop_last` override either default). Rank `r` of `world_size` gets a disjoint share (W
+    ranks with batch B serve exactly what one process with batch W·B would). `state_dict()` records the
     position, so that after `load_state_dict()` the next batch is the one an uninterrupted run
     would have served.
 
@@ -104,6 +106,10 @@ class WindowLoader:
     buffers): iterate it directly, not through torch's DataLoader, and from one thread at a time.
     It pickles (the copy opens the source again and keeps the position), so it can be handed to
     another process.
+
+    `path` is a token store folder or a reference .h5 file. Ids are checked against `vocab_size`
+    (default: the store's vocabulary; an .h5 file has none, so only negative ids are refused).
+    `device="cuda"` (or "cuda:N") delivers the batches there through pinned buffers.
     """
 
     def __init__(
