@@ -168,3 +168,21 @@ def test_a_bad_permutation_says_what_is_wrong(tmp_path):
         WindowLoader(store, 4, 2, permutation=[0, 1.5, 2, 3])
     for perm in ([3, 2, 1, 0], np.array([3, 2, 1, 0]), torch.tensor([3, 2, 1, 0])):
         assert WindowLoader(store, 4, 2, permutation=perm).order == [3, 2, 1, 0]
+
+
+def test_a_loader_already_iterated_works_in_a_forked_child(tmp_path):
+    import multiprocessing
+
+    from arrows.data import WindowLoader
+
+    loader = WindowLoader(small_store(tmp_path), 16, 4, seed=1)
+    batches = iter(loader)
+    next(batches)  # the prefetch threads run now, in this process only
+    fork = multiprocessing.get_context("fork")  # as DataLoader workers are made on Linux
+    queue = fork.Queue()
+    child = fork.Process(target=_next_targets, args=(loader, queue))
+    child.start()
+    child.join(timeout=300)
+    # Was a Rust panic in the child: "threads should not terminate unexpectedly".
+    assert child.exitcode == 0
+    assert queue.get(timeout=60) == next(batches)[1].tolist()
