@@ -64,7 +64,9 @@ impl Corpus {
             // Open now so an unreadable file is reported before any work starts.
             let f = File::open(&path).at(&path)?;
             let size = f.metadata().at(&path)?.len();
-            let path = std::path::absolute(&path).at(&path)?;
+            // The real path: the manifest identifies an input by it, so `corpus/a.txt` given from
+            // one folder and `../corpus/a.txt` from another (or through a symlink) are one file.
+            let path = path.canonicalize().at(&path)?;
             files.push(InputFile { path, size, start: total });
             total += size;
         }

@@ -291,7 +291,10 @@ fn settings_of(opts: &TokenizeOptions) -> Settings {
             ("train".to_string(), Some(*vocab_size), Some(*sample_bytes), Some(*seed), Some(*min_frequency))
         }
         TokenizerSpec::Bytes => ("bytes".to_string(), None, None, None, None),
-        TokenizerSpec::File(p) => (std::path::absolute(p).unwrap_or(p.clone()).display().to_string(), None, None, None, None),
+        TokenizerSpec::File(p) => {
+            let real = p.canonicalize().or_else(|_| std::path::absolute(p)).unwrap_or(p.clone());
+            (real.display().to_string(), None, None, None, None)
+        }
     };
     Settings {
         tokenizer,
@@ -304,6 +307,9 @@ fn settings_of(opts: &TokenizeOptions) -> Settings {
         strict_utf8: opts.strict_utf8,
     }
 }
+
+/// The most differences a refused `--resume` lists.
+const MAX_DIFFS_SHOWN: usize = 20;
 
 /// Refuse to resume a folder made from other inputs or settings, saying what differs.
 fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry], given: Option<&Tokenizer>, opts: &TokenizeOptions) -> Result<()> {
@@ -320,7 +326,7 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
     setting("--vocab-size", shown(a.vocab_size.map(|v| v as u64)), shown(b.vocab_size.map(|v| v as u64)));
     setting("--sample-bytes", shown(a.sample_bytes), shown(b.sample_bytes));
     setting("--seed", shown(a.seed), shown(b.seed));
-    setting("min frequency", format!("{:?}", a.min_frequency), format!("{:?}", b.min_frequency));
+    setting("min frequency", shown(a.min_frequency), shown(b.min_frequency));
     setting("--shard-bytes", a.shard_bytes.to_string(), b.shard_bytes.to_string());
     setting("chunk size", a.chunk_bytes.to_string(), b.chunk_bytes.to_string());
     setting("--strict-utf8", a.strict_utf8.to_string(), b.strict_utf8.to_string());
@@ -343,6 +349,12 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
     }
     if diffs.is_empty() {
         return Ok(());
+    }
+    // A folder of 10,000 files given from elsewhere would differ in every one: show a few.
+    if diffs.len() > MAX_DIFFS_SHOWN {
+        let more = diffs.len() - MAX_DIFFS_SHOWN;
+        diffs.truncate(MAX_DIFFS_SHOWN);
+        diffs.push(format!("... and {more} more difference(s)"));
     }
     Err(Error::ResumeMismatch(format!(
         "cannot resume {}: it was made from other inputs or settings:\n  - {}\nRun with the original inputs and options, or use --force to start over.",

@@ -306,3 +306,35 @@ fn force_deletes_only_the_files_arrows_writes() {
     assert!(out.join("notes.md").exists());
     assert!(!out.join("shard_000001.bin.tmp").exists() && !out.join("manifest.json.tmp").exists());
 }
+
+#[test]
+fn resume_knows_the_inputs_by_their_real_paths_and_lists_few_differences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("sub")).unwrap();
+    let texts: Vec<Vec<u8>> = (0..30).map(|i| random_text(i, 400).into_bytes()).collect();
+    write_corpus(&corpus, &texts);
+    let out = tmp.path().join("out");
+    let mut o = options(vec![corpus.clone()], &out);
+    o.tokenizer = TokenizerSpec::Bytes;
+    run(&o).unwrap();
+
+    // The same folder named another way (as `../corpus` from another working folder would).
+    let mut again = o.clone();
+    again.inputs = vec![corpus.join("sub").join("..")];
+    again.resume = true;
+    run(&again).unwrap();
+
+    // Thirty other files: a refusal that names a few and counts the rest.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    write_corpus(&other, &texts);
+    again.inputs = vec![other];
+    match run(&again).unwrap_err() {
+        Error::ResumeMismatch(m) => {
+            assert!(m.lines().count() < 25, "{m}");
+            assert!(m.contains("and 10 more difference(s)"), "{m}");
+        }
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+}
