@@ -186,3 +186,25 @@ def test_a_loader_already_iterated_works_in_a_forked_child(tmp_path):
     # Was a Rust panic in the child: "threads should not terminate unexpectedly".
     assert child.exitcode == 0
     assert queue.get(timeout=60) == next(batches)[1].tolist()
+
+
+def test_an_iteration_in_progress_follows_a_new_position(tmp_path):
+    from arrows.data import WindowLoader
+
+    store = small_store(tmp_path)
+
+    def epoch_targets(epoch):
+        loader = WindowLoader(store, 16, 4, seed=1)
+        loader.set_epoch(epoch)
+        return [y.clone() for _, y in loader]
+
+    epoch0, epoch1 = epoch_targets(0), epoch_targets(1)
+    loader = WindowLoader(store, 16, 4, seed=1)
+    batches = iter(loader)
+    next(batches), next(batches)
+    # Resuming from a checkpoint while a `for` loop's iterator is alive: the iterator served
+    # batch 2, the old stream, while state_dict() said the next batch is 6.
+    loader.load_state_dict({**loader.state_dict(), "batch": 5})
+    assert torch.equal(next(batches)[1], epoch0[5]) and loader.state_dict()["batch"] == 6
+    loader.set_epoch(1)
+    assert torch.equal(next(batches)[1], epoch1[0]) and (loader.epoch, loader.batch) == (1, 1)

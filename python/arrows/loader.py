@@ -223,13 +223,21 @@ class WindowLoader:
     def __iter__(self):
         if self._pid != os.getpid():
             self._renew_core_after_fork()
+        self._start()
+        while (buf := self._core.next()) is not None:
+            self.batch += 1
+            served = (self.epoch, self.batch)
+            yield self._tensors(buf)
+            if (self.epoch, self.batch) != served:
+                # Moved while this iteration was paused (load_state_dict, set_epoch, another
+                # iteration): serve from the new position, as state_dict() now says.
+                self._start()
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def _start(self) -> None:
         if self.batch >= len(self):
             self.epoch, self.batch = self.epoch + 1, 0
         self._core.start(self.epoch, self.batch)
-        while (buf := self._core.next()) is not None:
-            self.batch += 1
-            yield self._tensors(buf)
-        self.epoch, self.batch = self.epoch + 1, 0
 
     def _renew_core_after_fork(self) -> None:
         """In a forked child (a DataLoader worker, a fork Pool), the parent's prefetch threads do
