@@ -8,6 +8,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=48:00:00
 set -euo pipefail
+CONFIG="${1:?usage: sbatch cli/launch/slurm.sh CONFIG [arrows train options]}"; shift
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-29500}
-srun arrows train "$1" "${@:2}"
+srun arrows train "$CONFIG" "$@"
