@@ -1,6 +1,6 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), so a crash at any instant
 leaves the previous checkpoint intact, and a failed write (a full disk) removes its temporary
-file. `latest.pt` every `save_every` steps, a kept copy `step_NNNNNNN.pt` every `backup_every`
+file. `latest.pt` every `save_every` steps, a kept copy `step_NNNNNNNN.pt` every `backup_every`
 steps. Loading checks the CRC of every record first: a damaged file is named, with the backup
 to resume from instead.
 
