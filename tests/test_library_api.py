@@ -208,3 +208,24 @@ def test_an_iteration_in_progress_follows_a_new_position(tmp_path):
     assert torch.equal(next(batches)[1], epoch0[5]) and loader.state_dict()["batch"] == 6
     loader.set_epoch(1)
     assert torch.equal(next(batches)[1], epoch1[0]) and (loader.epoch, loader.batch) == (1, 1)
+
+
+def test_load_model_with_a_config_that_does_not_fit_the_weights(tmp_path):
+    import json
+
+    from conftest import ROOT
+
+    from arrows.errors import InputError
+    from arrows.models import build_model
+
+    config = json.loads((ROOT / "cli" / "configs" / "gpt_nano.json").read_text())
+    config["model_params"].update(vocab_size=257, n_layers=1, n_heads=2, embed_dim=8, attn_length=8)
+    config["training_params"]["dataset_folder"] = str(small_store(tmp_path))
+    trained = {**config["model_params"], "embed_dim": 16}
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, {"model": build_model(trained).state_dict(), "optimizer": {}, "step": 1, "per_rank": [], "config": config})
+    # Was torch's RuntimeError ("Error(s) in loading state_dict for GPT: ...").
+    with pytest.raises(InputError, match=r"ck\.pt: its weights do not fit the model that the config describes \(size mismatch"):
+        checkpoint.load_model(config, path)
+    config["model_params"]["embed_dim"] = 16
+    assert checkpoint.load_model(config, path).transformer.token_embedder.weight.shape == (257, 16)

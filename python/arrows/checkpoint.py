@@ -16,7 +16,7 @@ import pickle
 import random
 from pathlib import Path
 
-from arrows.errors import CorruptDataError
+from arrows.errors import CorruptDataError, InputError
 
 LATEST = "latest.pt"
 
@@ -108,7 +108,14 @@ def load_model(config: dict, path: str | Path):
 
     with torch.device("cpu"):
         model = build_model(config_from_dict(config).model_dict())
-    model.load_state_dict(load(path)["model"])
+    payload = load(path)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as e:  # torch's message lists every mismatched tensor
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise InputError(f"{path}: its weights do not fit the model that the config describes ({detail}); "
+                         f"the config it was trained under is its 'config' entry (checkpoint.load(path)['config'])") from None
     return model.eval()
 
 
