@@ -17,8 +17,9 @@ _NUMPY_DTYPE = {"u16": np.dtype("<u2"), "u32": np.dtype("<u4")}
 class TokenStore:
     """The token stream of a folder written by `arrows tokenize`, memory-mapped.
 
-    `len(store)` is the number of tokens; `store[a:b]` is a numpy array of ids, a view into the
-    memory map (no copy) when the range lies within one shard, else a concatenation.
+    `len(store)` is the number of tokens; `store[a:b]` is a read-only numpy array of ids (copy it
+    to modify it), a view into the memory map (no copy) when the range lies within one shard, else
+    a concatenation. A view stays valid after the store is gone.
     Headers are checked against the manifest on opening; `verify()` checks every checksum.
     An unfinished tokenization is refused (InputError) unless `allow_incomplete=True`, which reads
     the shards complete so far.
@@ -68,7 +69,11 @@ class TokenStore:
             self._shards[k][max(start - self._starts[k], 0) : min(stop, self._starts[k + 1]) - self._starts[k]]
             for k in range(first, last + 1)
         ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            return parts[0]
+        joined = np.concatenate(parts)
+        joined.flags.writeable = False  # read-only as the views are: no code that works on one shard only
+        return joined
 
     @property
     def vocab_size(self) -> int:
