@@ -237,15 +237,19 @@ def test_generate_is_reproducible_and_in_range(model_type):
         ({"top_k": 2.5}, "top_k must be"),  # a TypeError from torch.topk
         ({"temperature": -1.0}, "temperature must be"),  # sampled the least likely tokens
         ({"temperature": float("nan")}, "temperature must be"),
+        # torch's IndexError "too many indices", or a reshape or RNN error for an empty prompt
+        ({"idx": torch.zeros(3, dtype=torch.long)}, r"idx must be a \(batch, tokens\) tensor.*not \(3,\) torch.int64"),
+        ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"at least one token.*not \(1, 0\)"),
+        ({"idx": torch.zeros(1, 2)}, r"integer ids.*torch.float32"),
     ],
 )
 def test_generate_refuses_bad_settings_with_input_error(model_type, kwargs, message):
     from arrows.errors import InputError
 
     model = build_model(tiny(model_type, window=8)).eval()
-    kwargs = {"max_new_tokens": 3, **kwargs}
+    kwargs = {"idx": torch.zeros(1, 2, dtype=torch.long), "max_new_tokens": 3, **kwargs}
     with pytest.raises(InputError, match=message):
-        model.generate(torch.zeros(1, 2, dtype=torch.long), kwargs.pop("max_new_tokens"), **kwargs)
+        model.generate(kwargs.pop("idx"), kwargs.pop("max_new_tokens"), **kwargs)
 
 
 @pytest.mark.parametrize("model_type", ["gru", "lstm"])

@@ -249,7 +249,7 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in; the context is
         cropped to the last attn_length tokens. temperature=0 picks the most likely token.
         Call model.eval() first (dropout)."""
-        check_sampling(max_new_tokens, temperature, top_k)
+        check_sampling(idx, max_new_tokens, temperature, top_k)
         for _ in range(max_new_tokens):
             logits = self.logits(idx[:, -self.attn_length:])
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
@@ -272,9 +272,14 @@ def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return losses.view(B, T)
 
 
-def check_sampling(max_new_tokens, temperature, top_k) -> None:
-    """Refuse generation settings that would fail deep inside torch (top_k 0) or sample silently
-    from something else than asked (a negative temperature inverts the distribution)."""
+def check_sampling(idx, max_new_tokens, temperature, top_k) -> None:
+    """Refuse generation settings that would fail deep inside torch (top_k 0, a 1-D prompt) or
+    sample silently from something else than asked (a negative temperature inverts the
+    distribution)."""
+    if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.shape[1] == 0 or idx.is_floating_point() or idx.is_complex():
+        got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else f"a {type(idx).__name__}"
+        raise InputError(f"idx must be a (batch, tokens) tensor of integer ids with at least one token "
+                         f"(start from the BOS id, e.g. torch.tensor([[0]])), not {got}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be an integer of at least 0, not {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < math.inf:

@@ -100,7 +100,7 @@ class RecurrentLM(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens. The context is read once, then only
         the recurrent state and the last token are fed in at each step. temperature=0 picks the
         most likely token. Call model.eval() first (dropout)."""
-        check_sampling(max_new_tokens, temperature, top_k)
+        check_sampling(idx, max_new_tokens, temperature, top_k)
         logits, state = self.run(idx)
         for step in range(max_new_tokens):
             if step > 0:  # feed the token just drawn
