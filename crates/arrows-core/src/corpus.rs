@@ -19,6 +19,8 @@ pub struct InputFile {
     pub size: u64,
     /// Offset of the file's first byte in the concatenated corpus.
     pub start: u64,
+    /// Last modification time, nanoseconds since the Unix epoch (`None` where the system has none).
+    pub modified: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -63,11 +65,13 @@ impl Corpus {
         for path in paths {
             // Open now so an unreadable file is reported before any work starts.
             let f = File::open(&path).at(&path)?;
-            let size = f.metadata().at(&path)?.len();
+            let meta = f.metadata().at(&path)?;
+            let size = meta.len();
+            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
             // The real path: the manifest identifies an input by it, so `corpus/a.txt` given from
             // one folder and `../corpus/a.txt` from another (or through a symlink) are one file.
             let path = path.canonicalize().at(&path)?;
-            files.push(InputFile { path, size, start: total });
+            files.push(InputFile { path, size, start: total, modified });
             total += size;
         }
         Ok(Corpus { files, total, maps: Mutex::default() })

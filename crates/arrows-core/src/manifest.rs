@@ -58,6 +58,10 @@ pub struct InputEntry {
     pub path: String,
     pub size: u64,
     pub fingerprint: String,
+    /// Modification time (ns since the Unix epoch): the fingerprint samples a big file, so an
+    /// edit of the same size elsewhere in it is seen only by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -188,7 +188,9 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         .files
         .par_iter()
         .enumerate()
-        .map(|(i, f)| Ok(InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(corpus.map(i)?.bytes()) }))
+        .map(|(i, f)| {
+            Ok(InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(corpus.map(i)?.bytes()), modified_ns: f.modified })
+        })
         .collect::<Result<_>>()?;
     let settings = settings_of(opts);
     // Read a given tokenizer first: it may live in the very folder that --force is about to clear.
@@ -340,6 +342,9 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
             diffs.push(format!("{} was {} bytes, now {}", now.path, was.size, now.size));
         } else if was.fingerprint != now.fingerprint {
             diffs.push(format!("{} has changed content (fingerprint {} → {})", now.path, was.fingerprint, now.fingerprint));
+        } else if was.modified_ns.is_some() && was.modified_ns != now.modified_ns {
+            // Same size and sampled blocks, but written since: its encoded part may be stale.
+            diffs.push(format!("{} was modified after this folder was started (its modification time changed)", now.path));
         }
     }
     if let Some(t) = given {

@@ -338,3 +338,34 @@ fn resume_knows_the_inputs_by_their_real_paths_and_lists_few_differences() {
         e => panic!("expected ResumeMismatch, got {e}"),
     }
 }
+
+#[test]
+fn resume_refuses_an_input_edited_where_the_fingerprint_does_not_look() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = random_text(9, 4_000_000).into_bytes();
+    let inputs = write_corpus(tmp.path(), std::slice::from_ref(&text));
+    let out = tmp.path().join("out");
+    let mut o = options(inputs.clone(), &out);
+    o.tokenizer = TokenizerSpec::Bytes;
+    o.shard_bytes = 1 << 20;
+    o.chunk_bytes = 1 << 16;
+    run(&o).unwrap();
+
+    // One byte changed between the fingerprint's sampled blocks (after the first MiB, before the
+    // last, outside the 16 blocks of 64 KiB), the size kept: as `sed -i s/a/b/` in the middle.
+    let len = text.len();
+    let (edge, block, stride) = (1 << 20, 1 << 16, (len - (1 << 16)) / 16);
+    let at = (edge..len - edge).find(|&i| i % stride > block + 10 && text[i] == b'e').unwrap();
+    text[at] = b'E';
+    let file = std::fs::OpenOptions::new().write(true).open(&inputs[0]).unwrap();
+    std::io::Write::write_all(&mut &file, &text).unwrap();
+    // An edit happens after the run; some file systems keep whole seconds only.
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    drop(file);
+
+    o.resume = true;
+    match run(&o).unwrap_err() {
+        Error::ResumeMismatch(m) => assert!(m.contains("in0.txt was modified after this folder was started"), "{m}"),
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+}
