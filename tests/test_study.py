@@ -241,6 +241,16 @@ def test_study_with_seeds_side_by_side(tmp_path):
     assert json.loads((tmp_path / "study" / "study.json").read_text()) == study and not (tmp_path / "study" / "fw").exists()
 
 
+def test_study_refuses_gpus_without_cuda_before_it_writes_anything(tmp_path):
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5)))
+    for options in (["--gpus", "0,1", "--seeds", "3"], ["--gpus", "0"], ["--device", "cuda"]):
+        proc = arrows("study", tmp_path / "cfg.json", *options, "--out", tmp_path / "study", env={"CUDA_VISIBLE_DEVICES": ""}, check=False)
+        assert proc.returncode == 1 and "no CUDA device is visible" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "study").exists()  # no study.json: another --seeds is still free
+
+
 def test_study_refuses_a_directed_config(tmp_path):
     arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
     arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")

@@ -124,6 +124,8 @@ def test_synth_cli(tmp_path):
     out = arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "100", "--bits", "8", "--row-weight", "3").stdout
     assert "expected     forward arrow" in out and "hard bits" in out
     assert len(_read_lines(tmp_path / "s.txt")) == 100 and sidecar_path(tmp_path / "s.txt").is_file()
+    out = arrows("synth", "reversible", "--out", tmp_path / "w.txt", "--lines", "10").stdout
+    assert "expected     no arrow" in out, out
 
 
 TEXTS = ["", "a", "héllo wörld\n", "日本語のテキスト\r\nmixed 🎉 emoji ∑\n", "x" * 50]

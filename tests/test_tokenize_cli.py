@@ -31,6 +31,9 @@ def test_help_is_instant_and_imports_no_torch():
     out = arrows("--help").stdout
     for command in ("tokenize", "inspect", "demo"):
         assert command in out
+    # Each command's summary is one paragraph: on a wide terminal, one line of the list.
+    wide = arrows("--help", env={"COLUMNS": "300"}).stdout
+    assert "95% paired bootstrap interval" in wide and "trained forward and backward with a small GPT" in wide, wide
     help_text = arrows("tokenize", "--help", env={"COLUMNS": "200"}).stdout
     for option in ("--out", "--tokenizer", "--vocab-size", "--sample-bytes", "--seed", "--threads", "--shard-bytes", "--strict-utf8", "--resume", "--force", "--h5"):
         assert option in help_text

@@ -223,6 +223,19 @@ def test_external_launcher_joins_instead_of_spawning(tmp_path, store, launcher):
     assert len(checkpoint.load(tmp_path / "runs" / "two" / "checkpoints" / checkpoint.LATEST)["per_rank"]) == 2
 
 
+def test_wandb_without_its_package_is_refused_before_the_run_folder_is_made(tmp_path, store):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    cfg = write_config(tmp_path / "c.json", store, run_name="wb")
+    for extra in ([], ["--dry-run"]):
+        proc = arrows("train", cfg, "--device", "cpu", "--wandb", "project", *extra, check=False)
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 2 and "pip install wandb" in message and "Traceback" not in message, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_slurm_without_master_address_says_what_to_set(tmp_path, store):
     cfg = write_config(tmp_path / "c.json", store, run_name="slurm")
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}

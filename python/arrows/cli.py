@@ -197,6 +197,11 @@ def train(
         raise typer.BadParameter("--gpus starts one process per GPU; drop --nproc (it is for CPU processes)", param_hint="--nproc")
     if more is not None and steps is not None:
         raise typer.BadParameter("--more N trains N steps beyond the checkpoint, --steps sets the total: give one of them", param_hint="--more")
+    if wandb is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:  # before the run folder is made, and in --dry-run too
+            raise typer.BadParameter("needs the wandb package: pip install wandb", param_hint="--wandb")
     overrides: dict = {"training_params": {}}
     if steps is not None:
         overrides["training_params"]["steps_to_train"] = steps
@@ -325,7 +330,8 @@ def synth(
     print(f"parameters   {sidecar_path(out)}")
     if kind.startswith("sparse-linear"):
         print(f"hard bits    {info['hard_bits']} of {info['params']['bits']} need more than {info['params']['row_weight']} known bits in the hard direction (costs {info['hard_direction_costs']})")
-    print(f"expected     {info['expected_arrow']} arrow   next: arrows tokenize {out} --tokenizer bytes --out TOKENS")
+    expected = "no" if info["expected_arrow"] == "none" else info["expected_arrow"]  # "no arrow", not "none arrow"
+    print(f"expected     {expected} arrow   next: arrows tokenize {out} --tokenizer bytes --out TOKENS")
 
 
 @app.command()
@@ -396,7 +402,8 @@ def study(
     _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
 
 
-@app.command()
+@app.command(help="Evaluate forward and backward runs on the same validation windows: losses, δ with a 95% paired "
+             "bootstrap interval, loss by position, curves; as a table, report.md, report.json and PNG figures.")  # one line in --help
 @friendly_errors
 def compare(
     runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed)."),
@@ -405,8 +412,6 @@ def compare(
     max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, help="Evaluate on at most this many validation windows (default: all)."),
     resamples: int = typer.Option(2000, "--resamples", min=2, help="Bootstrap resamples for the 95% interval."),
 ):
-    """Evaluate forward and backward runs on the same validation windows: losses, δ with a 95% paired
-    bootstrap interval, loss by position, curves; as a table, report.md, report.json and PNG figures."""
     from arrows.compare import resolve_pairs
 
     _devices(None, device)  # the same check of --device as train's and study's, before any run is read
@@ -458,14 +463,13 @@ def print_table(report: dict, title: str | None = None) -> None:
         console.print(f"note: {n}")
 
 
-@app.command()
+@app.command(help="The built-in example, no download: synthetic languages with a known arrow, tokenized, trained "
+             "forward and backward with a small GPT, compared; ends with the table and the report's path.")  # one line in --help
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files, made anew: an earlier demo's folder is replaced, any other non-empty folder refused."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps per run (default: the demo's tuned budget; fewer for a quick look)."),
 ):
-    """The built-in example, no download: synthetic languages with a known arrow, tokenized, trained
-    forward and backward with a small GPT, compared; ends with the table and the report's path."""
     from arrows.demo import run_demo
 
     run_demo(out, steps=steps)

@@ -71,9 +71,12 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
               parallel: bool = False, compile: bool = True) -> list[tuple[Path, Path]]:
     """Train every run of the study (resuming any that exist) and return the (fw, bw) pairs.
     `seeds` None: as many as the study folder records, or 1 for a new study."""
-    from arrows.train import TrainOptions, train
+    from arrows.train import TrainOptions, check_devices, train
 
     study_dir = Path(study_dir)
+    # --gpus or --device cuda without CUDA: refused before the folder records anything (its seed
+    # count included), as `arrows train` refuses it, not in each run's log after the launch.
+    check_devices(TrainOptions(device=device, gpus=gpus))
     # A study folder keeps its seed count: another count would lay the runs out elsewhere (fw/ for
     # one seed, seed<S>/fw for several), training new runs beside the old ones and orphaning them.
     recorded = recorded_seeds(study_dir)

@@ -156,7 +156,7 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
 
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
-    _check_devices(opts)
+    check_devices(opts)
     _check_attention(config, opts)
     _check_host_memory(config, opts)
     check_batch_split(config, process_count(opts))
@@ -175,7 +175,7 @@ def train(config, opts: TrainOptions) -> dict:
         return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
 
 
-def _check_devices(opts: TrainOptions) -> None:
+def check_devices(opts: TrainOptions) -> None:
     if not (opts.gpus or opts.device == "cuda"):
         return
     import torch
