@@ -233,6 +233,21 @@ def test_inspect_and_verify_find_a_damaged_shard(tmp_path):
     assert proc.returncode == 1 and shard.name in proc.stderr and "truncated" in proc.stderr
 
 
+def test_inspect_verify_names_damage_among_the_tokens_it_shows(tmp_path):
+    # The first id of shard 0 made one beyond the vocabulary: --verify names the shard, before
+    # decoding the first tokens would refuse that id without saying where it came from.
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(12, 100_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--vocab-size", "600", "--shard-bytes", "50KB")
+    shard = sorted(out.glob("shard_*.bin"))[0]
+    data = bytearray(shard.read_bytes())
+    data[64:66] = (60_000).to_bytes(2, "little")  # ids start at byte 64, u16 for this vocabulary
+    shard.write_bytes(bytes(data))
+    proc = arrows("inspect", out, "--verify", check=False)
+    assert proc.returncode == 1 and shard.name in proc.stderr and "checksum" in proc.stderr, proc.stderr
+
+
 def test_h5_export_is_readable_like_the_reference(tmp_path):
     import h5py
 

@@ -148,6 +148,13 @@ def inspect(
     print(f"input        {len(m['inputs'])} file(s), {m['total_input_bytes']:,} bytes ({done:,} encoded), {m['replaced_bytes']:,} replaced")
     print(f"bytes/token  {done / max(n, 1):.3f}")
     print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {st.bos_id}, hash {m['tokenizer']['hash']}")
+    # Verified before the first tokens are decoded: damage there may be an id beyond the
+    # vocabulary, which decoding refuses without naming the shard the checksums name.
+    problems = st.verify() if verify else []
+    for p in problems:
+        _err(p)
+    if problems:
+        raise typer.Exit(1)
     if show > 0 and n:
         ids = [int(i) for i in st[: min(show, n)]]
         print(f"first ids    {ids}")
@@ -155,11 +162,6 @@ def inspect(
         print(f"as tokens    {pieces}")
         print(f"decoded      {st.decode(ids)!r}")
     if verify:
-        problems = st.verify()
-        if problems:
-            for p in problems:
-                _err(p)
-            raise typer.Exit(1)
         print(f"verified     all {len(m['shards'])} shard checksums match")
 
 
