@@ -99,6 +99,14 @@ def _next_targets(loader, queue):
     queue.put(next(iter(loader))[1].tolist())
 
 
+def _continue_batches(batches, queue):
+    try:
+        next(batches)
+        queue.put("served")
+    except Exception as e:  # noqa: BLE001  (the test checks which)
+        queue.put(f"{type(e).__name__}: {e}")
+
+
 def test_a_loader_pickles_and_keeps_its_position(tmp_path):
     import copy
     import multiprocessing
@@ -186,6 +194,14 @@ def test_a_loader_already_iterated_works_in_a_forked_child(tmp_path):
     # Was a Rust panic in the child: "threads should not terminate unexpectedly".
     assert child.exitcode == 0
     assert queue.get(timeout=60) == next(batches)[1].tolist()
+    # An iteration started before the fork has no threads in the child: refused, not a hang.
+    child = fork.Process(target=_continue_batches, args=(batches, queue))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == 0
+    got = queue.get(timeout=60)
+    assert got.startswith("InputError") and "forked" in got and "new iteration" in got, got
+    assert next(batches)[1].shape == (4, 16)  # the parent's stream is untouched
 
 
 def test_an_iteration_in_progress_follows_a_new_position(tmp_path):

@@ -8,8 +8,6 @@ any more, so a batch can never be overwritten under a tensor that is still in us
 
 from __future__ import annotations
 
-import ctypes
-import os
 from pathlib import Path
 
 from arrows import _arrows
@@ -204,7 +202,6 @@ class WindowLoader:
         self.epoch = int(epoch)
         self.batch = 0  # index, within the epoch, of the next batch to serve
         self._staging = None  # pinned host buffers for asynchronous copies to a GPU
-        self._pid = os.getpid()  # the process whose threads the core's prefetcher runs on
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
@@ -221,8 +218,6 @@ class WindowLoader:
         return self._core.source_tokens
 
     def __iter__(self):
-        if self._pid != os.getpid():
-            self._renew_core_after_fork()
         self._start()
         while (buf := self._core.next()) is not None:
             self.batch += 1
@@ -238,17 +233,6 @@ class WindowLoader:
         if self.batch >= len(self):
             self.epoch, self.batch = self.epoch + 1, 0
         self._core.start(self.epoch, self.batch)
-
-    def _renew_core_after_fork(self) -> None:
-        """In a forked child (a DataLoader worker, a fork Pool), the parent's prefetch threads do
-        not exist: its core panicked when used ("threads should not terminate unexpectedly").
-        Build a core of this process's own, at the same position."""
-        # The old core's destructor would join those missing threads and panic as well, so it
-        # is never freed here: one reference more, never given back.
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._core))
-        epoch, batch = self.epoch, self.batch
-        self.__init__(**self._arguments)
-        self.epoch, self.batch = epoch, batch
 
     def _tensors(self, buf):
         import torch

@@ -5,6 +5,11 @@
 //! Leased to it. A lease returns its buffer only when dropped, so a buffer can never be overwritten
 //! while anything (e.g. a tensor viewing it from Python) still holds its lease. If the consumer
 //! keeps every buffer leased and asks for more, the ring grows rather than deadlocking.
+//!
+//! A process forked while a prefetcher runs (a DataLoader worker, a fork Pool) inherits its
+//! memory but not its threads: there the prefetcher refuses to serve, and dropping it or its
+//! leases leaves the inherited state alone (the workers cannot be joined, and the lock may have
+//! been held by one of them at the fork).
 
 use crate::error::{Error, Result};
 use crate::windows::Sampler;
@@ -38,6 +43,15 @@ struct Shared {
     buffer_len: usize,
     state: Mutex<State>,
     changed: Condvar,
+    /// The process whose threads the workers are.
+    owner_pid: u32,
+}
+
+impl Shared {
+    /// In a process forked from the owner, which has none of the workers.
+    fn in_forked_child(&self) -> bool {
+        std::process::id() != self.owner_pid
+    }
 }
 
 pub struct Prefetcher {
@@ -67,6 +81,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.shared.in_forked_child() {
+            std::mem::forget(self.buffer.take()); // the inherited ring is never used again here
+            return;
+        }
         if let Some(buffer) = self.buffer.take() {
             let mut st = self.shared.state.lock().unwrap();
             st.free.push(buffer);
@@ -92,7 +110,15 @@ impl Prefetcher {
             lookahead: buffers as u64,
             stop: false,
         };
-        let shared = Arc::new(Shared { sampler, epoch, first_batch, buffer_len, state: Mutex::new(state), changed: Condvar::new() });
+        let shared = Arc::new(Shared {
+            sampler,
+            epoch,
+            first_batch,
+            buffer_len,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            owner_pid: std::process::id(),
+        });
         let workers = (0..threads.max(1))
             .map(|i| {
                 let shared = shared.clone();
@@ -111,6 +137,13 @@ impl Prefetcher {
     /// The next batch, waiting for it if needed; `None` at the end of the epoch.
     pub fn next(&self) -> Option<Result<Lease>> {
         let sh = &self.shared;
+        if sh.in_forked_child() {
+            // No worker would ever fill the batch: waiting would hang for good.
+            return Some(Err(Error::Input(format!(
+                "this batch stream was started in process {} and this process was forked from it, without its loader threads; start a new iteration here",
+                sh.owner_pid
+            ))));
+        }
         let mut st = sh.state.lock().unwrap();
         let seq = st.next_take;
         if seq >= st.end {
@@ -178,6 +211,10 @@ fn work(sh: &Shared) {
 
 impl Drop for Prefetcher {
     fn drop(&mut self) {
+        if self.shared.in_forked_child() {
+            std::mem::forget(std::mem::take(&mut self.workers)); // joining them would panic
+            return;
+        }
         self.shared.state.lock().unwrap().stop = true;
         self.shared.changed.notify_all();
         for w in self.workers.drain(..) {
