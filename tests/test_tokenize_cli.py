@@ -356,3 +356,25 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
     # `head` closes the pipe after one line, long before 100,000 tokens are printed.
     proc = subprocess.run(f"'{ARROWS}' inspect '{tmp_path / 's'}' --show 100000 | head -1", shell=True, capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("store") and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory read through Linux's rusage")
+def test_memory_does_not_grow_with_the_corpus(tmp_path):
+    # 300 MB of text in one file. The corpus is memory-mapped: pages read stayed mapped, so the
+    # process's peak resident memory was the corpus size (3.0 GB for a 3 GB file).
+    corpus = tmp_path / "big.txt"
+    block = random_text(11, 4_000_000, specials=False).encode()
+    with open(corpus, "wb") as f:
+        for _ in range(75):
+            f.write(block)
+    size = corpus.stat().st_size
+    # The child's peak, measured by a fresh Python that runs nothing else.
+    code = (
+        "import resource, subprocess, sys; "
+        "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)"
+    )
+    args = [str(ARROWS), "tokenize", str(corpus), "--out", str(tmp_path / "out"), "--sample-bytes", "4MB", "--vocab-size", "1000", "--threads", "1"]
+    peak = int(subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout)
+    assert len(TokenStore(tmp_path / "out")) > 0
+    assert peak < size / 2, f"peak resident memory {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB corpus"

@@ -45,6 +45,7 @@ pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<
             let mut start = 0;
             while start < bytes.len() {
                 let end = block_end(bytes, start + BLOCK_BYTES as usize);
+                map.release(start, end); // as below
                 pieces.push(Piece { file, start, end });
                 start = end;
             }
@@ -67,6 +68,10 @@ pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<
         // Start after a pre-token boundary (we may have landed mid-word), end at one.
         let start = if local == 0 { 0 } else { next_safe_split(bytes, local).unwrap_or(bytes.len()) };
         let end = block_end(bytes, start + block as usize);
+        // Finding the ends mapped pages around them (the kernel maps up to megabytes per touch):
+        // let them go now, or a sample of 1,000 blocks holds gigabytes until it is counted
+        // (`MappedFile::release`).
+        map.release(local.min(start), end);
         if end > start {
             pieces.push(Piece { file, start, end });
         }

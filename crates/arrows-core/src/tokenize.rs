@@ -189,7 +189,10 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         .par_iter()
         .enumerate()
         .map(|(i, f)| {
-            Ok(InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(corpus.map(i)?.bytes()), modified_ns: f.modified })
+            let map = corpus.map(i)?;
+            let entry = InputEntry { path: f.path.display().to_string(), size: f.size, fingerprint: fingerprint(map.bytes()), modified_ns: f.modified };
+            map.release(0, map.bytes().len());
+            Ok(entry)
         })
         .collect::<Result<_>>()?;
     let settings = settings_of(opts);
@@ -455,6 +458,7 @@ fn train_tokenizer(
                 for part in text.split(END_OF_TEXT) {
                     counts.add_text(part);
                 }
+                map.release(piece.start, piece.end);
                 progress.done.fetch_add(piece.len() as u64, Relaxed);
             }
             Ok(counts)
@@ -528,6 +532,7 @@ fn encode_chunk(c: Chunk, corpus: &Corpus, tokenizer: &Tokenizer, strict: bool, 
     let (text, replaced) = decode_lossy(bytes);
     let mut ids = buffers.take(bytes.len() / 3);
     WORD_CACHE.with_borrow_mut(|cache| tokenizer.encode(&text, cache, &mut ids))?;
+    map.release(c.start, c.end);
     Ok((ids, replaced))
 }
 
