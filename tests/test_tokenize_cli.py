@@ -317,6 +317,7 @@ def test_full_disk_is_a_clear_error_and_resumable(tmp_path):
     proc = subprocess.run([str(ARROWS), "tokenize", str(corpus), "--out", str(out), *common], capture_output=True, text=True, preexec_fn=limit)
     assert proc.returncode == 1, proc.stderr
     assert "shard_" in proc.stderr and "too large" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert "free some space, then run the same command with --resume" in proc.stderr, proc.stderr
     assert not list(out.glob("*.tmp"))
     arrows("tokenize", corpus, "--out", out, *common, "--resume")
     for p in reference.glob("shard_*.bin"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from arrows.errors import CancelledError
 from arrows.progress import Reporter
 
 _PHASES = {1: "sampling", 2: "learning merges", 3: "encoding"}
+# A full disk, a full quota, a file-size limit: the job can go on once there is room.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def tokenize(
@@ -79,7 +82,10 @@ def tokenize(
         finished.wait()
         raise CancelledError(f"interrupted; continue with the same command and --resume (output: {out})") from None
     if "error" in outcome:
-        raise outcome["error"]
+        e = outcome["error"]
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            raise OSError(e.errno, f"{e.strerror}; the shards completed so far are kept: free some space, then run the same command with --resume", e.filename) from None
+        raise e
     summary = outcome["summary"]
     if reporter is not None:
         mb = summary["input_bytes"]
