@@ -345,9 +345,16 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
             diffs.push(format!("{} was {} bytes, now {}", now.path, was.size, now.size));
         } else if was.fingerprint != now.fingerprint {
             diffs.push(format!("{} has changed content (fingerprint {} → {})", now.path, was.fingerprint, now.fingerprint));
-        } else if was.modified_ns.is_some() && was.modified_ns != now.modified_ns {
+        } else if let Some(ns) = was.modified_ns.filter(|&t| Some(t) != now.modified_ns) {
             // Same size and sampled blocks, but written since: its encoded part may be stale.
-            diffs.push(format!("{} was modified after this folder was started (its modification time changed)", now.path));
+            diffs.push(format!(
+                "{} was modified after this folder was started (its modification time changed); if only its time changed \
+                 (touched, copied), `touch -d @{}.{:09} '{}'` restores the recorded one",
+                now.path,
+                ns / 1_000_000_000,
+                ns % 1_000_000_000,
+                now.path
+            ));
         }
     }
     if let Some(t) = given {

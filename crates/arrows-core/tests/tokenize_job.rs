@@ -365,7 +365,16 @@ fn resume_refuses_an_input_edited_where_the_fingerprint_does_not_look() {
 
     o.resume = true;
     match run(&o).unwrap_err() {
-        Error::ResumeMismatch(m) => assert!(m.contains("in0.txt was modified after this folder was started"), "{m}"),
+        Error::ResumeMismatch(m) => assert!(m.contains("in0.txt was modified after this folder was started") && m.contains("`touch -d @"), "{m}"),
         e => panic!("expected ResumeMismatch, got {e}"),
     }
+
+    // The text put back and the recorded time restored, as the message suggests: resumed.
+    text[at] = b'e';
+    std::fs::write(&inputs[0], &text).unwrap();
+    let recorded = Manifest::read(&out).unwrap().inputs[0].modified_ns.unwrap();
+    let file = std::fs::File::options().write(true).open(&inputs[0]).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(recorded)).unwrap();
+    drop(file);
+    run(&o).unwrap();
 }
