@@ -338,10 +338,23 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
     if manifest.inputs.len() != inputs.len() {
         diffs.push(format!("the input had {} file(s), now {}", manifest.inputs.len(), inputs.len()));
     }
-    for (i, (was, now)) in manifest.inputs.iter().zip(inputs).enumerate() {
-        if was.path != now.path {
-            diffs.push(format!("input file {} was {}, now {}", i + 1, was.path, now.path));
-        } else if was.size != now.size {
+    // Files are matched by path, so that one file added to a folder is named as such (compared by
+    // position, every file after it differed).
+    let earlier: std::collections::HashMap<&str, &InputEntry> = manifest.inputs.iter().map(|e| (e.path.as_str(), e)).collect();
+    let current: std::collections::HashSet<&str> = inputs.iter().map(|e| e.path.as_str()).collect();
+    let before = diffs.len();
+    for now in inputs.iter().filter(|e| !earlier.contains_key(e.path.as_str())) {
+        diffs.push(format!("{} is a new input", now.path));
+    }
+    for was in manifest.inputs.iter().filter(|e| !current.contains(e.path.as_str())) {
+        diffs.push(format!("{} was an input, and is no longer", was.path));
+    }
+    let same_files = diffs.len() == before && manifest.inputs.len() == inputs.len();
+    if same_files && manifest.inputs.iter().zip(inputs).any(|(was, now)| was.path != now.path) {
+        diffs.push("the input files come in another order (the corpus is their concatenation in the given order)".into());
+    }
+    for (was, now) in inputs.iter().filter_map(|now| earlier.get(now.path.as_str()).map(|was| (was, now))) {
+        if was.size != now.size {
             diffs.push(format!("{} was {} bytes, now {}", now.path, was.size, now.size));
         } else if was.fingerprint != now.fingerprint {
             diffs.push(format!("{} has changed content (fingerprint {} → {})", now.path, was.fingerprint, now.fingerprint));

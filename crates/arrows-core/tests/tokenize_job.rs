@@ -325,7 +325,18 @@ fn resume_knows_the_inputs_by_their_real_paths_and_lists_few_differences() {
     again.resume = true;
     run(&again).unwrap();
 
-    // Thirty other files: a refusal that names a few and counts the rest.
+    // One file added amid the thirty: named, and only it.
+    std::fs::write(corpus.join("in1a.txt"), "added").unwrap();
+    match run(&again).unwrap_err() {
+        Error::ResumeMismatch(m) => {
+            assert!(m.contains("in1a.txt is a new input") && m.contains("the input had 30 file(s), now 31"), "{m}");
+            assert_eq!(m.matches("\n  - ").count(), 2, "{m}");
+        }
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+    std::fs::remove_file(corpus.join("in1a.txt")).unwrap();
+
+    // Thirty other files (30 new, 30 gone): a refusal that names a few and counts the rest.
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     write_corpus(&other, &texts);
@@ -333,8 +344,18 @@ fn resume_knows_the_inputs_by_their_real_paths_and_lists_few_differences() {
     match run(&again).unwrap_err() {
         Error::ResumeMismatch(m) => {
             assert!(m.lines().count() < 25, "{m}");
-            assert!(m.contains("and 10 more difference(s)"), "{m}");
+            assert!(m.contains("and 40 more difference(s)"), "{m}");
         }
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+
+    // The same files in another order make another corpus.
+    let mut files: Vec<PathBuf> = (0..30).map(|i| corpus.join(format!("in{i}.txt"))).collect();
+    files.sort();
+    files.swap(0, 1);
+    again.inputs = files;
+    match run(&again).unwrap_err() {
+        Error::ResumeMismatch(m) => assert!(m.contains("the input files come in another order"), "{m}"),
         e => panic!("expected ResumeMismatch, got {e}"),
     }
 }
