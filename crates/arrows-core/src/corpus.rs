@@ -84,7 +84,19 @@ impl Corpus {
         if let Some(m) = open.by_file.get(&index) {
             return Ok(m.clone());
         }
-        let m = Arc::new(MappedFile::open(&self.files[index].path)?);
+        let file = &self.files[index];
+        let m = Arc::new(MappedFile::open(&file.path)?);
+        // Offsets in the corpus come from the sizes read at the start: a file written meanwhile
+        // (a download still running) would shift every later offset, or read past its end.
+        if m.bytes().len() as u64 != file.size {
+            return Err(Error::Input(format!(
+                "{}: changed size while being tokenized ({} bytes when the job started, now {}); tokenize files that are no longer \
+                 being written",
+                file.path.display(),
+                file.size,
+                m.bytes().len()
+            )));
+        }
         open.by_file.insert(index, m.clone());
         open.order.push_back(index);
         while open.order.len() > MAX_OPEN_MAPS {
@@ -216,6 +228,7 @@ pub fn decode_lossy(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn lossy_decoding_matches_std() {
@@ -259,6 +272,17 @@ mod tests {
         }
         assert_eq!(corpus.maps.lock().unwrap().by_file.len(), MAX_OPEN_MAPS);
         assert_eq!(first.bytes(), b"file 0 "); // closed by the corpus, still alive here
+    }
+
+    #[test]
+    fn a_file_that_grows_after_the_start_is_refused_when_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("growing.txt");
+        std::fs::write(&path, "first part ").unwrap();
+        let corpus = Corpus::open(std::slice::from_ref(&path)).unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"appended later").unwrap();
+        let err = corpus.map(0).unwrap_err().to_string();
+        assert!(err.contains("growing.txt: changed size while being tokenized (11 bytes when the job started, now 25)"), "{err}");
     }
 
     #[test]
