@@ -200,8 +200,11 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     assert not list(out.glob("*.tmp"))
-    arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--shard-bytes", "2MB", "--resume")
+    summary = arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--shard-bytes", "2MB", "--resume").stdout
     assert np.array_equal(TokenStore(out)[:], np.frombuffer(corpus.read_bytes(), dtype=np.uint8).astype(np.int64) + 1)
+    # The rate counts what this run encoded (it printed thousands of MB/s: the whole input over
+    # the resumed run's seconds).
+    assert "resumed      at input byte" in summary and "encoded in this run)" in summary, summary
 
 
 def test_progress_lines_in_a_log(tmp_path):

@@ -115,7 +115,9 @@ def tokenize(
         f"tokens       {tokens:,} in {s['shards']} shard(s) → {s['out']}",
         f"input        {human_bytes(nbytes)} ({nbytes:,} bytes), {nbytes / max(tokens, 1):.2f} bytes/token",
         f"vocabulary   {s['vocab_size']:,}",
-        f"time         {human_seconds(s['seconds'])} ({nbytes / 1e6 / max(s['seconds'], 1e-9):.1f} MB/s overall)",
+        # A resumed run encoded only what the killed one had not: its rate counts those bytes.
+        f"time         {human_seconds(s['seconds'])} ({(nbytes - s['resumed_at']) / 1e6 / max(s['seconds'], 1e-9):.1f} MB/s overall"
+        + (f", of the {human_bytes(nbytes - s['resumed_at'])} encoded in this run)" if s["resumed_at"] else ")"),
         f"replaced     {s['replaced_bytes']:,} invalid UTF-8 bytes (→ U+FFFD)",
     ]
     if s["resumed_at"]:
