@@ -92,3 +92,33 @@ def test_a_run_started_over_drops_the_earlier_runs_records(tmp_path):
     m.close()
     assert [r["step"] for r in read(tmp_path)] == [1]
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_progress_shows_a_phase_complete_when_the_next_one_starts():
+    import io
+
+    from arrows.progress import Reporter
+
+    # A log: the phase ended between two plain lines; its last line said 57%.
+    log = io.StringIO()
+    with Reporter(stream=log, every=1000, force_plain=True) as r:
+        r.update("sampling", 0, 100)
+        r.update("sampling", 57, 100)
+        r.update("encoding", 0, 10)
+        r.update("encoding", 10, 10, final=True)
+        r.update("writing", 0, 10)  # after a final line: nothing more for "encoding"
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("sampling:   0.0%")
+    assert lines[1].startswith("sampling: 100.0%  done in")
+    assert lines[2:] == ["encoding: 100.0%  10 B / 10 B"], lines  # shown complete once, by its final update
+
+    # A terminal: the earlier phase's bar is filled.
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    with Reporter(stream=Terminal()) as r:
+        r.update("sampling", 57, 100)
+        r.update("encoding", 1, 10)
+        tasks = {t.description: t for t in r._bar.tasks}
+    assert tasks["sampling"].completed == 100 and tasks["encoding"].completed == 1

@@ -40,6 +40,8 @@ class Reporter:
         self._desc = None
         self._last_print = 0.0
         self._rate_mark = None  # (time, done) when the current phase started
+        self._closed = False  # whether the current phase's last line (its final update) was shown
+        self._total = 1  # the current phase's total, as last reported
 
     @classmethod
     def from_env(cls) -> "Reporter":
@@ -73,11 +75,18 @@ class Reporter:
         """Show progress; `final=True` marks the phase's last update (always printed in a log)."""
         now = time.monotonic()
         if desc != self._desc:
+            # A new phase means the last one ended, perhaps between two polls or two plain lines:
+            # show it complete, not at the last figure seen (a log read "sampling: 57.4%", then
+            # "encoding").
+            if self._desc is not None and not self._closed:
+                if self._bar is not None:
+                    self._bar.update(self._task, completed=self._total)
+                else:
+                    print(f"{self._desc}: 100.0%  done in {human_seconds(now - self._rate_mark[0])}", file=self.stream, flush=True)
             self._desc = desc
             self._rate_mark = (now, done)
+            self._closed = False
             if self._bar is not None:
-                if self._task is not None:
-                    self._bar.update(self._task, visible=True)
                 self._task = self._bar.add_task(desc, total=max(total, 1), info="")
         t0, d0 = self._rate_mark
         rate = (done - d0) / (now - t0) if now > t0 + 0.5 else 0.0
@@ -88,6 +97,7 @@ class Reporter:
             amount = f"{done:,.0f} / {total:,.0f} {unit}"
             speed = f"{rate:,.0f} {unit}/s" if rate else ""
         info = "  ".join(x for x in (amount, speed, extra) if x)
+        self._closed, self._total = final, max(total, 1)
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=max(total, 1), info=info)
         elif final or now - self._last_print >= self.every:
