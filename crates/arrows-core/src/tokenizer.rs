@@ -18,7 +18,7 @@ pub struct Tokenizer {
 }
 
 enum Engine {
-    Fast(Encoder),
+    Fast(Box<Encoder>), // boxed: the encoder's tables make it far larger than the other variant
     /// `cuts_between_lines`: whether the text may be cut between two lines (`general_cuts_between_lines`).
     General { tokenizer: Box<tokenizers::Tokenizer>, cuts_between_lines: bool },
 }
@@ -38,7 +38,7 @@ impl Tokenizer {
             hash: hash_json(&json),
             vocab_size: bpe.vocab_size(),
             bos_id: bpe.bos_id(),
-            engine: Engine::Fast(Encoder::new(bpe)),
+            engine: Engine::Fast(Box::new(Encoder::new(bpe))),
             json,
         }
     }

@@ -18,7 +18,7 @@ fn random_text(seed: u64, len: usize) -> String {
     while s.len() < len {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         s.push_str(words[(state >> 33) as usize % words.len()]);
-        if (state >> 20) % 3 != 0 {
+        if !(state >> 20).is_multiple_of(3) {
             s.push(' ');
         }
     }

@@ -119,10 +119,13 @@ impl TokenizeJob {
     }
 }
 
-/// Open a token store: returns (manifest JSON text, dtype name, [(shard path, token count)]).
+/// What `open_store` returns: (manifest JSON text, dtype name, [(shard path, token count)]).
+type OpenedStore = (String, String, Vec<(String, u64)>);
+
+/// Open a token store (see `OpenedStore`).
 #[pyfunction]
 #[pyo3(signature = (dir, allow_incomplete=false))]
-fn open_store(py: Python<'_>, dir: PathBuf, allow_incomplete: bool) -> PyResult<(String, String, Vec<(String, u64)>)> {
+fn open_store(py: Python<'_>, dir: PathBuf, allow_incomplete: bool) -> PyResult<OpenedStore> {
     let store = core(py, py.detach(|| Store::open(&dir, allow_incomplete)))?;
     let manifest = std::fs::read_to_string(dir.join(arrows_core::manifest::FILE_NAME)).map_err(|e| to_py(py, Error::io(&dir, e)))?;
     let shards = store.shards.iter().map(|s| (s.path.display().to_string(), s.header.count)).collect();
