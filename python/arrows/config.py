@@ -65,10 +65,10 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 |---|---|---|
 | `lr` | `1e-4` | peak learning rate (AdamW) |
 | `warmup_steps` | `0` | linear warmup from `lr_init` to `lr` |
-| `oscil_steps` | `null` = the whole run | period of the cosine warm restarts (from the peak to `lr_min`) |
-| `lr_shrink` | `1.0` | the peak is multiplied by this at each restart |
+| `oscil_steps` | `null` = the whole run | period of the cosine warm restarts (from the peak to the floor) |
+| `lr_shrink` | `1.0` | each restart multiplies the whole cosine by this, peak and floor (period n runs from `lr·lr_shrinkⁿ` down to `lr_min·lr_shrinkⁿ`, as the reference's) |
 | `lr_init` | `1e-7` | learning rate at the start of the warmup |
-| `lr_min` | `1e-6` | bottom of the cosine (≤ `lr`) |
+| `lr_min` | `1e-6` | bottom of the first cosine period (≤ `lr`) |
 | `weight_decay` *(new)* | `0.01` | AdamW weight decay (torch's default) |
 | `betas` *(new)* | `[0.9, 0.999]` | AdamW betas, each in [0, 1) |
 | `clip` *(new)* | `1.0` | gradient-norm clipping; `null` = none |

@@ -1,8 +1,9 @@
 """Learning-rate schedules, as functions of the optimizer step (so resuming needs no state).
 
 - `reference`: linear warmup from `lr_init` to `lr` over `warmup_steps`, then cosine warm restarts:
-  each period of `oscil_steps` decays from its peak to `lr_min`, and each new period's peak is the
-  previous one times `lr_shrink` (the reference code's schedule).
+  each period of `oscil_steps` decays from `lr` to `lr_min`, and period n (from 0) is that whole
+  curve times `lr_shrink**n`, its floor included (the reference code's schedule: torchenhanced's
+  `CosineWarmup`, lr = lr_shrink**n * (lr_min + (lr - lr_min) * (1 + cos(pi * phase / oscil_steps)) / 2)).
 - `cooldown`: the same warmup, then constant `lr`, then a linear decay to 0 over the last
   `cooldown_finish` fraction of the run (the reference's later schedule).
 """
@@ -17,8 +18,7 @@ def reference_lr(step: int, *, lr: float, warmup_steps: int, lr_init: float, lr_
         return lr_init + (lr - lr_init) * step / warmup_steps
     t = step - warmup_steps
     period, phase = divmod(t, max(oscil_steps, 1))
-    peak = lr * lr_shrink**period
-    return lr_min + (peak - lr_min) * 0.5 * (1.0 + math.cos(math.pi * phase / max(oscil_steps, 1)))
+    return lr_shrink**period * (lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * phase / max(oscil_steps, 1))))
 
 
 def cooldown_lr(step: int, *, lr: float, warmup_steps: int, lr_init: float, total_steps: int, cooldown_finish: float) -> float:
