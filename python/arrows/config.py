@@ -46,7 +46,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `backup_every` | `null` = never | keep a numbered copy of the checkpoint every so many steps |
 | `step_log` | `100` | log the training loss every so many steps |
 | `valid_steps` | `1000` | validate every so many steps (the reference name of `valid_every`) |
-| `save_loc` | `"runs"` | folder under which the run folder `<save_loc>/<run_name>` is made. `state_save_loc`, its first-generation name, is the same setting (not both) |
+| `save_loc` | `"runs"` | folder under which the run folder `<save_loc>/<run_name>` is made. `state_save_loc`, its first-generation name, is the same setting; when both are given (real later-generation configs carry both), `save_loc` is used and `state_save_loc` ignored, as the reference's later code did |
 | `fast_scrambling` | `false` | accepted for reference configs; no effect (arrows always shuffles by a fast exact permutation) |
 | `cooldown_finish` | `null` | fraction of training, in (0, 1), spent in a final linear cooldown to 0; when given the schedule is warmup → constant → linear cooldown instead of cosine warm restarts |
 | `run_name` *(new)* | config file stem + `_fw`, `_bw` or `_perm` | name of the run folder |
@@ -272,6 +272,10 @@ class _Key:
     nullable: bool = False  # null has a documented meaning
     check: Callable[[Any], str | None] | None = None
     aliases: tuple[str, ...] = ()
+    # Given with an alias, the key itself is read and the alias ignored (a note says so), instead of
+    # both being refused: real configs of the reference's later code carry both `state_save_loc`
+    # (unused there) and `save_loc` (read there).
+    wins_over_aliases: bool = False
 
 
 def _positive(v) -> str | None:
@@ -343,7 +347,7 @@ _TRAINING_KEYS = (
     _Key("valid_fraction", "float", 0.01, check=_open_unit),
     _Key("sample_every", "int", None, nullable=True, check=_non_negative),
     _Key("sample_tokens", "int", 64, check=_positive),
-    _Key("save_loc", "str", "runs", check=_non_empty, aliases=("state_save_loc",)),
+    _Key("save_loc", "str", "runs", check=_non_empty, aliases=("state_save_loc",), wins_over_aliases=True),
     _Key("run_name", "str", None, nullable=True, check=_name),
     _Key("seed", "int", 0, check=_non_negative),
     _Key("threads", "int", 2, check=_positive),
@@ -462,6 +466,11 @@ class _Checker:
     def read(self, section: str, raw: dict, key: _Key) -> Any:
         """The value of `key` (an alias counts as the key), its default, or _BAD."""
         given = [n for n in (key.name, *key.aliases) if n in raw]
+        if len(given) > 1 and key.wins_over_aliases and given[0] == key.name:
+            for alias in given[1:]:
+                self.notes.append(f"{section}.{alias} ({_show(raw[alias])}) is ignored: {key.name} ({_show(raw[key.name])}) is given too, "
+                                  f"and it is the one the reference's later code reads")
+            given = [key.name]
         if len(given) > 1:
             self.problem(f"{section}.{given[1]}", f"the same setting as {given[0]}; give one of them, not both")
             return _BAD
