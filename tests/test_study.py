@@ -60,8 +60,8 @@ def test_bootstrap_and_compare_refuse_bad_counts():
             paired_bootstrap(fw, fw, resamples=bad)
         with pytest.raises(InputError, match="resamples must be an integer of at least 2"):
             compare_runs([("fw", "bw")], resamples=bad)
-    for bad in (0, -1, 2.5):
-        with pytest.raises(InputError, match="max_windows must be an integer of at least 1"):
+    for bad in (0, 1, -1, 2.5):
+        with pytest.raises(InputError, match="max_windows must be an integer of at least 2"):
             compare_runs([("fw", "bw")], max_windows=bad)
 
 
@@ -177,7 +177,7 @@ def test_compare_refuses_mismatched_runs(reversible_study, tmp_path):
 def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_path):
     tmp, _ = reversible_study
     study = tmp / "study"
-    for option, value in (("--max-windows", 0), ("--max-windows", -1), ("--resamples", 0), ("--resamples", -5), ("--resamples", 1)):
+    for option, value in (("--max-windows", 1), ("--max-windows", -1), ("--resamples", 0), ("--resamples", -5), ("--resamples", 1)):
         proc = arrows("compare", study, option, value, "--out", tmp_path / "report", check=False)
         assert proc.returncode == 2 and f"Invalid value for '{option}'" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -189,17 +189,19 @@ def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_pa
     assert not (tmp_path / "report").exists()
     # The ranges are in the help.
     helps = {command: arrows(command, "--help", env={"COLUMNS": "250"}).stdout for command in ("compare", "study")}
-    assert helps["compare"].count("[x>=1]") == 1 and helps["compare"].count("[x>=2]") == 1  # --max-windows, --resamples
-    assert helps["study"].count("[x>=1]") == 3  # --seeds, --steps, --max-windows
+    assert helps["compare"].count("[x>=2]") == 2  # --max-windows, --resamples
+    assert helps["study"].count("[x>=1]") == 2 and helps["study"].count("[x>=2]") == 1  # --seeds, --steps; --max-windows
     # --device is checked as train and study check it.
     proc = arrows("compare", study, "--device", "bogus", check=False)
     assert proc.returncode == 2 and "'bogus': choose auto, cpu or cuda" in proc.stderr and "Traceback" not in proc.stderr
     proc = arrows("compare", study, "--device", "cuda", "--out", tmp_path / "report", env={"CUDA_VISIBLE_DEVICES": ""}, check=False)
     assert proc.returncode == 1 and "--device cuda: no CUDA device is visible" in proc.stderr and "Traceback" not in proc.stderr
-    # The smallest values work, and the report counts in the singular.
-    arrows("compare", study, "--max-windows", 1, "--resamples", 2, "--out", tmp_path / "one")
-    md = (tmp_path / "one" / "report.md").read_text()
-    assert "the same 1 validation window (24 tokens) per pair" in md
+    # The smallest values work (one window would give no interval: refused).
+    arrows("compare", study, "--max-windows", 2, "--resamples", 2, "--out", tmp_path / "two")
+    md = (tmp_path / "two" / "report.md").read_text()
+    assert "the same 2 validation windows (48 tokens) per pair" in md
+    proc = arrows("compare", study, "--max-windows", 1, "--out", tmp_path / "one", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
 def test_study_with_seeds_side_by_side(tmp_path):
@@ -212,6 +214,9 @@ def test_study_with_seeds_side_by_side(tmp_path):
     report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert [p["seed"] for p in report["pairs"]] == [4, 5]
     assert report["summary"]["delta_seed_std"] is not None
+    # With seeds, an interval that includes training noise too, at least as wide as the windows' one.
+    s = report["summary"]
+    assert s["seeds"] == 2 and s["seed_low"] <= s["low"] <= s["high"] <= s["seed_high"]
     # Same seed, same initial weights: the two directions start from one model.
     fw_cfg = json.loads((tmp_path / "study" / "seed5" / "fw" / "config.json").read_text())
     bw_cfg = json.loads((tmp_path / "study" / "seed5" / "bw" / "config.json").read_text())
@@ -221,7 +226,7 @@ def test_study_with_seeds_side_by_side(tmp_path):
         k: v for k, v in bw_cfg["training_params"].items() if k not in ("backwards", "run_name")
     }
     md = (tmp_path / "study" / "report" / "report.md").read_text()
-    assert "Over 2 seeds" in md and "sparse-linear" in md
+    assert "Over 2 seeds" in md and "sparse-linear" in md and "95% interval with training and evaluation noise" in md
     # Running the study again resumes: nothing left to train, same report.
     arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--out", tmp_path / "study")
     again = json.loads((tmp_path / "study" / "report" / "report.json").read_text())

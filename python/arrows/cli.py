@@ -393,7 +393,7 @@ def study(
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
     attention: Optional[str] = typer.Option(None, "--attention", help=ATTENTION_HELP),
     head_loss: Optional[str] = typer.Option(None, "--head-loss", help=HEAD_LOSS_HELP),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, help="Compare on at most this many validation windows (default: all)."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=2, help="Compare on at most this many validation windows (default: all; at least 2)."),
 ):
     """Train the forward and the backward model on identical settings, then compare them."""
     from arrows.study import run_study
@@ -413,7 +413,7 @@ def compare(
     runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md, report.json and the figures (default: <study>/report, or ./arrows-report)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, help="Evaluate on at most this many validation windows (default: all)."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=2, help="Evaluate on at most this many validation windows (default: all; at least 2)."),
     resamples: int = typer.Option(2000, "--resamples", min=2, help="Bootstrap resamples for the 95% interval."),
 ):
     from arrows.compare import resolve_pairs
@@ -451,7 +451,8 @@ def print_table(report: dict, title: str | None = None) -> None:
 
     s = report["summary"]
     table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left",
-                  caption="loss in nats/token; δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval", caption_justify="left")
+                  caption=f"loss in nats/token; δ = (L_bw − L_fw) / L_fw, > 0: backward worse; 95% paired bootstrap interval over "
+                          f"{s['windows']:,} windows: evaluation noise only, not training noise", caption_justify="left")
     for col in ("", "forward", "backward", "δ", "95% interval"):
         table.add_column(col, justify="right", no_wrap=True)
     rows = [("validation loss", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])
@@ -461,6 +462,8 @@ def print_table(report: dict, title: str | None = None) -> None:
     console.print(table)
     if len(report["pairs"]) > 1:
         console.print(f"seed-to-seed: δ {100 * s['delta_seed_mean']:+.2f}% ± {100 * s['delta_seed_std']:.2f}% (mean ± sd over {len(report['pairs'])} seeds)")
+        if s.get("seed_low") is not None:
+            console.print(f"95% interval with training noise (seeds) and evaluation noise (windows): [{100 * s['seed_low']:+.2f}%, {100 * s['seed_high']:+.2f}%]")
     if report.get("synthetic"):
         console.print(report["synthetic"]["verdict"])
     for n in report["notes"]:

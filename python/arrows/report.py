@@ -46,13 +46,21 @@ def markdown(report: dict) -> str:
         "",
         "| | forward | backward | δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval |",
         "|---|---|---|---|",
-        f"| validation loss (nats/token) | {s['loss_fw']:.4f} | {s['loss_bw']:.4f} | {_fmt_delta(s)} |",
+        f"| validation loss (nats/token){', mean of the seeds' if len(report['pairs']) > 1 else ''} | {s['loss_fw']:.4f} | {s['loss_bw']:.4f} | {_fmt_delta(s)} |",
+        "",
+        "δ > 0: the backward model's loss is higher (an arrow favouring the forward direction); δ is a ratio, the same "
+        f"in nats or bits. The interval resamples the {_count(s['windows'], 'window')} (both directions together: paired; "
+        f"expanded percentile interval, {s.get('resamples', 0):,} resamples): it covers evaluation noise only, which "
+        "windows of text were scored, not training noise: another seed can give a δ outside it"
+        + ("." if len(report["pairs"]) > 1 else "; `arrows study --seeds K` gives an interval with both."),
     ]
     if len(report["pairs"]) > 1:
         lines += [
             "",
             f"Over {len(report['pairs'])} seeds: δ = {100 * s['delta_seed_mean']:+.2f}% ± {100 * s['delta_seed_std']:.2f}% "
-            "(mean ± standard deviation over seeds: the training noise, which the interval above does not include).",
+            "(mean ± standard deviation over seeds: the training noise)."
+            + (f" **95% interval with training and evaluation noise: [{100 * s['seed_low']:+.2f}%, {100 * s['seed_high']:+.2f}%]** "
+               f"(Student t over the {len(report['pairs'])} seeds' δ, combined with the windows' bootstrap error)." if s.get("seed_low") is not None else ""),
             "",
             "| seed | forward | backward | δ [95% interval] |",
             "|---|---|---|---|",
@@ -140,7 +148,7 @@ def _plot_delta(report: dict, path: Path) -> None:
     ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5)
     ax.axhline(0, color="grey", lw=1)
     ax.set_xticks(x, [f"seed {p['seed']}" for p in pairs])
-    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)", "δ per seed (95% paired bootstrap interval)", legend=False)
+    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)", "δ per seed (95% paired bootstrap interval over windows)", legend=False)
 
 
 def _finish(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
