@@ -200,6 +200,7 @@ def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_pa
     arrows("compare", study, "--max-windows", 2, "--resamples", 2, "--out", tmp_path / "two")
     md = (tmp_path / "two" / "report.md").read_text()
     assert "the same 2 validation windows (48 tokens) per pair" in md
+    assert "only 2 windows: below about 20 the bootstrap interval is too narrow" in md
     proc = arrows("compare", study, "--max-windows", 1, "--out", tmp_path / "one", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
