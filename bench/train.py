@@ -110,7 +110,7 @@ def make_trainer(name: str, model: dict, B: int, store: Path, work: Path, *, com
 
     cfg = config_from_dict({
         "model_params": {"dropout": 0.1, **model},
-        "training_params": {"dataset_folder": str(store), "batch_size": B, "steps_to_train": 10**6, "save_every": 10**9, "valid_steps": 10**9,
+        "training_params": {"dataset_folder": str(store), "batch_size": B, "steps_to_train": 10**6, "save_every": 10**9, "valid_every": 10**9,
                             "valid_fraction": 0.01, "save_loc": str(work / "runs"), "run_name": name, "sample_every": 0, "threads": 4},
         "optim_params": {"lr": 1e-4},
     })

@@ -54,7 +54,9 @@ def test_en_small_loads_unchanged():
     assert c.model.embd_dropout == c.model.dropout == 0.1  # null = same as dropout
     t = c.training
     assert (t.batch_size, t.aggregate, t.backwards, t.steps_to_train) == (250, 1, False, None)
-    assert (t.save_every, t.backup_every, t.step_log, t.valid_every, t.valid_steps) == (3000, 15000, 400, 1000, 1000)
+    assert (t.save_every, t.backup_every, t.step_log, t.valid_steps) == (3000, 15000, 400, 1000)
+    # The reference's meaning of valid_steps: 1000 batches every 20,000 steps (its train.py).
+    assert (t.valid_every, t.valid_batches) == (20_000, 1000)
     assert t.save_loc == "runs" and t.run_name == "en_small_fw" and t.direction == "forward"
     o = c.optim
     assert (o.lr, o.warmup_steps, o.oscil_steps, o.lr_shrink, o.lr_init, o.lr_min) == (1e-4, 4000, 200000, 0.85, 1e-7, 1e-6)
@@ -95,7 +97,8 @@ def test_later_generation_loads_unchanged():
     c = load_config(reference("later_blueprint.json"))
     t = c.training
     assert t.save_loc == "runs/" and t.tokenizer_path == "modules/tokenizers/shake_test_tokenizer"
-    assert (t.batch_size, t.val_batch_size, t.steps_to_train, t.valid_every, t.permutation) == (10, 5, 1000, 10, None)
+    assert (t.batch_size, t.val_batch_size, t.steps_to_train, t.permutation) == (10, 5, 1000, None)
+    assert (t.valid_steps, t.valid_every, t.valid_batches) == (10, 200, 10)  # 10 batches of 5 every 200 steps
     assert t.cooldown_finish == 0.15 and c.schedule == "cooldown"
     assert t.fast_scrambling is False
     assert any("fast_scrambling" in n and "no effect" in n for n in c.notes)
@@ -148,8 +151,8 @@ def test_defaults_are_filled_in():
     assert d["training_params"] == {
         "dataset_folder": "data", "tokenizer_path": None, "batch_size": 4, "val_batch_size": 4, "aggregate": 1,
         "backwards": False, "permutation": None, "steps_to_train": None, "save_every": 1000, "backup_every": None,
-        "step_log": 100, "valid_steps": 1000, "valid_every": 1000, "valid_batches": None, "valid_fraction": 0.01,
-        "sample_every": 1000, "sample_tokens": 64, "save_loc": "runs", "run_name": "run_fw", "seed": 0, "threads": 2,
+        "step_log": 100, "valid_steps": 1000, "valid_every": 20000, "valid_batches": 1000, "valid_fraction": 0.01,
+        "sample_every": 20000, "sample_tokens": 64, "save_loc": "runs", "run_name": "run_fw", "seed": 0, "threads": 2,
         "fast_scrambling": False, "cooldown_finish": None, "stride": None,
     }  # fmt: skip
     assert d["optim_params"] == {
@@ -167,12 +170,17 @@ def test_optim_section_may_be_left_out_and_ints_are_floats():
 
 
 def test_valid_every_and_sample_every():
+    # valid_steps as the reference reads it: validation batches, validated every 20 × valid_steps.
     c = config_from_dict(small(valid_steps=500))
-    assert (c.training.valid_every, c.training.sample_every) == (500, 500)
+    assert (c.training.valid_every, c.training.valid_batches, c.training.sample_every) == (10_000, 500, 10_000)
+    assert not c.notes
     c = config_from_dict(small(valid_steps=500, valid_every=200, sample_every=0))
-    assert (c.training.valid_every, c.training.sample_every) == (200, 0)
-    assert any("valid_every" in n for n in c.notes)
+    assert (c.training.valid_every, c.training.valid_batches, c.training.sample_every) == (200, 500, 0)
+    assert any("valid_every (200) sets the validation cadence" in n and "10000" in n for n in c.notes)
     assert config_from_dict(c.to_dict()) == c
+    # An explicit null: the whole validation split at each validation.
+    c = config_from_dict(small(valid_steps=500, valid_batches=None))
+    assert c.training.valid_batches is None and config_from_dict(c.to_dict()) == c
 
 
 def test_run_name_follows_stem_and_direction(tmp_path):

@@ -268,7 +268,7 @@ def train_config(path: Path, store: Path, run_name: str, save_loc: Path, **train
         "model_params": {"n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16, "mlp_ratio": 2.0, "dropout": 0.1,
                          "embd_dropout": None, "vocab_size": 512},
         "training_params": {"dataset_folder": str(store), "batch_size": 4, "aggregate": 1, "backwards": False, "steps_to_train": 40,
-                            "save_every": 3, "backup_every": 20, "step_log": 1, "valid_steps": 10, "valid_batches": 2, "sample_every": 10,
+                            "save_every": 3, "backup_every": 20, "step_log": 1, "valid_every": 10, "valid_batches": 2, "sample_every": 10,
                             "sample_tokens": 8, "threads": 1, "state_save_loc": str(save_loc), "run_name": run_name, **training},
         "optim_params": {"lr": 3e-3, "warmup_steps": 5, "oscil_steps": 1000, "lr_shrink": 0.85, "lr_init": 1e-7, "lr_min": 1e-6},
     }

@@ -36,7 +36,7 @@ def write_config(path, store, **training):
         "model_params": model,
         "training_params": {
             "dataset_folder": str(store), "batch_size": 16, "aggregate": 1, "backwards": False, "steps_to_train": 40,
-            "save_every": 20, "backup_every": 40, "step_log": 5, "valid_steps": 20, "state_save_loc": str(path.parent / "runs"),
+            "save_every": 20, "backup_every": 40, "step_log": 5, "valid_every": 20, "state_save_loc": str(path.parent / "runs"),
             "valid_batches": 4, **training,
         },
         "optim_params": {"lr": 3e-3, "warmup_steps": 5, "oscil_steps": 1000, "lr_shrink": 0.85, "lr_init": 1e-7, "lr_min": 1e-6},
@@ -101,8 +101,8 @@ def test_bad_config_lists_every_problem(tmp_path, store):
 
 def test_two_gloo_processes_equal_one(tmp_path, store):
     model = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
-    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=12, step_log=1, run_name="one", valid_steps=6)
-    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=12, step_log=1, run_name="two", valid_steps=6)
+    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=12, step_log=1, run_name="one", valid_every=6)
+    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=12, step_log=1, run_name="two", valid_every=6)
     arrows("train", one, "--device", "cpu")
     arrows("train", two, "--device", "cpu", "--nproc", "2")
     a, b = losses(tmp_path / "runs" / "one"), losses(tmp_path / "runs" / "two")
@@ -126,7 +126,7 @@ def test_two_gloo_processes_equal_one(tmp_path, store):
 
 
 def test_kill_9_then_resume_reproduces_the_losses_exactly(tmp_path, store):
-    kw = dict(steps_to_train=30, step_log=1, save_every=3, valid_steps=10)
+    kw = dict(steps_to_train=30, step_log=1, save_every=3, valid_every=10)
     cfg = write_config(tmp_path / "c.json", store, run_name="straight", **kw)
     arrows("train", cfg, "--device", "cpu")
     straight = losses(tmp_path / "runs" / "straight")
@@ -199,8 +199,8 @@ def test_external_launcher_joins_instead_of_spawning(tmp_path, store, launcher):
     from arrows.distributed import free_port
 
     model = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
-    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=6, step_log=1, run_name="one", valid_steps=6)
-    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=6, step_log=1, run_name="two", valid_steps=6)
+    one = write_config(tmp_path / "one.json", store, model=model, steps_to_train=6, step_log=1, run_name="one", valid_every=6)
+    two = write_config(tmp_path / "two.json", store, model=model, steps_to_train=6, step_log=1, run_name="two", valid_every=6)
     arrows("train", one, "--device", "cpu")
     train_two = [sys.executable, "-m", "arrows", "train", str(two), "--device", "cpu"]
     if launcher == "torchrun":  # through cli/launch/torchrun.sh, as the README shows it (torchrun beside this python)
@@ -408,7 +408,7 @@ def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store,
 
     now = [0.0]
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0], time=time.time))
-    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=9, save_every=3, valid_steps=4, step_log=1, backup_every=None)
+    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=9, save_every=3, valid_every=4, step_log=1, backup_every=None)
     trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
     for name, seconds in (("_train_step", 1.0), ("_save", 7.0), ("_validate", 7.0)):
         def timed(*args, _real=getattr(trainer, name), _seconds=seconds):
@@ -430,7 +430,7 @@ def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store,
 
 
 def test_a_finished_run_is_left_as_it_is_and_changed_settings_are_kept(tmp_path, store):
-    cfg = write_config(tmp_path / "c.json", store, run_name="done", steps_to_train=4, save_every=2, step_log=1, valid_steps=4)
+    cfg = write_config(tmp_path / "c.json", store, run_name="done", steps_to_train=4, save_every=2, step_log=1, valid_every=4)
     arrows("train", cfg, "--device", "cpu")
     run = tmp_path / "runs" / "done"
     summary, config = (run / "summary.json").read_text(), (run / "config.json").read_text()

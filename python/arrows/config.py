@@ -45,14 +45,14 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `save_every` | `1000` | save the latest checkpoint every so many steps |
 | `backup_every` | `null` = never | keep a numbered copy of the checkpoint every so many steps |
 | `step_log` | `100` | log the training loss every so many steps |
-| `valid_steps` | `1000` | validate every so many steps (the reference name of `valid_every`) |
+| `valid_steps` | `1000` | the reference's validation size and cadence: each validation reads `valid_steps` batches of `val_batch_size` windows, every `20 × valid_steps` steps (so that validating costs about 5% of training, as the reference planned it) |
 | `save_loc` | `"runs"` | folder under which the run folder `<save_loc>/<run_name>` is made. `state_save_loc`, its first-generation name, is the same setting; when both are given (real later-generation configs carry both), `save_loc` is used and `state_save_loc` ignored, as the reference's later code did |
 | `fast_scrambling` | `false` | accepted for reference configs; no effect (arrows always shuffles by a fast exact permutation) |
 | `cooldown_finish` | `null` | fraction of training, in (0, 1), spent in a final linear cooldown to 0; when given the schedule is warmup → constant → linear cooldown instead of cosine warm restarts |
 | `run_name` *(new)* | config file stem + `_fw`, `_bw` or `_perm` | name of the run folder |
 | `seed` *(new)* | `0` | seed of the weights, the data order and dropout |
-| `valid_every` *(new)* | `valid_steps` | validation cadence in steps; overrides `valid_steps` |
-| `valid_batches` *(new)* | `null` = all | validation batches per validation (null: the whole validation split) |
+| `valid_every` *(new)* | `20 × valid_steps` | validation cadence in steps |
+| `valid_batches` *(new)* | `valid_steps` | validation batches per validation, from the start of the validation split; `null`: the whole split |
 | `valid_fraction` *(new)* | `0.01` | fraction of the token stream held out for validation, in (0, 1) |
 | `sample_every` *(new)* | the validation cadence | print a generated sample every so many steps; 0 = never |
 | `sample_tokens` *(new)* | `64` | tokens per generated sample |
@@ -107,6 +107,9 @@ MODEL_TYPES = ("gpt", "gru", "lstm")
 ATTENTIONS = ("auto", "sdpa", "flex", "triton", "plain")
 HEAD_LOSSES = ("auto", "plain", "chunked")
 SECTIONS = ("model_params", "training_params", "optim_params")
+# The reference validates `valid_steps` batches every `valid_steps / 5%` steps: about 5% of the
+# steps' time goes to validation.
+VALID_EVERY_PER_VALID_STEP = 20
 
 
 class ConfigError(InputError):
@@ -158,7 +161,8 @@ class TrainingConfig:
     save_every: int
     backup_every: int | None  # None: no backups
     step_log: int
-    valid_every: int  # the validation cadence (valid_every if given, else valid_steps)
+    valid_steps: int  # the reference's key: sets the defaults of valid_every and valid_batches
+    valid_every: int  # the validation cadence (valid_every if given, else 20 × valid_steps)
     save_loc: str  # state_save_loc in the first-generation format
     fast_scrambling: bool  # no effect
     cooldown_finish: float | None
@@ -177,11 +181,6 @@ class TrainingConfig:
         if self.backwards:
             return "backward"
         return "permutation" if self.permutation is not None else "forward"
-
-    @property
-    def valid_steps(self) -> int:
-        """The reference name of `valid_every`."""
-        return self.valid_every
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,7 +219,6 @@ class Config:
         t = asdict(self.training)
         o = asdict(self.optim)
         t["permutation"] = list(self.training.permutation) if self.training.permutation is not None else None
-        t["valid_steps"] = self.training.valid_every
         o["betas"] = list(self.optim.betas)
         return {
             "model_params": {k.name: m[k.name] for k in _MODEL_KEYS if k.name in m},
@@ -587,9 +585,11 @@ def config_from_dict(
     model["embd_dropout"] = model["dropout"] if model["embd_dropout"] is None else model["embd_dropout"]
     if training["val_batch_size"] is None:
         training["val_batch_size"] = training["batch_size"]
-    valid_steps = training.pop("valid_steps")
+    # The reference validated `valid_steps` batches every valid_steps / 5% steps (its train.py).
     if training["valid_every"] is None:
-        training["valid_every"] = valid_steps
+        training["valid_every"] = VALID_EVERY_PER_VALID_STEP * training["valid_steps"]
+    if "valid_batches" not in raws["training_params"]:  # an explicit null keeps the whole split
+        training["valid_batches"] = training["valid_steps"]
     if training["sample_every"] is None:
         training["sample_every"] = training["valid_every"]
     if training["permutation"] is not None:
@@ -694,8 +694,9 @@ def _cross_checks(model: dict, training: dict, optim: dict, raws: dict, c: _Chec
                     f"{warm} warmup steps and a cooldown of {cool} steps (cooldown_finish) do not fit in steps_to_train {steps}",
                 )
     every, steps = training["valid_every"], training["valid_steps"]
-    if "valid_steps" in tr and _ok(every, steps) and every is not None and every != steps:
-        c.notes.append(f"training_params.valid_every ({training['valid_every']}) overrides valid_steps")
+    if "valid_steps" in tr and _ok(every, steps) and every is not None and every != VALID_EVERY_PER_VALID_STEP * steps:
+        c.notes.append(f"training_params.valid_every ({every}) sets the validation cadence, instead of the "
+                       f"{VALID_EVERY_PER_VALID_STEP} × valid_steps = {VALID_EVERY_PER_VALID_STEP * steps} steps the reference would use")
 
     lr, lr_min = optim["lr"], optim["lr_min"]
     if _ok(lr, lr_min) and lr_min > lr:
