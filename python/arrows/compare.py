@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-from statistics import NormalDist
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
