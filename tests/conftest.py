@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ SHARED_DATA = next((p / "data" for p in (ROOT.parent / "shared", ROOT / "shared"
 ARROWS = Path(sys.executable).parent / "arrows"
 if not ARROWS.exists() and shutil.which("arrows"):
     ARROWS = Path(shutil.which("arrows"))
+
+# The Ctrl-C tests need SIGINT to interrupt, here and in the commands they start. A shell starts a
+# background job (`pytest ... &`, nohup) with SIGINT ignored, which Python and every process it
+# starts inherit: arrows then rightly keeps running, as a background job should, and those tests
+# failed. Python's own handler is not inherited across exec, so the children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_runtest_logreport(report):
