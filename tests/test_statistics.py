@@ -84,7 +84,7 @@ def test_seed_interval_covers_with_training_noise(tau):
 
 def _report(pairs):
     s = {"loss_fw": 2.0, "loss_bw": 2.1, "delta": 0.05, "low": 0.04, "high": 0.06, "se": 0.005, "resamples": 2000,
-         "windows": 1000, "tokens": 256000, "delta_seed_mean": 0.05, "delta_seed_std": 0.01 if pairs > 1 else None,
+         "windows": 1000, "block": 10, "tokens": 256000, "delta_seed_mean": 0.05, "delta_seed_std": 0.01 if pairs > 1 else None,
          "seed_low": 0.01 if pairs > 1 else None, "seed_high": 0.09 if pairs > 1 else None, "unigram_entropy": 5.0}
     pair = {"seed": 0, "loss_fw": 2.0, "loss_bw": 2.1, "delta": 0.05, "low": 0.04, "high": 0.06, "fw": "fw", "bw": "bw",
             "steps_fw": 1, "steps_bw": 1}
@@ -94,7 +94,33 @@ def _report(pairs):
 def test_report_says_what_the_interval_covers():
     one = markdown(_report(1))
     assert "δ > 0: the backward model's loss is higher" in one and "resamples the 1,000 windows" in one
+    assert "in blocks of 10 neighbouring windows" in one
     assert "evaluation noise only" in one and "expanded percentile" in one and "--seeds K" in one
     three = markdown(_report(3))
     assert "95% interval with training and evaluation noise: [+1.00%, +9.00%]" in three
     assert "mean of the seeds" in three
+
+
+def _ar1(rng, n, phi):
+    """A stationary AR(1) series of unit variance: neighbouring windows alike, as in a real text."""
+    x = np.empty(n)
+    x[0] = rng.normal()
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + np.sqrt(1 - phi * phi) * rng.normal()
+    return x
+
+
+def test_interval_covers_when_neighbouring_windows_are_alike():
+    """Windows of a text come in sections of alike difficulty, and the backward model's excess
+    loss drifts along them too. Resampled one by one, the windows were taken for independent:
+    the interval held the true δ 81% of times here (and its standard error was 22% too small on
+    real English text); resampled in blocks, at least 90%."""
+    rng = np.random.default_rng(5)
+    n, delta, trials, hits = 343, 0.02, 300, 0
+    for t in range(trials):
+        fw = 3.0 * np.exp(0.3 * _ar1(rng, n, 0.8))  # section difficulty, strongly alike
+        bw = fw * (1 + delta) + 0.08 * _ar1(rng, n, 0.4) * fw
+        r = paired_bootstrap(fw, bw, resamples=400, seed=t)
+        hits += r["low"] <= delta <= r["high"]
+    assert r["block"] == 7
+    assert 0.9 <= hits / trials <= 0.99, hits / trials

@@ -452,7 +452,7 @@ def print_table(report: dict, title: str | None = None) -> None:
     s = report["summary"]
     table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left",
                   caption=f"loss in nats/token; δ = (L_bw − L_fw) / L_fw, > 0: backward worse; 95% paired bootstrap interval over "
-                          f"{s['windows']:,} windows: evaluation noise only, not training noise", caption_justify="left")
+                          f"{s['windows']:,} windows (in blocks of {s['block']}): evaluation noise only, not training noise", caption_justify="left")
     for col in ("", "forward", "backward", "δ", "95% interval"):
         table.add_column(col, justify="right", no_wrap=True)
     rows = [("validation loss", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])

@@ -50,6 +50,7 @@ def markdown(report: dict) -> str:
         "",
         "δ > 0: the backward model's loss is higher (an arrow favouring the forward direction); δ is a ratio, the same "
         f"in nats or bits. The interval resamples the {_count(s['windows'], 'window')} (both directions together: paired; "
+        f"in blocks of {s.get('block', 1)} neighbouring windows, which are alike in a text; "
         f"expanded percentile interval, {s.get('resamples', 0):,} resamples): it covers evaluation noise only, which "
         "windows of text were scored, not training noise: another seed can give a δ outside it"
         + ("." if len(report["pairs"]) > 1 else "; `arrows study --seeds K` gives an interval with both."),
