@@ -17,6 +17,7 @@ the bootstrap standard error over windows.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ def block_length(n: int) -> int:
     return max(1, int(round(n ** (1 / 3), 9)))
 
 
+@functools.lru_cache(maxsize=256)  # the same few (p, df) pairs come back for every pair and resample run
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile (0.5 ≤ p < 0.9995) of Student's t with `df` degrees of freedom (numpy only:
     the CDF integrated on a fine grid; 4 digits, e.g. 12.706 for p = 0.975, df = 1)."""
