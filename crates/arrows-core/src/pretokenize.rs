@@ -153,8 +153,11 @@ pub fn pretokens(text: &str) -> Vec<&str> {
 
 /// Whether cutting `bytes` at `p` (0 < p < len) leaves the pre-tokens unchanged: the pre-tokens of
 /// `bytes[..p]` followed by those of `bytes[p..]` are those of `bytes`. The rule: `bytes[p]` is
-/// ASCII whitespace (`\t \n \v \f \r` or space) and `bytes[p - 1]` is a printable ASCII byte
-/// (`!`..=`~`). It holds before most spaces and newlines of real text.
+/// ASCII whitespace (`\t \n \v \f \r` or space) and the character before it is not whitespace.
+/// It holds before most spaces and line ends of real text, in any script: `。\n` in Chinese,
+/// `é ` in French, `а ` in Russian. (An earlier rule wanted an ASCII character before the cut, and
+/// found none in Chinese or Japanese text: a file of it was encoded in one piece, on one thread,
+/// in several times its size of memory.)
 ///
 /// Why it is safe. Call `c` the character before the cut and `w` the one after.
 /// 1. The whole text has a token boundary at `p`: the token holding `c` (not whitespace) is a
@@ -167,26 +170,48 @@ pub fn pretokens(text: &str) -> Vec<&str> {
 ///    their `(?!\S)` look-ahead sees the same character in both.
 /// 3. The tokens from `p` on are the same in the suffix: the pattern only looks forward.
 ///
-/// Both bytes being ASCII, the cut is also at a character boundary of any UTF-8 decoding, and
-/// lossy decoding of raw bytes (U+FFFD for invalid sequences) gives the same characters whether
-/// the pieces are decoded apart or together.
+/// Raw bytes are decoded lossily (U+FFFD for each maximal invalid sequence). An ASCII byte is never
+/// part of a multi-byte sequence, valid or not, so the pieces decoded apart give the characters of
+/// the whole; `c` is the last of them, U+FFFD (not whitespace) when the bytes before `p` do not end
+/// in a valid character.
 pub fn is_safe_split(bytes: &[u8], p: usize) -> bool {
-    0 < p && p < bytes.len() && is_cut_pair(bytes[p - 1], bytes[p])
+    0 < p && p < bytes.len() && is_ascii_space(bytes[p]) && ends_in_non_space(&bytes[..p])
 }
 
-/// The byte pair around a safe cut: printable ASCII, then ASCII whitespace.
+/// Oniguruma's `\s` among ASCII bytes: `\t \n \v \f \r` and space.
 #[inline]
-pub(crate) fn is_cut_pair(before: u8, after: u8) -> bool {
-    matches!(after, b'\t'..=b'\r' | b' ') && before.is_ascii_graphic()
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
+}
+
+/// Whether the last character of `bytes`, decoded lossily, is not whitespace.
+#[inline]
+fn ends_in_non_space(bytes: &[u8]) -> bool {
+    let Some(&last) = bytes.last() else { return false };
+    if last < 0x80 {
+        return ASCII_CLASS[last as usize] != Class::Space;
+    }
+    // A character takes at most 4 bytes: its lead byte is the last one that is not a
+    // continuation byte (0b10xx_xxxx).
+    let lead = (bytes.len().saturating_sub(4)..bytes.len()).rev().find(|&i| bytes[i] & 0xC0 != 0x80);
+    match lead.map(|i| std::str::from_utf8(&bytes[i..])) {
+        Some(Ok(c)) => c.chars().all(|c| class_of(c) != Class::Space),
+        // Not one valid character: the lossy decoding ends with U+FFFD, which is not whitespace.
+        _ => true,
+    }
 }
 
 /// The first safe split position `p >= from` (see [`is_safe_split`]), if any.
 pub fn next_safe_split(bytes: &[u8], from: usize) -> Option<usize> {
-    let start = from.max(1);
-    if start >= bytes.len() {
-        return None;
+    let mut p = from.max(1);
+    while p < bytes.len() {
+        let q = p + bytes[p..].iter().position(|&b| is_ascii_space(b))?;
+        if ends_in_non_space(&bytes[..q]) {
+            return Some(q);
+        }
+        p = q + 1;
     }
-    (start..bytes.len()).find(|&p| is_cut_pair(bytes[p - 1], bytes[p]))
+    None
 }
 
 #[cfg(test)]
@@ -221,6 +246,9 @@ pub(crate) mod tests {
         "文字", "ー", "한", "ا", "\u{301}", "\u{308}", "\u{94d}", "Ⅻ", "ⅰ", "²", "½", "٣", "𝟙", "😀", "👍🏽", "🇫🇷",
         "\u{fffd}", "€", "¿", "«", "»", "…", "—", "\u{e000}", "\u{10ffff}", "\u{378}", "<|endoftext|>",
     ];
+
+    /// Byte sequences that are not UTF-8: stray continuation bytes, cut characters, a surrogate.
+    const INVALID_UTF8: &[&[u8]] = &[b"\xff", b"\x80", b"\xe4\xb8", b"\xf0\x9f\x98", b"\xc3", b"\xed\xa0\x80"];
 
     pub(crate) fn random_text() -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(ATOMS), 0..40).prop_map(|v| v.concat())
@@ -312,6 +340,27 @@ pub(crate) mod tests {
                 p = q + 1;
             }
         }
+
+        /// The corpus is raw bytes, decoded lossily chunk by chunk: with invalid UTF-8 around
+        /// the cuts, the chunks' characters and pre-tokens must still be the whole's.
+        #[test]
+        fn safe_splits_keep_pretokens_of_raw_bytes(pieces in prop::collection::vec(prop_oneof![
+            3 => prop::sample::select(ATOMS).prop_map(|a| a.as_bytes().to_vec()),
+            1 => prop::sample::select(INVALID_UTF8).prop_map(|b| b.to_vec()),
+        ], 0..40)) {
+            let bytes = pieces.concat();
+            let whole_text = crate::corpus::decode_lossy(&bytes).0.into_owned();
+            let whole = pretokens(&whole_text);
+            let mut p = 0;
+            while let Some(q) = next_safe_split(&bytes, p) {
+                let (left, right) = (crate::corpus::decode_lossy(&bytes[..q]).0, crate::corpus::decode_lossy(&bytes[q..]).0);
+                prop_assert_eq!(format!("{left}{right}"), whole_text.clone(), "decoding cut at {}", q);
+                let mut parts = pretokens(&left);
+                parts.extend(pretokens(&right));
+                prop_assert_eq!(&parts, &whole, "cut at {}", q);
+                p = q + 1;
+            }
+        }
     }
 
     #[test]
@@ -323,7 +372,21 @@ pub(crate) mod tests {
         assert_eq!(next_safe_split(b, 3), Some(5));
         assert_eq!(next_safe_split(b, 6), None);
         assert!(!is_safe_split(b"a ", 0) && !is_safe_split(b"a ", 2));
-        // Invalid UTF-8 around the cut does not matter: both bytes at the cut are ASCII.
+        // Invalid UTF-8 before the cut decodes to U+FFFD, not whitespace.
         assert_eq!(next_safe_split(b"\xff\xfex \xc3", 0), Some(3));
+        assert_eq!(next_safe_split(b"\xe4\xb8 x", 0), Some(2));
+        assert_eq!(next_safe_split(b" \xf0\x9f\x98\x80\x80\n", 0), Some(6));
+        // Any script: after a Chinese full stop, a French é, a Cyrillic letter, an emoji.
+        let zh = "第一行。\n第二行";
+        assert_eq!(next_safe_split(zh.as_bytes(), 0), zh.find('\n'));
+        assert_eq!(next_safe_split("café au".as_bytes(), 0), Some(5));
+        assert_eq!(next_safe_split("мир\tи".as_bytes(), 0), Some(6));
+        assert_eq!(next_safe_split("😀 !".as_bytes(), 0), Some(4));
+        // Not after whitespace, ASCII or not (a no-break space, an ideographic space, U+0085),
+        // and only before ASCII whitespace.
+        for (text, expected) in [("a\u{a0} b", vec![]), ("a\u{3000}\nb", vec![]), ("a\u{85}\nb", vec![]), ("a \nb", vec![1])] {
+            let cuts: Vec<usize> = (0..text.len()).filter(|&p| is_safe_split(text.as_bytes(), p)).collect();
+            assert_eq!(cuts, expected, "{text:?}");
+        }
     }
 }

@@ -250,6 +250,30 @@ proptest! {
     }
 }
 
+/// Chinese text has no ASCII character before its line ends (`。\n`): it must still be cut into
+/// chunks (else a file of it is encoded in one piece, on one thread, in many times its size of
+/// memory), with the ids of the whole.
+#[test]
+fn text_without_ascii_is_cut_into_chunks_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clauses = ["我们今天去了商店", "时间之箭", "语言模型向前和向后", "第二行", "没有空格的文字"];
+    let mut text = String::new();
+    for i in 0..1500 {
+        text.push_str(clauses[i % clauses.len()]);
+        text.push_str(if i % 3 == 2 { "。\n" } else { "，" });
+    }
+    let inputs = write_corpus(tmp.path(), &[text.clone().into_bytes()]);
+    let out = tmp.path().join("out");
+    run(&options(inputs, &out)).unwrap();
+    let tok = Tokenizer::from_file(&out.join("tokenizer.json")).unwrap();
+    let mut whole = Vec::new();
+    tok.encode(&text, &mut WordCache::new(), &mut whole).unwrap();
+    assert_eq!(stream(&out), whole);
+    // Shards end at chunk ends: 2,000-byte shards of 300-byte chunks.
+    let shards = Store::open(&out, false).unwrap().shards.len();
+    assert!(shards > text.len() / 4000, "{shards} shard(s) for {} bytes: the text was not cut", text.len());
+}
+
 /// A tokenizer.json that is not GPT-2 style goes through the `tokenizers` crate; its stream must
 /// still equal each file encoded whole. Cutting between lines is only safe when the tokenizer keeps
 /// lines apart and adds nothing at the start of a text: a prefix space (`add_prefix_space`) or no
