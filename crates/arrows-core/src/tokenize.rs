@@ -492,7 +492,21 @@ fn train_tokenizer(
     let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
     let bpe = train_bpe(&counts, vocab_size, min_frequency, &report, &progress.cancel)?;
     let entry = TrainingEntry { sample_bytes: sample_total, distinct_words: counts.len() as u64, merges: bpe.merges.len() };
+    drop(counts);
+    release_freed_memory();
     Ok((Tokenizer::from_bpe(&bpe), entry, t0.elapsed().as_secs_f64()))
+}
+
+/// Returns freed heap memory to the system. The word counts and the trainer's tables are millions
+/// of small allocations; once freed, glibc keeps their pages for later use, so a BPE trained on a
+/// sample of Chinese (a distinct word for nearly every clause) left 1.4 GB resident per 200 MB of
+/// sample through the whole encoding, which needs a small fraction of that.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A piece of one input file: bytes `start..end` of file `file`.
