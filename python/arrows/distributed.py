@@ -9,9 +9,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import signal
 import socket
+import sys
+import time
 from dataclasses import dataclass
+
+from arrows.errors import ArrowsError, CancelledError
 
 
 @dataclass
@@ -81,33 +88,123 @@ def close_group(world: World) -> None:
             dist.destroy_process_group()
 
 
-def spawn(fn, nprocs: int, args: tuple):
+class ProcessDied(ArrowsError):
+    """A spawned process ended without an arrows error of its own: killed by a signal (kill -9, the
+    system's out-of-memory killer) or crashed. The other processes were stopped."""
+
+
+# SIGUSR1 from the spawning process to its processes: "stop between two steps, as at a first Ctrl-C".
+# Not SIGINT: after a Ctrl-C at a terminal every process of the group has its own SIGINT already, and
+# a second one means "stop at once" (see train._CtrlC).
+STOP_SIGNAL = signal.SIGUSR1
+
+# Once a process has failed, how long the others get to end by themselves before they are
+# terminated: with gloo they see the loss of a peer at their next collective, within moments,
+# and end with their own message (a Ctrl-C's "interrupted at step N").
+GRACE_S = 10.0
+
+
+def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     """Run `fn(rank, *args)` in `nprocs` fresh processes on this machine and return rank 0's result.
-    An arrows error in a process is raised here as it was raised there (a bad batch split, a
-    checkpoint of another process count): the user reads its message, not the nested tracebacks
-    of torch.multiprocessing."""
+
+    What the user reads when it does not end well:
+    - an arrows error in a process is raised here as it was raised there (a bad batch split, a
+      checkpoint of another process count, a Ctrl-C's "interrupted at step N"), rank 0's first,
+      instead of the nested tracebacks of torch.multiprocessing;
+    - a process killed by a signal or crashed: `ProcessDied`, naming it, then `after_failure()`
+      (where the run stands, said once the processes have ended); the others are stopped, never left waiting for it;
+    - Ctrl-C here (a terminal's reaches every process; `kill -INT` or a notebook's interrupt only
+      this one): the processes are asked to stop between two steps, and their `CancelledError`
+      is raised; a second Ctrl-C terminates them.
+    """
     import torch.multiprocessing as mp
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
     outcomes = mp.get_context("spawn").SimpleQueue()  # small messages: (kind, rank, value)
-    try:
-        mp.start_processes(_reporting, args=(fn, args, outcomes), nprocs=nprocs, start_method="spawn", join=True)
-    except (mp.ProcessRaisedException, mp.ProcessExitedException):
-        errors = [value for kind, _, value in _drain(outcomes) if kind == "error"]
-        if errors:
-            raise errors[0] from None
-        raise
-    return next((value for kind, rank, value in _drain(outcomes) if kind == "result" and rank == 0), None)
+    context = mp.start_processes(_reporting, args=(fn, args, outcomes), nprocs=nprocs, start_method="spawn", join=False)
+    interrupted, stopped = _supervise(context.processes)
+    for path in context.error_files:  # torch's copies of the tracebacks, which _reporting sent already
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    reported = _drain(outcomes)
+    codes = [p.exitcode for p in context.processes]
+    if not interrupted and all(code == 0 for code in codes):
+        return next((value for kind, rank, value in reported if kind == "result" and rank == 0), None)
+    hint = after_failure()
+    errors = sorted((rank, value) for kind, rank, value in reported if kind == "error")
+    if interrupted:
+        cancelled = [e for _, e in errors if isinstance(e, CancelledError)]
+        raise (cancelled[0] if cancelled else CancelledError(f"interrupted. {hint}")) from None
+    if errors:
+        raise errors[0][1] from None
+    # No arrows error: the cause is a process that died of a signal not sent from here, else the
+    # first crash (the others' errors, such as gloo's "connection closed", only follow from it).
+    killed = [rank for rank, code in enumerate(codes) if code is not None and code < 0 and rank not in stopped]
+    if killed:
+        rank, number = killed[0], -codes[killed[0]]
+        why = " (kill -9, or the system's out-of-memory killer)" if number == signal.SIGKILL else ""
+        raise ProcessDied(f"process {rank} of {nprocs} was killed by {_signal_name(number)}{why}; the others were stopped. {hint}")
+    crashes = sorted((failed_at, rank, kind_name, trace) for kind, rank, (failed_at, kind_name, trace) in
+                     ((kind, rank, value) for kind, rank, value in reported if kind == "crash"))
+    if crashes:
+        _, rank, kind_name, trace = crashes[0]
+        # The traceback is printed as it is, not put in the message: a bug's report needs all of it.
+        print(f"process {rank} of {nprocs}: {trace}", file=sys.stderr, flush=True)
+        raise ProcessDied(f"process {rank} of {nprocs} failed with {kind_name} (its traceback is above); the others were stopped. {hint}")
+    rank = next(rank for rank, code in enumerate(codes) if code != 0)
+    raise ProcessDied(f"process {rank} of {nprocs} ended with exit code {codes[rank]}; the others were stopped. {hint}")
+
+
+def _supervise(processes) -> tuple[bool, set[int]]:
+    """Wait until every process has ended. When one fails, the others get GRACE_S to end by
+    themselves, then are terminated (and killed GRACE_S later, should one ignore that). Returns
+    whether Ctrl-C was pressed here, and the ranks this stopped with a signal."""
+    from multiprocessing.connection import wait
+
+    interrupts, stopped, deadline = 0, {}, None  # stopped: rank → the signal sent to it
+
+    def stop(rank: int) -> None:
+        sig = signal.SIGKILL if stopped.get(rank) == signal.SIGTERM else signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(processes[rank].pid, sig)
+        stopped[rank] = sig
+
+    while True:
+        alive = [rank for rank, p in enumerate(processes) if p.exitcode is None]
+        if not alive:
+            return interrupts > 0, set(stopped)
+        if deadline is None and any(p.exitcode not in (None, 0) for p in processes):
+            deadline = time.monotonic() + GRACE_S
+        if deadline is not None and time.monotonic() >= deadline:
+            for rank in alive:
+                stop(rank)
+            deadline = time.monotonic() + GRACE_S
+        try:
+            wait([processes[rank].sentinel for rank in alive], None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            interrupts += 1
+            for rank in alive:
+                if interrupts == 1:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(processes[rank].pid, STOP_SIGNAL)
+                else:
+                    stop(rank)
 
 
 def _reporting(rank: int, fn, args: tuple, outcomes) -> None:
-    from arrows.errors import ArrowsError
+    """Runs in a spawned process: sends its result (rank 0), its arrows error, or any other
+    exception's traceback with the moment it was raised (`failed_at`, set by `fn`, else now), by
+    which the spawning process tells the first failure from the ones that followed from it."""
+    import traceback
 
     try:
         result = fn(rank, *args)
     except ArrowsError as e:
         outcomes.put(("error", rank, e))
+        raise
+    except Exception as e:
+        outcomes.put(("crash", rank, (getattr(e, "failed_at", time.monotonic()), type(e).__name__, traceback.format_exc())))
         raise
     if rank == 0:
         outcomes.put(("result", rank, result))
@@ -118,6 +215,13 @@ def _drain(queue) -> list:
     while not queue.empty():
         items.append(queue.get())
     return items
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _cuda() -> bool:

@@ -45,17 +45,27 @@ class _CtrlC:
 
     def __init__(self):
         self.pressed = False
-        self._installed = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        main = threading.current_thread() is threading.main_thread()
+        self._installed = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         if self._installed:
             signal.signal(signal.SIGINT, self._note)
+        # A spawned process is asked to stop by the process that spawned it with SIGUSR1, when
+        # that one alone was interrupted (distributed.spawn): a stop between two steps, as at a
+        # first Ctrl-C, but never "at once", as the terminal's Ctrl-C may have reached it too.
+        self._usr1 = signal.signal(signal.SIGUSR1, self._stop_requested) if main else None
 
     def _note(self, signum, frame):
         self.pressed = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the second one interrupts at once
 
+    def _stop_requested(self, signum, frame):
+        self.pressed = True
+
     def restore(self) -> None:
         if self._installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._usr1)
 
 
 @dataclass
@@ -171,7 +181,8 @@ def train(config, opts: TrainOptions) -> dict:
             return _worker_main(world, config, opts)
         nprocs = process_count(opts)
         if nprocs > 1:
-            return spawn(_spawned, nprocs, (config, opts))
+            latest = run_dir_of(config) / "checkpoints" / checkpoint.LATEST
+            return spawn(_spawned, nprocs, (config, opts), after_failure=lambda: _where_it_stands(latest))
         return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
 
 
@@ -311,9 +322,24 @@ def _device(opts: TrainOptions, local_rank: int) -> str:
     return "cpu"
 
 
+def _where_it_stands(latest: Path) -> str:
+    """What a user of a multi-process run that ended early can do next (read once its processes have ended)."""
+    if latest.exists():
+        return f"The checkpoint {latest} is intact: run the same command to continue from it."
+    return "No checkpoint was written yet: run the same command to start again."
+
+
+def _stop_before_training(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _spawned(rank: int, config, opts: TrainOptions) -> dict:
     import os
 
+    # The spawning process asks for a stop with SIGUSR1 when only it was interrupted (see
+    # distributed.spawn): before the training loop that is a Ctrl-C; the loop then takes the signal
+    # over as "stop between two steps" (_CtrlC).
+    signal.signal(signal.SIGUSR1, _stop_before_training)
     nprocs = process_count(opts)  # before RANK/WORLD_SIZE are set below: the spawning count
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
     return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
@@ -328,6 +354,12 @@ def _worker_main(world: World, config, opts: TrainOptions) -> dict:
     init_group(world)
     try:
         return Trainer(config, world, opts).fit()
+    except Exception as e:
+        # When it failed, before close_group below makes the other processes fail in turn: the
+        # spawning process names the first failure (distributed.spawn).
+        with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+            e.failed_at = time.monotonic()
+        raise
     finally:
         close_group(world)
 

@@ -1,0 +1,136 @@
+"""Multi-process training on CPU (gloo) when something goes wrong: a process killed, a crash in one
+process, Ctrl-C to the whole process group or to the launching process alone. The run must end
+(never wait forever for a process that is gone), say what happened and how to continue, and resume
+to the losses of the uninterrupted run.
+
+The faults are injected at a chosen step through a `sitecustomize` module on PYTHONPATH, which the
+spawned processes import too: the same instant every time, whatever the machine's speed."""
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+
+import pytest
+from conftest import ARROWS
+
+pytest.importorskip("torch")
+
+from arrows.metrics import read as read_metrics  # noqa: E402
+from test_train import store, write_config  # noqa: E402, F401  (the module's English token store)
+
+STEPS = 16
+MODEL = {"n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 16, "mlp_ratio": 4.0, "dropout": 0.0, "embd_dropout": None}
+
+# At step FAULT_STEP (0-based: before that step runs) of process FAULT_RANK, do FAULT.
+FAULT = textwrap.dedent('''
+    import os, signal
+    from arrows import train
+
+    _step = train.Trainer._train_step
+
+    def _train_step(self, batches):
+        if os.environ.get("RANK") == os.environ["FAULT_RANK"] and self.step == int(os.environ["FAULT_STEP"]):
+            fault = os.environ["FAULT"]
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif fault == "crash":
+                raise RuntimeError("injected crash")
+            elif fault == "ctrl-c-group":  # what a terminal's Ctrl-C does: SIGINT to every process
+                os.killpg(os.getpgrp(), signal.SIGINT)
+            elif fault == "ctrl-c-parent":  # kill -INT of the command, or a notebook's interrupt
+                os.kill(os.getppid(), signal.SIGINT)
+        return _step(self, batches)
+
+    train.Trainer._train_step = _train_step
+''')
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+
+def config(tmp_path, store, name):  # noqa: F811
+    return write_config(tmp_path / f"{name}.json", store, model=MODEL, steps_to_train=STEPS, step_log=1, save_every=3,
+                        valid_every=8, run_name=name)
+
+
+def train_two(cfg, tmp_path, fault=None, rank=1, step=7):
+    """`arrows train CFG --device cpu --nproc 2` in a session of its own, with a fault injected."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    if fault:
+        hook = tmp_path / "hook"
+        hook.mkdir(exist_ok=True)
+        (hook / "sitecustomize.py").write_text(FAULT)
+        env |= {"PYTHONPATH": f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}", "FAULT": fault, "FAULT_RANK": str(rank), "FAULT_STEP": str(step)}
+    proc = subprocess.Popen([str(ARROWS), "train", str(cfg), "--device", "cpu", "--nproc", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=180)  # a guard: a run that waits forever fails here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the run did not end: {err[-3000:]}")
+    # Nothing of the run is left behind (spawned processes of the same session). multiprocessing's
+    # resource tracker ends by itself moments after the command.
+    deadline = time.monotonic() + 30
+    while (left := subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left running: {left}"
+    return proc.returncode, " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, store):  # noqa: F811
+    """The losses of the uninterrupted two-process run."""
+    tmp = tmp_path_factory.mktemp("straight")
+    rc, err = train_two(config(tmp, store, "straight"), tmp)
+    assert rc == 0, err
+    ls = losses(tmp / "runs" / "straight")
+    assert len(ls) == STEPS
+    return ls
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_killed_process_ends_the_run_with_a_message_and_it_resumes(tmp_path, store, straight, rank):  # noqa: F811
+    """kill -9 (or the out-of-memory killer) of one process: the others are stopped, the command says
+    which process died and how to continue, and the run resumes to the uninterrupted losses."""
+    cfg = config(tmp_path, store, "killed")
+    rc, err = train_two(cfg, tmp_path, fault="kill", rank=rank, step=7)
+    assert rc == 1 and "Traceback" not in err, err
+    assert f"process {rank} of 2 was killed by SIGKILL" in err, err
+    assert "checkpoints/latest.pt is intact: run the same command to continue" in err, err
+    rc, err = train_two(cfg, tmp_path)
+    assert rc == 0, err
+    assert losses(tmp_path / "runs" / "killed") == straight
+
+
+def test_a_crash_in_one_process_names_it_and_stops_the_others(tmp_path, store):  # noqa: F811
+    cfg = config(tmp_path, store, "crash")
+    rc, err = train_two(cfg, tmp_path, fault="crash", rank=1, step=4)
+    assert rc == 1, err
+    # The first failure is named with its traceback, not what followed from it in process 0 (gloo's
+    # "connection closed"), nor torch.multiprocessing's nested tracebacks.
+    assert "process 1 of 2: Traceback" in err and "RuntimeError: injected crash" in err, err
+    assert "process 1 of 2 failed with RuntimeError (its traceback is above); the others were stopped." in err, err
+    assert "checkpoints/latest.pt is intact: run the same command to continue" in err, err
+    assert "process 0 of 2" not in err and "ProcessRaisedException" not in err, err
+
+
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_ctrl_c_stops_every_process_says_where_and_resumes(tmp_path, store, straight, to):  # noqa: F811
+    """Ctrl-C at a terminal reaches every process; `kill -INT` of the command (or a notebook's
+    interrupt of `arrows.train.train`) reaches only the launching one, which must stop the others
+    rather than leave them training unwatched. Either way: exit 130, the step reached and the
+    intact checkpoint, and the resumed run logs the uninterrupted losses."""
+    cfg = config(tmp_path, store, "interrupted")
+    rc, err = train_two(cfg, tmp_path, fault=f"ctrl-c-{to}", rank=0, step=7)
+    assert rc == 130 and "Traceback" not in err, err
+    assert "interrupted at step" in err and "is intact: run the same command to continue" in err, err
+    logged = losses(tmp_path / "runs" / "interrupted")
+    assert len(logged) < STEPS, "the run went on to the end"
+    rc, err = train_two(cfg, tmp_path)
+    assert rc == 0, err
+    assert losses(tmp_path / "runs" / "interrupted") == straight
+
