@@ -134,3 +134,33 @@ def test_ctrl_c_stops_every_process_says_where_and_resumes(tmp_path, store, stra
     assert rc == 0, err
     assert losses(tmp_path / "runs" / "interrupted") == straight
 
+
+
+def test_slurm_script_stops_every_task_when_one_fails_and_gives_each_its_cores(tmp_path):
+    """cli/launch/slurm.sh as sbatch runs it, with stand-ins for scontrol and srun that record what
+    they were given. srun must end the job step when one task fails (else the others wait for it
+    in a collective until the timeout), give each task the job's --cpus-per-task (srun does not
+    inherit it in every Slurm version), and two jobs must not share a fixed port."""
+    from conftest import ROOT
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text('#!/bin/sh\nprintf "node7\\nnode8\\n"\n')
+    (bin_ / "srun").write_text('#!/bin/sh\necho "MASTER=$MASTER_ADDR:$MASTER_PORT" > "$SRUN_LOG"\nfor a in "$@"; do echo "$a"; done >> "$SRUN_LOG"\n')
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MASTER_PORT"}
+
+    def submit(job_id):
+        log = tmp_path / f"srun_{job_id}.txt"
+        subprocess.run(["bash", str(ROOT / "cli" / "launch" / "slurm.sh"), "cfg.json", "--device", "cpu"], check=True, timeout=60,
+                       env={**env, "PATH": f"{bin_}{os.pathsep}{env['PATH']}", "SRUN_LOG": str(log), "SLURM_JOB_ID": str(job_id),
+                            "SLURM_JOB_NODELIST": "node[7-8]", "SLURM_CPUS_PER_TASK": "8"})
+        master, *args = log.read_text().splitlines()
+        return master, args
+
+    master, args = submit(4242)
+    assert "--kill-on-bad-exit=1" in args and "--cpus-per-task=8" in args, args
+    assert args[args.index("arrows"):] == ["arrows", "train", "cfg.json", "--device", "cpu"], args
+    other, _ = submit(4243)
+    assert master.startswith("MASTER=node7:") and other.startswith("MASTER=node7:") and master != other
