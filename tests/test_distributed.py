@@ -41,6 +41,10 @@ FAULT = textwrap.dedent('''
                 os.killpg(os.getpgrp(), signal.SIGINT)
             elif fault == "ctrl-c-parent":  # kill -INT of the command, or a notebook's interrupt
                 os.kill(os.getppid(), signal.SIGINT)
+            elif fault == "threads":  # not a fault: how many threads the process computes with
+                import torch
+                with open(os.environ["THREADS_FILE"], "w") as f:
+                    f.write(str(torch.get_num_threads()))
         return _step(self, batches)
 
     train.Trainer._train_step = _train_step
@@ -164,3 +168,26 @@ def test_slurm_script_stops_every_task_when_one_fails_and_gives_each_its_cores(t
     assert args[args.index("arrows"):] == ["arrows", "train", "cfg.json", "--device", "cpu"], args
     other, _ = submit(4243)
     assert master.startswith("MASTER=node7:") and other.startswith("MASTER=node7:") and master != other
+
+
+def test_slurm_tasks_keep_the_threads_they_were_given(tmp_path, store):  # noqa: F811
+    """Each task of a SLURM job step (or torchrun) computes with the threads its launcher gave it:
+    arrows divided them by the world size, which counts the tasks of every machine (16 tasks of 8
+    cores each computed on one thread), as if it had spawned them all on this machine itself."""
+    from arrows.distributed import free_port
+
+    cfg = write_config(tmp_path / "c.json", store, model=MODEL, steps_to_train=2, run_name="slurm")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"PYTHONPATH": f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}", "FAULT": "threads", "FAULT_STEP": "0",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "SLURM_NTASKS": "2", "OMP_NUM_THREADS": "2"}
+    tasks = [subprocess.Popen([str(ARROWS), "train", str(cfg), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "FAULT_RANK": str(i),
+                                   "THREADS_FILE": str(tmp_path / f"threads_{i}")})
+             for i in range(2)]
+    for task in tasks:
+        _, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err[-3000:]
+    assert [(tmp_path / f"threads_{i}").read_text() for i in range(2)] == ["2", "2"]

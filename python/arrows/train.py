@@ -348,8 +348,10 @@ def _spawned(rank: int, config, opts: TrainOptions) -> dict:
 def _worker_main(world: World, config, opts: TrainOptions) -> dict:
     import torch
 
-    if world.device == "cpu" and world.distributed:
-        # Share the cores between the processes instead of oversubscribing them.
+    if world.device == "cpu" and world.distributed and not launched_externally():
+        # Share the cores between the processes spawned here instead of oversubscribing them. Under
+        # torchrun or SLURM each process has its share already (torchrun's OMP_NUM_THREADS, the
+        # cores SLURM gives a task), and the world counts the processes of every machine.
         torch.set_num_threads(max(1, (torch.get_num_threads() or 1) // world.world_size))
     init_group(world)
     try:
