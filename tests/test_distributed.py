@@ -191,3 +191,10 @@ def test_slurm_tasks_keep_the_threads_they_were_given(tmp_path, store):  # noqa:
         _, err = task.communicate(timeout=300)
         assert task.returncode == 0, err[-3000:]
     assert [(tmp_path / f"threads_{i}").read_text() for i in range(2)] == ["2", "2"]
+    # Processes spawned by --nproc share this machine's threads (here OMP_NUM_THREADS) between them.
+    env |= {"FAULT_RANK": "1", "THREADS_FILE": str(tmp_path / "threads_spawned")}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run([str(ARROWS), "train", str(cfg), "--device", "cpu", "--nproc", "2", "--run-name", "spawned"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "threads_spawned").read_text() == "1"

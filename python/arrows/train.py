@@ -342,13 +342,13 @@ def _spawned(rank: int, config, opts: TrainOptions) -> dict:
     signal.signal(signal.SIGUSR1, _stop_before_training)
     nprocs = process_count(opts)  # before RANK/WORLD_SIZE are set below: the spawning count
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
-    return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts)
+    return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts, spawned=True)
 
 
-def _worker_main(world: World, config, opts: TrainOptions) -> dict:
+def _worker_main(world: World, config, opts: TrainOptions, spawned: bool = False) -> dict:
     import torch
 
-    if world.device == "cpu" and world.distributed and not launched_externally():
+    if world.device == "cpu" and spawned:
         # Share the cores between the processes spawned here instead of oversubscribing them. Under
         # torchrun or SLURM each process has its share already (torchrun's OMP_NUM_THREADS, the
         # cores SLURM gives a task), and the world counts the processes of every machine.
