@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -304,3 +305,89 @@ def test_curves_tell_the_seeds_apart(tmp_path, monkeypatch):
     assert "forward, seed 5 (validation)" in labels["two.png"] and "backward, seed 4 (training)" in labels["two.png"]
     assert labels["one.png"] == ["forward (training)", "forward (validation)", "backward (training)", "backward (validation)"]
     assert (tmp_path / "two.png").stat().st_size > 0
+
+
+# ---- a study that trains its runs side by side, stopped from outside ---------------------------
+def _locked(run_dir) -> bool:
+    """Whether a process holds the run folder's lock (an `arrows train` still in it)."""
+    import fcntl
+
+    with open(run_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _start_long_parallel_study(tmp_path):
+    """`arrows study --parallel` on runs long enough to train for minutes, once both are training."""
+    import os
+    import subprocess
+    import time
+
+    from conftest import ARROWS
+
+    arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "3000", "--bits", "6")
+    arrows("tokenize", tmp_path / "s.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 14, 100_000, save_every=10)))
+    proc = subprocess.Popen([str(ARROWS), "study", str(tmp_path / "cfg.json"), "--parallel", "--out", str(tmp_path / "study")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    logs = [tmp_path / "study" / f"{name}.log" for name in ("fw", "bw")]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "step 10/" in log.read_text() for log in logs):  # both hold their folders
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no step 10"
+        time.sleep(0.2)
+    return proc
+
+
+def _end_stray_runs(tmp_path):
+    """Kill any `arrows train` still running on this test's configs (what the fix prevents)."""
+    import os
+    import signal
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path / "study" / "configs") in cmdline:
+            os.kill(int(pid), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runs end with the study through Linux's PR_SET_PDEATHSIG")
+def test_parallel_study_killed_takes_its_runs_with_it(tmp_path):
+    """kill -9 of a study: its two runs, each in a process of its own, end too, instead of training
+    on unseen and holding their folders (the study run again was refused: "another arrows train")."""
+    import signal
+    import time
+
+    proc = _start_long_parallel_study(tmp_path)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 60  # SIGTERM from the kernel, then Python's exit
+        while any(_locked(tmp_path / "study" / name) for name in ("fw", "bw")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_locked(tmp_path / "study" / name) for name in ("fw", "bw"))
+    finally:
+        _end_stray_runs(tmp_path)
+
+
+def test_parallel_study_interrupted_stops_its_runs_first(tmp_path):
+    """SIGINT to the study alone (`kill -INT`, a notebook's interrupt): it stops both runs at a step,
+    waits for them, and says how to continue; nothing is left training when it returns."""
+    import signal
+
+    proc = _start_long_parallel_study(tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "run the same command to continue" in " ".join(err.split()) and "Traceback" not in err
+        for name in ("fw", "bw"):
+            assert not _locked(tmp_path / "study" / name)
+            assert "interrupted at step" in (tmp_path / "study" / f"{name}.log").read_text()
+    finally:
+        _end_stray_runs(tmp_path)

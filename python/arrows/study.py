@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arrows.compare import STUDY_FILE
-from arrows.errors import CorruptDataError, InputError
+from arrows.errors import CancelledError, CorruptDataError, InputError
 
 
 @dataclass
@@ -113,6 +113,8 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
 
 
 def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, compile: bool) -> None:
+    from arrows.distributed import STOP_SIGNAL
+
     procs = []
     for r in runs:
         cfg_file = study_dir / "configs" / f"{r.stem}.json"
@@ -131,10 +133,46 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
         where = f"GPU {','.join(map(str, r.devices))}" if r.devices else device
         print(f"── {r.name}: training on {where}, log in {log}", file=sys.stderr, flush=True)
         with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-            procs.append((r, log, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)))
-    failed = []
-    for r, log, p in procs:
-        if p.wait() != 0:
-            failed.append(f"{r.name} (exit {p.returncode}; see {log})")
+            procs.append((r, log, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                                   preexec_fn=_die_with_parent(os.getpid()))))
+    try:
+        for _, _, p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        # Interrupted here: Ctrl-C (which the runs got too), or `kill -INT` to this process alone.
+        # Each run is asked to stop between two steps, as `arrows train` does at a first Ctrl-C,
+        # and waited for: leaving them training unseen, the study run again at once found their
+        # folders locked ("another arrows train is running"). A second Ctrl-C stops them at once.
+        try:
+            for _, _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(STOP_SIGNAL)
+            for _, _, p in procs:
+                p.wait()
+        except BaseException:
+            for _, _, p in procs:
+                p.kill()
+            raise
+        raise CancelledError("interrupted; each run stopped at its last checkpoint (its log says which): run the same command to continue") from None
+    failed = [f"{r.name} (exit {p.returncode}; see {log})" for r, log, p in procs if p.returncode != 0]
     if failed:
         raise InputError("training failed: " + "; ".join(failed))
+
+
+def _die_with_parent(parent: int):
+    """For Popen's preexec_fn, on Linux: the child gets SIGTERM when the study process ends, even
+    killed with SIGKILL (prctl PR_SET_PDEATHSIG). Without it, `kill -9` of a study left both runs
+    training on as orphans, writing their logs and holding their run folders. Elsewhere: None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: the child only calls it
+
+    def arm() -> None:
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that: nobody would send it
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
