@@ -72,6 +72,59 @@ def test_delta_figure_with_the_estimate_outside_its_interval(tmp_path):
     assert (tmp_path / "delta.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _report(seeds=(0,), deltas=None, steps=(100, 100)) -> dict:
+    """A compare report as compare_runs makes it, from constructed per-window losses (no runs)."""
+    from arrows.compare import seed_interval
+
+    rng = np.random.default_rng(0)
+    deltas = deltas or [0.02] * len(seeds)
+    pairs, windows = [], []
+    for seed, d in zip(seeds, deltas):
+        fw = rng.gamma(20.0, 0.1, 50)
+        bw = fw * (1 + d) + rng.normal(0, 0.01, 50)
+        windows.append((fw, bw))
+        curve = {"train": [(10, 3.0), (steps[0], 2.0)], "valid": [(steps[0], 2.1)]}
+        pairs.append({"fw": f"s{seed}/fw", "bw": f"s{seed}/bw", "seed": seed, "steps_fw": steps[0], "steps_bw": steps[1],
+                      "loss_fw": fw.mean(), "loss_bw": bw.mean(), **paired_bootstrap(fw, bw, resamples=200), "tokens": 50 * 8,
+                      "position_loss_fw": [2.5, 2.0, 1.8, 1.7, 1.6, 1.6, 1.5, 1.5], "position_loss_bw": [2.6, 2.1, 1.9, 1.8, 1.7, 1.6, 1.6, 1.5],
+                      "curves": {"forward": curve, "backward": curve}})
+    mean_fw, mean_bw = (np.mean([w[i] for w in windows], axis=0) for i in (0, 1))
+    summary = {"loss_fw": mean_fw.mean(), "loss_bw": mean_bw.mean(), "windows": 50, "tokens": 400,
+               "delta_seed_mean": float(np.mean([p["delta"] for p in pairs])),
+               "delta_seed_std": float(np.std([p["delta"] for p in pairs], ddof=1)) if len(pairs) > 1 else None, "unigram_entropy": 5.0,
+               **{k: v for k, v in paired_bootstrap(mean_fw, mean_bw, resamples=200).items() if k != "windows"}, "seeds": len(pairs)}
+    summary["seed_low"], summary["seed_high"] = (seed_interval(np.array([p["delta"] for p in pairs]), summary["delta"], summary["se"])
+                                                 if len(pairs) > 1 else (None, None))
+    return {"data": "tokens", "attn_length": 8, "summary": summary, "pairs": pairs, "notes": []}
+
+
+def test_report_refuses_a_file_as_its_folder(tmp_path):
+    from arrows.report import write_report
+
+    (tmp_path / "report.txt").write_text("mine")
+    with pytest.raises(InputError, match="exists and is not a folder; --out names the folder"):
+        write_report(_report(), tmp_path / "report.txt")
+    assert (tmp_path / "report.txt").read_text() == "mine"
+
+
+def test_report_interrupted_while_drawing_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A compare run again over an earlier report, interrupted while drawing its last figure: the
+    folder still holds the earlier report, all of it, not new figures beside an old report.md."""
+    from arrows import report as report_module
+
+    out = tmp_path / "report"
+    report_module.write_report(_report(deltas=[0.02]), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "_plot_delta", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report_module.write_report(_report(deltas=[-0.05], steps=(300, 300)), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing left over
+
+
 def test_field_of_positions():
     text = "01|10\n11|00\n"
     ids = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) + 1

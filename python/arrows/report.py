@@ -4,25 +4,48 @@ pictures) and the PNG figures, drawn off-screen with matplotlib."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from arrows.errors import InputError
 
 FIGURES = {"curves": "curves.png", "positions": "loss_by_position.png", "delta": "delta.png"}
 COLOURS = {"forward": "tab:blue", "backward": "tab:orange"}
 
 
-def write_report(report: dict, out: Path) -> dict:
-    """Write report.json, report.md and the figures into `out`; returns the paths written."""
+def check_report_folder(out: Path) -> Path:
+    """`out` as the report's folder: a folder, or nothing yet. Checked before the runs are
+    evaluated, so that a wrong --out is said at once, not after minutes of evaluation."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; --out names the folder that receives report.md, report.json and the figures")
+    return out
+
+
+def write_report(report: dict, out: Path) -> dict:
+    """Write report.json, report.md and the figures into `out`; returns the paths written.
+
+    Everything is written into a temporary folder inside `out` first, then moved over the
+    previous report's files: an interruption or a failure while drawing (Ctrl-C, a full disk)
+    leaves the previous report whole, never new figures beside an old report.md."""
+    out = check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / file for name, file in FIGURES.items()}
-    _plot_curves(report, paths["curves"])
-    _plot_positions(report, paths["positions"])
-    _plot_delta(report, paths["delta"])
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    return {"json": out / "report.json", "markdown": out / "report.md", **paths}
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        _plot_curves(report, tmp / FIGURES["curves"])
+        _plot_positions(report, tmp / FIGURES["positions"])
+        _plot_delta(report, tmp / FIGURES["delta"])
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        for name in (*FIGURES.values(), "report.json", "report.md"):  # report.md last: it names the others
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"json": out / "report.json", "markdown": out / "report.md", **{name: out / file for name, file in FIGURES.items()}}
 
 
 def _fmt_delta(d: dict) -> str:
