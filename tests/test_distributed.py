@@ -198,3 +198,28 @@ def test_slurm_tasks_keep_the_threads_they_were_given(tmp_path, store):  # noqa:
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "threads_spawned").read_text() == "1"
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "leftover-torchrun"])
+def test_nproc_inside_a_launchers_group_is_refused(tmp_path, store, launcher):  # noqa: F811
+    """--nproc where the environment says a launcher started this process as one of a group. In a
+    SLURM allocation's own shell (salloc, or the job script outside srun) SLURM_NTASKS and
+    SLURM_PROCID are set: the command took itself for task 0 of 4 and waited for three tasks that
+    never start; with RANK/WORLD_SIZE=1 left in the environment it trained one process, silently."""
+    from arrows.distributed import free_port
+
+    cfg = write_config(tmp_path / "c.json", store, model=MODEL, steps_to_train=2, run_name="x")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("SLURM_")}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env |= {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"} if launcher == "slurm" else {"RANK": "0", "WORLD_SIZE": "1"}
+    for dry in ([], ["--dry-run"]):
+        try:
+            proc = subprocess.run([str(ARROWS), "train", str(cfg), "--device", "cpu", "--nproc", "2", *dry], capture_output=True,
+                                  text=True, env=env, timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("waited for processes that never start")
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "Traceback" not in message, message
+        assert "--nproc 2: this process was started as one of a group by" in message, message
+        assert ("SLURM_NTASKS=4" if launcher == "slurm" else "WORLD_SIZE=1") in message, message
+    assert not (tmp_path / "runs" / "x" / "checkpoints").exists()

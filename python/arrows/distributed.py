@@ -44,6 +44,13 @@ def launched_externally() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
 
 
+def launcher_description() -> str:
+    """The environment variables by which `launched_externally` took this process for one of a group."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return f"torchrun (RANK={os.environ['RANK']}, WORLD_SIZE={os.environ['WORLD_SIZE']})"
+    return f"SLURM (SLURM_PROCID={os.environ.get('SLURM_PROCID')}, SLURM_NTASKS={os.environ.get('SLURM_NTASKS')})"
+
+
 def external_world(gpus: list[int] | None, device: str = "auto") -> World:
     """The world described by torchrun's or SLURM's environment variables; each process takes
     the GPU of its local rank (or from `gpus`), or the CPU with `device="cpu"` or without CUDA."""

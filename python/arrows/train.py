@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from arrows import checkpoint
-from arrows.distributed import World, close_group, external_world, init_group, launched_externally, spawn
+from arrows.distributed import World, close_group, external_world, init_group, launched_externally, launcher_description, spawn
 from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError
 from arrows.schedule import lr_at
 
@@ -169,6 +169,12 @@ def train(config, opts: TrainOptions) -> dict:
     check_devices(opts)
     _check_attention(config, opts)
     _check_host_memory(config, opts)
+    if opts.nproc > 1 and launched_externally():
+        # The launcher's count would win silently; in a SLURM allocation's own shell (salloc, the
+        # job script outside srun) this process would then wait for tasks that never start.
+        raise InputError(f"--nproc {opts.nproc}: this process was started as one of a group by {launcher_description()}, which "
+                         f"sets how many processes train; drop --nproc, or start arrows outside that launcher (outside srun, "
+                         f"or without those variables)")
     check_batch_split(config, process_count(opts))
     if opts.dry_run:
         verify_data(config)
