@@ -228,6 +228,38 @@ def test_compare_refuses_mismatched_runs(reversible_study, tmp_path):
     assert proc.returncode == 1 and "not a study folder" in proc.stderr
 
 
+def test_compare_says_when_the_runs_were_not_trained_alike(reversible_study, tmp_path):
+    """Runs that can be compared (same data, windows, split) but were trained differently: the report
+    gives each checkpoint's own step, and a note says what differs, since δ measures it too."""
+    from arrows import checkpoint
+
+    tmp, _ = reversible_study
+    fw, bw = tmp_path / "fw", tmp_path / "bw"
+    shutil.copytree(tmp / "study" / "fw", fw)
+    shutil.copytree(tmp / "study" / "bw", bw)
+    # The backward run as if stopped at step 150, and its metrics logged beyond its checkpoint (a
+    # run killed between two saves, or still training): the checkpoint's step is the one reported.
+    payload = checkpoint.load(bw / "checkpoints" / "latest.pt")
+    payload["step"] = 150
+    checkpoint.save(bw / "checkpoints" / "latest.pt", payload)
+    with open(fw / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 310, "loss": 1.0}) + "\n")
+    cfg = json.loads((bw / "config.json").read_text())
+    cfg["optim_params"]["lr"] = 1e-3
+    cfg["model_params"]["attention"] = "sdpa"  # a kernel: the same function, not a difference
+    (bw / "config.json").write_text(json.dumps(cfg))
+    arrows("compare", fw, bw, "--out", tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    pair = report["pairs"][0]
+    assert (pair["steps_fw"], pair["steps_bw"]) == (300, 150)
+    note = next(n for n in report["notes"] if "differ:" in n)
+    assert "trained 300 steps forward and 150 backward" in note and "optim_params.lr 0.003 forward, 0.001 backward" in note
+    assert "attention" not in note and "--more" in note
+    # Runs trained alike: no such note.
+    plain = json.loads((tmp / "study" / "report" / "report.json").read_text())
+    assert not any("differ:" in n for n in plain["notes"])
+
+
 def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_path):
     tmp, _ = reversible_study
     study = tmp / "study"

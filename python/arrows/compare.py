@@ -203,6 +203,30 @@ def setup_differences(a: Run, b: Run) -> list[str]:
     return problems
 
 
+# Settings that may differ between a forward and a backward run without making them incomparable,
+# but that δ then measures too. The attention and head_loss kernels compute the same function.
+_KERNEL_KEYS = {"attention", "head_loss"}
+
+
+def training_differences(fw: Run, bw: Run, steps_fw: int, steps_bw: int) -> list[str]:
+    """What differs in how two comparable runs were trained (model, optimizer, batch, steps): notes,
+    since δ then measures those differences along with the direction."""
+    found = []
+    if steps_fw != steps_bw:
+        found.append(f"trained {steps_fw:,} steps forward and {steps_bw:,} backward")
+    sections = [("model_params", k) for k in fw.model if k not in _KERNEL_KEYS]
+    sections += [("optim_params", k) for k in fw.config.get("optim_params", {})]
+    sections += [("training_params", k) for k in ("batch_size", "aggregate")]
+    for section, key in sections:
+        u, v = fw.config[section].get(key), bw.config[section].get(key)
+        if u != v:
+            found.append(f"{section}.{key} {u!r} forward, {v!r} backward")
+    if not found:
+        return []
+    return [f"the forward and backward runs of seed {fw.seed} differ: {'; '.join(found)}. δ measures that difference too, not the "
+            f"direction alone{' (continue the shorter one with `arrows train CONFIG --more N`)' if steps_fw != steps_bw else ''}"]
+
+
 def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
     """`RUN` (a study folder) → its pairs; `FW BW [FW BW ...]` → those pairs."""
     if len(paths) == 1:
@@ -224,6 +248,7 @@ class Evaluation:
     target_stream_positions: np.ndarray | None  # (windows, L) stream index of each target
     target_losses: np.ndarray | None  # (windows, L) each target's loss (kept for per-field breakdowns)
     tokens: int
+    step: int  # the step of the checkpoint evaluated
 
 
 def eval_stride(run: Run) -> int:
@@ -248,7 +273,8 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
     )
     if loader.windows == 0:
         raise InputError(f"{run.path}: the validation split of {t['dataset_folder']} holds no window of {L} tokens; use more data or a larger valid_fraction")
-    model = checkpoint.load_model(run.config, run.checkpoint).to(device)
+    model, step = _load_model(run)
+    model = model.to(device)
     n_windows = loader.windows if max_windows is None else min(loader.windows, max_windows)
     losses = np.empty((n_windows, L), dtype=np.float64) if keep_targets else None
     window_loss = np.empty(n_windows)
@@ -271,7 +297,28 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
         starts = loader.window_starts(0)[:n_windows]
         offsets = np.arange(L)[::-1] if run.direction == "backward" else np.arange(L)
         stream = starts[:, None] + offsets[None, :]
-    return Evaluation(window_loss, position_sum / n_windows, stream, losses, n_windows * L)
+    return Evaluation(window_loss, position_sum / n_windows, stream, losses, n_windows * L, step)
+
+
+def _load_model(run: Run):
+    """The run's model with its checkpoint's weights (on the CPU, in eval mode), and the step the
+    checkpoint was saved at: the step the report gives, since the metrics of a run killed or still
+    training run ahead of its last checkpoint. The file (which holds the optimizer too) is read once."""
+    import torch
+
+    from arrows import checkpoint
+    from arrows.config import config_from_dict
+    from arrows.models import build_model
+
+    payload = checkpoint.load(run.checkpoint)
+    with torch.device("cpu"):
+        model = build_model(config_from_dict(run.config).model_dict())
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError:  # checkpoint.load_model says which tensors do not fit, and what to do
+        checkpoint.load_model(run.config, run.checkpoint)
+        raise
+    return model.eval(), int(payload["step"])
 
 
 # ---- synthetic languages: loss by field of the line ---------------------------------------------
@@ -446,11 +493,11 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
             raise InputError(f"{fw.path}: the validation split of {fw.training['dataset_folder']} holds 1 window; an interval needs at "
                              f"least 2: use more data or a larger valid_fraction")
         stats = paired_bootstrap(f.window_loss, b.window_loss, resamples=resamples, seed=seed)
+        notes += training_differences(fw, bw, f.step, b.step)
         window_losses.append((f.window_loss, b.window_loss))
         entry = {
             "fw": str(fw.path), "bw": str(bw.path), "seed": fw.seed,
-            "steps_fw": int(fw.metrics[-1]["step"]) if fw.metrics else None,
-            "steps_bw": int(bw.metrics[-1]["step"]) if bw.metrics else None,
+            "steps_fw": f.step, "steps_bw": b.step,
             "loss_fw": float(f.window_loss.mean()), "loss_bw": float(b.window_loss.mean()),
             **stats, "tokens": f.tokens,
             "position_loss_fw": f.position_loss.tolist(), "position_loss_bw": b.position_loss.tolist(),
