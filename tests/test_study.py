@@ -476,3 +476,30 @@ def test_parallel_study_interrupted_stops_its_runs_first(tmp_path):
             assert "interrupted at step" in (tmp_path / "study" / f"{name}.log").read_text()
     finally:
         _end_stray_runs(tmp_path)
+
+
+def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, monkeypatch):
+    """With several seeds the headline is their mean with the interval that includes training noise;
+    the figure draws it beside the seeds (their narrow intervals alone read as a settled arrow)."""
+    from arrows import report as report_module
+
+    seen = {}
+    real_finish = report_module._finish
+
+    def finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs):
+        seen[path.name] = ([t.get_text() for t in ax.get_xticklabels()], ylabel,
+                           [line.get_ydata() for line in ax.get_lines()], ax.get_legend_handles_labels()[1])
+        real_finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "_finish", finish)
+    report = _report(seeds=(4, 5), deltas=[0.01, 0.05])
+    s = report["summary"]
+    report_module._plot_delta(report, tmp_path / "two.png")
+    ticks, ylabel, lines, legend = seen["two.png"]
+    assert ticks == ["seed 4", "seed 5", "mean of 2 seeds"] and "> 0: backward worse" in ylabel
+    assert any("training noise" in label for label in legend)
+    # The mean's error bar runs from seed_low to seed_high (in %).
+    ends = sorted(float(y) for ys in lines for y in np.atleast_1d(ys))
+    assert any(abs(e - 100 * s["seed_low"]) < 1e-9 for e in ends) and any(abs(e - 100 * s["seed_high"]) < 1e-9 for e in ends)
+    report_module._plot_delta(_report(), tmp_path / "one.png")
+    assert seen["one.png"][0] == ["seed 0"]

@@ -153,26 +153,43 @@ def _plot_curves(report: dict, path: Path) -> None:
 def _plot_positions(report: dict, path: Path) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for direction, key in (("forward", "position_loss_fw"), ("backward", "position_loss_bw")):
+    # Each model's own reading order: position 0 of the backward model is the window's last token.
+    for direction, key, order in (("forward", "position_loss_fw", "from the window's start"), ("backward", "position_loss_bw", "from the window's end")):
         curve = np.mean([p[key] for p in report["pairs"]], axis=0)
-        ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=direction)
-    _finish(plt, fig, ax, path, "position in the window (tokens of context before it)", "validation loss (nats/token)", "Loss by position")
+        ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=f"{direction} (reads {order})")
+    seeds = len(report["pairs"])
+    _finish(plt, fig, ax, path, "position in the window, in the model's reading order (tokens of context before it)", "validation loss (nats/token)",
+            "Loss by position" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
 
 
 def _plot_delta(report: dict, path: Path) -> None:
     plt = _figure()
     pairs = report["pairs"]
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(pairs) + 2), 4))
+    s = report.get("summary", {})
+    # With several seeds, their mean with the interval that includes training noise is drawn beside
+    # them: alone, the seeds' narrow intervals (evaluation noise only) read as a settled arrow even
+    # where the seeds disagree and the study's own interval holds 0.
+    overall = len(pairs) > 1 and s.get("seed_low") is not None
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * (len(pairs) + overall) + 2), 4.8 if overall else 4))
     x = np.arange(len(pairs))
     d = np.array([100 * p["delta"] for p in pairs])
     err = np.array([[100 * (p["delta"] - p["low"]) for p in pairs], [100 * (p["high"] - p["delta"]) for p in pairs]])
     # A percentile interval need not hold the point estimate (few windows, few resamples): an arm
     # of negative length, which matplotlib refuses, is drawn as none.
     err = np.clip(err, 0, None)
-    ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5)
+    ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5, label="each seed: 95% interval over windows (evaluation noise)")
+    labels = [f"seed {p['seed']}" for p in pairs]
+    if overall:
+        mean_err = np.clip([[100 * (s["delta"] - s["seed_low"])], [100 * (s["seed_high"] - s["delta"])]], 0, None)
+        ax.errorbar([len(pairs)], [100 * s["delta"]], yerr=mean_err, fmt="D", color="tab:red", capsize=7, lw=2,
+                    label=f"mean of {len(pairs)} seeds: 95% interval with training noise")
+        labels.append(f"mean of {len(pairs)} seeds")
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xticks(x, [f"seed {p['seed']}" for p in pairs])
-    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)", "δ per seed (95% paired bootstrap interval over windows)", legend=False)
+    ax.set_xticks(np.arange(len(labels)), labels)
+    title = "δ per seed, and their mean" if overall else "δ (95% paired bootstrap interval over windows)"
+    if overall:  # under the axes: inside, it hid the ends of the intervals
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize="small")
+    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)", title, legend=False)
 
 
 def _finish(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
