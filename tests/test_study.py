@@ -503,3 +503,19 @@ def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, monkeyp
     assert any(abs(e - 100 * s["seed_low"]) < 1e-9 for e in ends) and any(abs(e - 100 * s["seed_high"]) < 1e-9 for e in ends)
     report_module._plot_delta(_report(), tmp_path / "one.png")
     assert seen["one.png"][0] == ["seed 0"]
+
+
+def test_synthetic_verdict_is_not_conclusive_when_the_easy_direction_learned_nothing():
+    """sparse-linear: the forward arrow comes from the forward model computing y. A δ > 0 measured
+    while it has not learned y (both models guess it) is not the language's arrow: not "as expected"."""
+    from arrows.compare import _synthetic_verdict
+
+    sidecar = {"fields": ["x", "y"], "expected_arrow": "forward"}
+    chance = {"x": 0.693, "y": 0.693}
+    summary = {"delta": 0.0006, "low": 0.0004, "high": 0.0007}
+    guessing = [{"fields": {"forward": {"x": 0.694, "y": 0.694}, "backward": {"x": 0.695, "y": 0.695}}}]
+    verdict, notes = _synthetic_verdict(sidecar, guessing, chance, summary)
+    assert "not conclusive" in verdict and "forward model has NOT learned `y`" in verdict and "as expected" not in verdict
+    learned = [{"fields": {"forward": {"x": 0.694, "y": 0.01}, "backward": {"x": 0.695, "y": 0.694}}}]
+    verdict, _ = _synthetic_verdict(sidecar, learned, chance, summary)
+    assert verdict == "Measured: a forward arrow, as expected."

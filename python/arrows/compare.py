@@ -418,7 +418,7 @@ def _curves(run: Run) -> dict:
 def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float], summary: dict) -> tuple[str, list[str]]:
     """What the run shows against what the language is built to show, and notes on any field
     that a direction should have computed but did not learn."""
-    notes = []
+    notes, states = [], {}  # states: direction → (the field it reads last, how far it learned it)
     names = sidecar["fields"]
     if len(names) >= 2:
         # The field read last is a function of the others (y = A·x, n = p·q, ...): a direction
@@ -435,6 +435,7 @@ def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float
                 state = "partly learned"
             else:
                 state = "NOT learned"
+            states[direction] = (field, state)
             notes.append(
                 f"{direction}: the field read last, `{field}`, is a function of the rest of the line; it costs {loss:.3f} nats/token "
                 f"against {guess:.3f} for a guess: {state}"
@@ -451,6 +452,11 @@ def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float
             f"Measured δ = {100 * summary['delta']:+.2f}%: OUTSIDE ±1%, though a reversible language has no arrow; "
             f"the runs are probably not trained far enough (compare their curves)."
         )
+    elif measured == expected and states.get(expected, ("", ""))[1] == "NOT learned":
+        # The arrow is built in as what the easy direction computes: if it has not learned that, the
+        # two models are alike on the hard part and the δ measured is not the language's arrow.
+        verdict = (f"Measured: a {measured} arrow, the expected one, but not conclusive: the {expected} model has NOT learned "
+                   f"`{states[expected][0]}`, the field it can compute, so this δ does not come from the language's asymmetry yet; train longer.")
     else:
         ok = measured == expected
         verdict = (
