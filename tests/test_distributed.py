@@ -9,6 +9,7 @@ spawned processes import too: the same instant every time, whatever the machine'
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -223,3 +224,26 @@ def test_nproc_inside_a_launchers_group_is_refused(tmp_path, store, launcher):  
         assert "--nproc 2: this process was started as one of a group by" in message, message
         assert ("SLURM_NTASKS=4" if launcher == "slurm" else "WORLD_SIZE=1") in message, message
     assert not (tmp_path / "runs" / "x" / "checkpoints").exists()
+
+
+def test_two_torchrun_scripts_on_one_machine_at_once(tmp_path, store):  # noqa: F811
+    """cli/launch/torchrun.sh started twice on one machine (two experiments side by side): the
+    second failed at once, both claiming port 29500 (EADDRINUSE)."""
+    import time
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"GPUS_PER_NODE": "1", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"}
+    script = str(ROOT / "cli" / "launch" / "torchrun.sh")
+    runs = {}
+    for name in ("a", "b"):
+        cfg = write_config(tmp_path / f"{name}.json", store, model=MODEL, steps_to_train=60, run_name=name)
+        runs[name] = subprocess.Popen(["bash", script, str(cfg), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env)
+        deadline = time.monotonic() + 120
+        while name == "a" and not (tmp_path / "runs" / "a" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first one is training, its port taken, when the second starts
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"

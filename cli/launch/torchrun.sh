@@ -5,7 +5,7 @@
 # Each process joins the group torchrun sets up (arrows does not spawn under torchrun) and takes
 # the GPU of its local rank. Extra arguments go to `arrows train`.
 # Also read: GPUS_PER_NODE (processes per machine; default: the GPUs nvidia-smi lists),
-# MASTER_PORT (default 29500). CPU processes: GPUS_PER_NODE=2 ./cli/launch/torchrun.sh cfg.json --device cpu
+# MASTER_PORT (default: a free port on one machine, 29500 across machines). CPU processes: GPUS_PER_NODE=2 ./cli/launch/torchrun.sh cfg.json --device cpu
 set -euo pipefail
 CONFIG="${1:?usage: torchrun.sh CONFIG [arrows train options]}"; shift
 PROCS="${GPUS_PER_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}"
@@ -13,8 +13,11 @@ if [ "$PROCS" -lt 1 ]; then
     echo "torchrun.sh: no GPU found (nvidia-smi lists none); set GPUS_PER_NODE to the number of processes per machine" >&2
     exit 2
 fi
-exec torchrun \
-    --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
-    --nproc_per_node "$PROCS" \
-    --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-    -m arrows train "$CONFIG" "$@"
+if [ "${NNODES:-1}" = 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+    # One machine: torchrun picks a free port itself. A fixed one made a second run on the same
+    # machine fail at once (EADDRINUSE on 29500).
+    GROUP=(--standalone)
+else
+    GROUP=(--nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}")
+fi
+exec torchrun "${GROUP[@]}" --nproc_per_node "$PROCS" -m arrows train "$CONFIG" "$@"
