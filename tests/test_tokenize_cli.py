@@ -437,3 +437,58 @@ def test_memory_of_bpe_training_is_returned_before_encoding(tmp_path):
     assert proc.wait() == 0, log.read_text()
     assert peak.get("learning merges") and peak.get("encoding"), peak
     assert peak["encoding"] < 0.4 * peak["learning merges"], {k: f"{v / 1e6:.0f} MB" for k, v in peak.items()}
+
+
+def memory_cgroup(tmp_name, limit_bytes):
+    """A new memory control group under this process's own, limited to `limit_bytes` (cgroup v1, or
+    v2 with the memory controller delegated), or None where this process may not make one."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            parent, limit_file = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"
+            if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+                continue
+        elif "memory" in controllers.split(","):
+            parent, limit_file = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes"
+        else:
+            continue
+        group = parent / tmp_name
+        try:
+            group.mkdir()
+            (group / limit_file).write_text(str(limit_bytes))
+        except OSError:
+            if group.exists():
+                group.rmdir()
+            continue
+        return group
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/cgroup").exists(), reason="memory limits through Linux control groups")
+def test_bpe_training_that_cannot_fit_is_refused_with_advice_that_works(tmp_path):
+    # Training a BPE on Chinese text takes about 12 bytes per byte of sample; under a memory limit
+    # too small for it, the kernel killed the job without a word after the sampling.
+    group = memory_cgroup(f"arrows_test_{os.getpid()}", 260_000_000)
+    if group is None:
+        pytest.skip("no permission to make a memory control group here")
+    try:
+        corpus = tmp_path / "zh.txt"
+        corpus.write_text(chinese_text(4_000_000, seed=2), encoding="utf-8")
+        out = tmp_path / "out"
+
+        def run(*extra):
+            join = lambda: (group / "cgroup.procs").write_text(str(os.getpid()))
+            args = [str(ARROWS), "tokenize", str(corpus), "--out", str(out), "--vocab-size", "2000", "--force", *extra]
+            return subprocess.run(args, capture_output=True, text=True, preexec_fn=join, timeout=300)
+
+        refused = run()
+        assert refused.returncode == 1, refused.stderr
+        message = refused.stderr
+        assert "distinct words" in message and "is available" in message and "Traceback" not in message, message
+        advice = message.split("--sample-bytes ")[1].split()[0]
+        assert advice.endswith("MB")
+        done = run("--sample-bytes", advice)
+        assert done.returncode == 0, done.stderr
+        assert len(TokenStore(out)) > 0
+    finally:
+        group.rmdir()

@@ -9,6 +9,7 @@
 //! - `tokenize`: the resumable, parallel `arrows tokenize` job
 //! - `store`: opening and verifying a token store
 //! - `source`, `windows`, `prefetch`: the window loader (mapped stream, sampler, background batches)
+//! - `memory`: the memory this process may still take
 //! - `error`: the one error type
 
 pub mod bpe;
@@ -16,6 +17,7 @@ pub mod bytelevel;
 pub mod corpus;
 pub mod error;
 pub mod manifest;
+pub mod memory;
 pub mod prefetch;
 pub mod pretokenize;
 pub mod sample;

@@ -488,6 +488,7 @@ fn train_tokenizer(
             Ok(a)
         })?;
     progress.check_cancel()?;
+    check_training_fits(crate::train::training_memory_bytes(&counts), crate::memory::available_bytes(), sample_total, counts.len())?;
     progress.set_phase(Phase::Merging, 0, vocab_size.saturating_sub(257) as u64);
     let report = |done: usize, _total: usize| progress.done.store(done as u64, Relaxed);
     let bpe = train_bpe(&counts, vocab_size, min_frequency, &report, &progress.cancel)?;
@@ -495,6 +496,32 @@ fn train_tokenizer(
     drop(counts);
     release_freed_memory();
     Ok((Tokenizer::from_bpe(&bpe), entry, t0.elapsed().as_secs_f64()))
+}
+
+/// Refuses a BPE training that would not fit in the memory available (`need` bytes for a sample
+/// of `sample` bytes with `words` distinct words): the kernel would kill the job without a word.
+/// Text without spaces between words (Chinese, Japanese) needs about 15 bytes per byte of sample.
+fn check_training_fits(need: u64, available: Option<u64>, sample: u64, words: usize) -> Result<()> {
+    let Some(available) = available else { return Ok(()) };
+    // A fifth more than the estimate: the allocator's overhead, and the estimate's own error (a
+    // job whose peak was the estimate plus 1% of the memory was killed).
+    let need = need + need / 5;
+    if need <= available {
+        return Ok(());
+    }
+    // A sample this much smaller needs about 80% of what is available (for text whose words
+    // rarely repeat, the need grows with the sample).
+    let fits = (sample as f64 * 0.8 * available as f64 / need as f64) as u64;
+    let size = |bytes: u64| if bytes >= 10_000_000_000 { format!("{:.0} GB", bytes as f64 / 1e9) } else { format!("{} MB", bytes / 1_000_000) };
+    Err(Error::Input(format!(
+        "training the BPE on this sample ({}, {words} distinct words) needs about {} of memory, and {} is available: \
+         use --sample-bytes {}MB or less (text without spaces between words, such as Chinese, has a distinct word \
+         for nearly every clause), or --tokenizer with an existing tokenizer.json",
+        size(sample),
+        size(need),
+        size(available),
+        (fits / 1_000_000).max(1)
+    )))
 }
 
 /// Returns freed heap memory to the system. The word counts and the trainer's tables are millions
@@ -682,4 +709,23 @@ fn write_shards(
         w.abandon();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_that_cannot_fit_is_refused_with_a_sample_that_would() {
+        assert!(check_training_fits(5 << 30, Some(6 << 30), 1 << 30, 1000).is_ok());
+        assert!(check_training_fits(5 << 30, None, 1 << 30, 1000).is_ok(), "unknown memory: go ahead");
+        assert!(check_training_fits(5 << 30, Some(5 << 30), 1 << 30, 1000).is_err(), "no margin left");
+        // 1 GB of Chinese: about 15 GB to train on, 8 GB available.
+        let err = check_training_fits(12_500_000_000, Some(8_000_000_000), 1_000_000_000, 36_000_000).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Input(_)));
+        for part in ["1000 MB, 36000000 distinct words", "about 15 GB", "8000 MB is available", "--sample-bytes 426MB or less"] {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    }
 }

@@ -315,6 +315,13 @@ impl BatchBuffer {
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
 }
 
+/// Memory this process may still take, in bytes (the kernel's MemAvailable, or less under a
+/// control group's limit); None where it cannot be read.
+#[pyfunction]
+fn available_memory() -> Option<u64> {
+    arrows_core::memory::available_bytes()
+}
+
 #[pymodule]
 fn _arrows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TokenizeJob>()?;
@@ -323,6 +330,7 @@ fn _arrows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(read_shard_header, m)?)?;
+    m.add_function(wrap_pyfunction!(available_memory, m)?)?;
     m.add("SHARD_HEADER_BYTES", shard::HEADER_LEN)?;
     Ok(())
 }
