@@ -247,3 +247,18 @@ def test_two_torchrun_scripts_on_one_machine_at_once(tmp_path, store):  # noqa: 
     for name, proc in runs.items():
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+
+
+def test_resuming_under_another_process_count_says_why_and_how(tmp_path, store):  # noqa: F811
+    """A two-process run resumed with one process (or the reverse) is refused, saying the flags that
+    resume it and why the count must stay: the checkpoint holds each process's loader position and
+    random state."""
+    cfg = write_config(tmp_path / "c.json", store, model=MODEL, steps_to_train=3, run_name="two")
+    rc, err = train_two(cfg, tmp_path)
+    assert rc == 0, err
+    for flags in (["--more", "2"], ["--more", "2", "--dry-run"]):
+        proc = subprocess.run([str(ARROWS), "train", str(cfg), "--device", "cpu", *flags], capture_output=True, text=True, timeout=300)
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "Traceback" not in message, message
+        assert "written by 2 process(es); resume with the same number (now 1): --nproc 2 on the CPU" in message, message
+        assert "each process's place in the data and random state" in message, message

@@ -160,7 +160,11 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
                          f"arrows study: another --out):\n  " + "\n  ".join(diffs))
     ranks = len(payload["per_rank"])
     if ranks != world_size:
-        raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size})")
+        how = f"--nproc {ranks} on the CPU, --gpus with {ranks} GPUs, or {ranks} processes under torchrun or SLURM" if ranks > 1 else \
+            "no --nproc, one GPU, or one process under torchrun or SLURM"
+        raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size}): {how}. "
+                         f"It holds each process's place in the data and random state, which another number of processes "
+                         f"cannot continue exactly")
     return changed
 
 
