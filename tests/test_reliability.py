@@ -164,8 +164,9 @@ def test_tokenize_survives_kill_9_and_ctrl_c_at_random_instants(tmp_path, tok_re
         if not hit:
             continue  # finished first: no instant to count
         if sig == signal.SIGINT:
-            stopped_in = time.monotonic() - t_sent
-            assert child.proc.returncode == 130 and stopped_in < 5.0, child.stderr
+            # Stopped, not finished: exit 130 and the message (no bound on the seconds it took: tests
+            # assert no wall-clock time; a job that ignored Ctrl-C would finish and exit 0).
+            assert child.proc.returncode == 130, child.stderr
             assert "--resume" in child.stderr and "Traceback" not in child.stderr, child.stderr
             assert not list(out.glob("*.tmp")), list(out.glob("*.tmp"))
             interrupts += 1
@@ -328,14 +329,13 @@ def test_train_survives_kill_9_and_ctrl_c_at_random_instants(tmp_path, train_sto
         elif child.wait_until(lambda: child.step is not None and child.step >= int(x) and len(child.step_times) >= 2):
             # a fraction of a step (as long as this attempt's last one took) after the report
             time.sleep((x - int(x)) * (child.step_times[-1] - child.step_times[-2]))
-        t_sent = time.monotonic()
         hit = child.stop(sig)
         outcomes.append((phase, round(x, 2), sig.name, hit, child.step, child.proc.returncode))
         if not hit:  # the process had ended: say how, should the counts below fall short
             outcomes.append(child.stderr[-300:])
             continue
         if sig == signal.SIGINT:
-            assert child.proc.returncode == 130 and time.monotonic() - t_sent < 5.0, child.stderr
+            assert child.proc.returncode == 130, child.stderr  # stopped, not finished (no bound on the seconds)
             assert "interrupted at step" in child.stderr and "run the same command" in child.stderr, child.stderr
             assert "Traceback" not in child.stderr, child.stderr
             no_partial_files(run)
