@@ -42,6 +42,8 @@ FAULT = textwrap.dedent('''
                 os.killpg(os.getpgrp(), signal.SIGINT)
             elif fault == "ctrl-c-parent":  # kill -INT of the command, or a notebook's interrupt
                 os.kill(os.getppid(), signal.SIGINT)
+            elif fault == "ctrl-c-self":  # SIGINT to this process only
+                os.kill(os.getpid(), signal.SIGINT)
             elif fault == "threads":  # not a fault: how many threads the process computes with
                 import torch
                 with open(os.environ["THREADS_FILE"], "w") as f:
@@ -262,3 +264,13 @@ def test_resuming_under_another_process_count_says_why_and_how(tmp_path, store):
         assert proc.returncode == 1 and "Traceback" not in message, message
         assert "written by 2 process(es); resume with the same number (now 1): --nproc 2 on the CPU" in message, message
         assert "each process's place in the data and random state" in message, message
+
+
+def test_any_process_that_stops_first_names_the_intact_checkpoint(tmp_path, store):  # noqa: F811
+    """The process that reports an interrupt need not be process 0 (SIGINT to one process; or, at a
+    terminal's Ctrl-C, process 0 may already be inside the next step when the others stop): each
+    process must know the checkpoint written, not only process 0, which writes it."""
+    cfg = config(tmp_path, store, "one")
+    rc, err = train_two(cfg, tmp_path, fault="ctrl-c-self", rank=1, step=7)
+    assert rc == 130 and "Traceback" not in err, err
+    assert "interrupted at step 8; the checkpoint of step 6 in" in err and "is intact" in err, err

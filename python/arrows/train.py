@@ -734,10 +734,12 @@ class Trainer:
                 "config": self.config.to_dict(),
             }
             checkpoint.save(self.ckpt_dir / name, payload)
-            if name == checkpoint.LATEST:
-                self.step_saved = self.step
         if self.world.distributed:
             dist.barrier()
+        if name == checkpoint.LATEST:
+            # In every process, not only the one that wrote it: any of them may be the one that
+            # stops first and says where the run stands (distributed.spawn reports its message).
+            self.step_saved = self.step
 
 
 class _StepResult:
