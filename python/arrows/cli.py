@@ -431,8 +431,9 @@ def _compare_and_print(pairs, out: Path, *, device: str, max_windows: int | None
     from arrows.compare import compare_runs
     from arrows.errors import InputError
     from arrows.progress import Reporter
-    from arrows.report import write_report
+    from arrows.report import check_report_folder, write_report
 
+    check_report_folder(out)  # a wrong --out (a file) said now, not after the evaluation
     if device == "cuda" and not torch.cuda.is_available():  # worded as train's own check (arrows.train)
         raise InputError("--device cuda: no CUDA device is visible; compare on the CPU with --device cpu")
     if device == "auto":
@@ -455,7 +456,8 @@ def print_table(report: dict, title: str | None = None) -> None:
                           f"{s['windows']:,} windows (in blocks of {s['block']}): evaluation noise only, not training noise", caption_justify="left")
     for col in ("", "forward", "backward", "δ", "95% interval"):
         table.add_column(col, justify="right", no_wrap=True)
-    rows = [("validation loss", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])
+    seeds = len(report["pairs"])
+    rows = [("validation loss" if seeds == 1 else f"mean of {seeds} seeds", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])
     for label, r in rows:
         table.add_row(label, f"{r['loss_fw']:.4f}", f"{r['loss_bw']:.4f}", f"{100 * r['delta']:+.2f}%", f"[{100 * r['low']:+.2f}%, {100 * r['high']:+.2f}%]")
     console = Console(highlight=False)
