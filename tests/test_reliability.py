@@ -738,8 +738,15 @@ def test_gpus_without_cuda_is_a_clear_error(tmp_path, train_store):
         user_error(proc, "no CUDA device", code=1)
 
 
-@pytest.mark.parametrize("flags, needle", [(["--top-k", "0"], "--top-k"), (["--temperature", "0"], "--temperature"),
+@pytest.mark.parametrize("flags, needle", [(["--top-k", "0"], "--top-k"), (["--temperature", "nan"], "--temperature"),
                                            (["--temperature", "-1"], "--temperature"), (["--tokens", "-3"], "--tokens")])
 def test_bad_generate_flags(train_reference, flags, needle):
     proc = arrows("generate", train_reference["run"], *flags, check=False, timeout=120)
     user_error(proc, needle)
+
+
+def test_generate_at_temperature_0_takes_the_most_likely_token(train_reference):
+    # As the library does (and as the convention goes): 0 is greedy, whatever the seed.
+    greedy = [arrows("generate", train_reference["run"], "-n", "30", "--temperature", "0", "--seed", s, timeout=120).stdout for s in ("1", "2")]
+    top_1 = arrows("generate", train_reference["run"], "-n", "30", "--top-k", "1", timeout=120).stdout
+    assert greedy[0] == greedy[1] == top_1

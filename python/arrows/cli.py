@@ -293,15 +293,15 @@ def generate(
     run: Path = typer.Argument(..., help="A run folder written by `arrows train`."),
     prompt: str = typer.Option("", "--prompt", "-p", help="Text to continue. For a backward model, the END of the text: it writes what comes before."),
     tokens: int = typer.Option(100, "--tokens", "-n", min=0, help="How many tokens to generate."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (≥ 0): below 1 sharper, above 1 flatter; 0 always takes the most likely token."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
 ):
     """Sample text from a trained run (backward models write the text that leads to the prompt)."""
     from arrows.generate import generate_text
 
-    if not 0 < temperature < float("inf"):
-        raise typer.BadParameter(f"{temperature} must be a positive number", param_hint="--temperature")
+    if not 0 <= temperature < float("inf"):
+        raise typer.BadParameter(f"{temperature} must be a number ≥ 0 (0: always the most likely token)", param_hint="--temperature")
     print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed))
 
 
