@@ -38,6 +38,8 @@ FAULT = textwrap.dedent('''
                 os.kill(os.getpid(), signal.SIGKILL)
             elif fault == "crash":
                 raise RuntimeError("injected crash")
+            elif fault == "crash-long":  # a message larger than a pipe holds (64 KiB), such as a tensor's repr
+                raise RuntimeError("injected crash " + "x" * 200_000)
             elif fault == "ctrl-c-group":  # what a terminal's Ctrl-C does: SIGINT to every process
                 os.killpg(os.getpgrp(), signal.SIGINT)
             elif fault == "ctrl-c-parent":  # kill -INT of the command, or a notebook's interrupt
@@ -123,6 +125,15 @@ def test_a_crash_in_one_process_names_it_and_stops_the_others(tmp_path, store): 
     assert "process 1 of 2 failed with RuntimeError (its traceback is above); the others were stopped." in err, err
     assert "checkpoints/latest.pt is intact: run the same command to continue" in err, err
     assert "process 0 of 2" not in err and "ProcessRaisedException" not in err, err
+
+
+def test_a_crash_with_a_long_message_does_not_hang_the_run(tmp_path, store):  # noqa: F811
+    """The processes report to the launching one through a pipe; a report larger than the pipe holds
+    blocked its writer until read, and the launcher read only once every process had ended: both
+    processes and the command waited forever."""
+    rc, err = train_two(config(tmp_path, store, "long"), tmp_path, fault="crash-long", rank=1, step=4)
+    assert rc == 1, err[-3000:]
+    assert "RuntimeError: injected crash xxx" in err and "process 1 of 2 failed with RuntimeError" in err, err[-3000:]
 
 
 @pytest.mark.parametrize("to", ["group", "parent"])

@@ -130,11 +130,10 @@ def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     os.environ["MASTER_PORT"] = str(free_port())
     outcomes = mp.get_context("spawn").SimpleQueue()  # small messages: (kind, rank, value)
     context = mp.start_processes(_reporting, args=(fn, args, outcomes), nprocs=nprocs, start_method="spawn", join=False)
-    interrupted, stopped = _supervise(context.processes)
+    interrupted, stopped, reported = _supervise(context.processes, outcomes)
     for path in context.error_files:  # torch's copies of the tracebacks, which _reporting sent already
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    reported = _drain(outcomes)
     codes = [p.exitcode for p in context.processes]
     if not interrupted and all(code == 0 for code in codes):
         return next((value for kind, rank, value in reported if kind == "result" and rank == 0), None)
@@ -163,13 +162,15 @@ def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     raise ProcessDied(f"process {rank} of {nprocs} ended with exit code {codes[rank]}; the others were stopped. {hint}")
 
 
-def _supervise(processes) -> tuple[bool, set[int]]:
-    """Wait until every process has ended. When one fails, the others get GRACE_S to end by
-    themselves, then are terminated (and killed GRACE_S later, should one ignore that). Returns
-    whether Ctrl-C was pressed here, and the ranks this stopped with a signal."""
+def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
+    """Wait until every process has ended, reading their reports as they come: one larger than the
+    pipe holds (a long traceback) blocks its writer until read. When one process fails, the others
+    get GRACE_S to end by themselves, then are terminated (and killed GRACE_S later, should one
+    ignore that). Returns whether Ctrl-C was pressed here, the ranks this stopped with a signal,
+    and the reports."""
     from multiprocessing.connection import wait
 
-    interrupts, stopped, deadline = 0, {}, None  # stopped: rank → the signal sent to it
+    interrupts, stopped, deadline, reported = 0, {}, None, []  # stopped: rank → the signal sent to it
 
     def stop(rank: int) -> None:
         sig = signal.SIGKILL if stopped.get(rank) == signal.SIGTERM else signal.SIGTERM
@@ -178,9 +179,10 @@ def _supervise(processes) -> tuple[bool, set[int]]:
         stopped[rank] = sig
 
     while True:
+        reported += _drain(outcomes)
         alive = [rank for rank, p in enumerate(processes) if p.exitcode is None]
         if not alive:
-            return interrupts > 0, set(stopped)
+            return interrupts > 0, set(stopped), reported + _drain(outcomes)
         if deadline is None and any(p.exitcode not in (None, 0) for p in processes):
             deadline = time.monotonic() + GRACE_S
         if deadline is not None and time.monotonic() >= deadline:
@@ -188,7 +190,9 @@ def _supervise(processes) -> tuple[bool, set[int]]:
                 stop(rank)
             deadline = time.monotonic() + GRACE_S
         try:
-            wait([processes[rank].sentinel for rank in alive], None if deadline is None else max(0.0, deadline - time.monotonic()))
+            # SimpleQueue's reading end (no public name): woken by a report as by a process's end.
+            wait([processes[rank].sentinel for rank in alive] + [outcomes._reader],
+                 None if deadline is None else max(0.0, deadline - time.monotonic()))
         except KeyboardInterrupt:
             interrupts += 1
             for rank in alive:
