@@ -179,7 +179,6 @@ def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
         stopped[rank] = sig
 
     while True:
-        reported += _drain(outcomes)
         alive = [rank for rank, p in enumerate(processes) if p.exitcode is None]
         if not alive:
             return interrupts > 0, set(stopped), reported + _drain(outcomes)
@@ -189,6 +188,13 @@ def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
             for rank in alive:
                 stop(rank)
             deadline = time.monotonic() + GRACE_S
+        # A report is read with Ctrl-C held back (it lands at the wait below instead): interrupted
+        # halfway, the reading would lose its place in the pipe.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            reported += _drain(outcomes)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         try:
             # SimpleQueue's reading end (no public name): woken by a report as by a process's end.
             wait([processes[rank].sentinel for rank in alive] + [outcomes._reader],
