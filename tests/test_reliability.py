@@ -750,3 +750,11 @@ def test_generate_at_temperature_0_takes_the_most_likely_token(train_reference):
     greedy = [arrows("generate", train_reference["run"], "-n", "30", "--temperature", "0", "--seed", s, timeout=120).stdout for s in ("1", "2")]
     top_1 = arrows("generate", train_reference["run"], "-n", "30", "--top-k", "1", timeout=120).stdout
     assert greedy[0] == greedy[1] == top_1
+
+
+def test_an_error_naming_markup_like_text_is_printed_as_text(tmp_path):
+    # Messages are text, not rich markup: a "[/...]" in one (gloo's errors name their source file
+    # so, a path may hold it) made the error printer itself raise, with its traceback.
+    cfg = train_config(tmp_path / "c.json", tmp_path / "no[/such]" / "store", "x", tmp_path / "runs")
+    proc = arrows("train", cfg, "--dry-run", check=False, timeout=120)
+    user_error(proc, "no[/such]")

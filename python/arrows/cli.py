@@ -41,8 +41,10 @@ def parse_size(text: str, option: str) -> int:
 
 def _err(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # The message is text, not markup: a "[/...]" in it (gloo's errors name their source file so) made rich raise.
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def friendly_errors(command):
