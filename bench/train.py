@@ -243,7 +243,6 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
 
 def print_profile(trainer, name: str, steps: int = 3) -> None:
     """Where the step's device time goes: the kernels that take most of it over a few steps."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     batches = trainer._batches()

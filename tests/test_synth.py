@@ -1,6 +1,5 @@
 """Synthetic languages, `arrows reverse`, and the GF(2) hardness check behind sparse-linear."""
 
-import itertools
 import json
 import random
 

@@ -262,7 +262,6 @@ def eval_stride(run: Run) -> int:
 def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int = 64, keep_targets: bool = False) -> Evaluation:
     import torch
 
-    from arrows import checkpoint
     from arrows.loader import WindowLoader
 
     t, L = run.training, int(run.model["attn_length"])
