@@ -39,10 +39,11 @@ def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, l
     percentile interval's narrowness with few windows (and is the same for thousands). `se` is the
     standard deviation of the resampled δ.
 
-    Windows are resampled in circular blocks of `block_length(n)` consecutive windows: neighbouring
-    windows of a text are alike (a section, a document), and resampling them one by one took them
-    for independent. On English text (210 windows, a small GPT each way) the standard error of δ
-    came out 22% larger in blocks of 10 than one by one."""
+    Windows are resampled in circular blocks of consecutive windows: neighbouring windows of a text
+    are alike (a section, a document), and resampling them one by one took them for independent. On
+    English text (210 windows, a small GPT each way) the standard error of δ came out 22% larger in
+    blocks of 10 than one by one. The block length is chosen from the data (`block_length`) on δ's
+    linearisation bw − (1 + δ)·fw, the series whose mean δ's error follows."""
     fw, bw = np.asarray(fw, dtype=np.float64), np.asarray(bw, dtype=np.float64)
     if fw.shape != bw.shape or fw.ndim != 1 or len(fw) == 0:
         raise ValueError(f"need two equal-length, non-empty 1-D arrays, got {fw.shape} and {bw.shape}")
@@ -56,7 +57,7 @@ def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, l
     delta = (bw.mean() - fw.mean()) / fw.mean()
     rng = np.random.default_rng(seed)
     deltas = np.empty(resamples)
-    block = block_length(n)
+    block = block_length(bw - (1 + delta) * fw)
     blocks = -(-n // block)  # enough blocks to cover n windows; the last one is cut
     # Resample in chunks: resamples × n indices at once could be large.
     chunk = max(1, 2_000_000 // n)
@@ -72,10 +73,46 @@ def paired_bootstrap(fw: np.ndarray, bw: np.ndarray, *, resamples: int = 2000, l
             "block": block, "se": float(deltas.std(ddof=1))}
 
 
-def block_length(n: int) -> int:
-    """Windows per resampled block: the cube root of their number, the usual order for a block
-    bootstrap (1 below 8 windows, 5 for 210, 10 for 1,000, 21 for 10,000)."""
-    return max(1, int(round(n ** (1 / 3), 9)))
+def block_length(series: np.ndarray) -> int:
+    """Block length for the circular block bootstrap of the mean of `series`, chosen from the data
+    (Politis & White 2004, with the correction of Patton, Politis & White 2009): the length that
+    minimises the error of the bootstrap's variance, b = (2·G² / D)^(1/3) · n^(1/3), where G and D
+    come from the autocovariances R(k) up to the lag M where they stop mattering, weighted by a
+    flat-top window λ: G = Σ λ(k/M)·|k|·R(k), D = 4/3·(Σ λ(k/M)·R(k))². Strongly alike neighbours
+    get long blocks (an AR(1) of coefficient 0.74 over 210 windows: about 15).
+
+    Never shorter than the cube root of n, the usual order for a block bootstrap (5 for 210 windows,
+    10 for 1,000): with a few dozen windows the estimate is noisy and may call independent windows
+    dependent or the reverse, and too short a block is the costly mistake (an interval too narrow).
+    Below 32 windows the cube root alone: there the estimate's spurious long blocks cost more than
+    it finds (independent windows, 20 of them: coverage 92% instead of 94.5%). At most
+    min(3√n, n/3)."""
+    x = np.asarray(series, dtype=np.float64)
+    n = len(x)
+    least = max(1, int(round(n ** (1 / 3), 9)))
+    x = x - x.mean()
+    variance = x @ x / n
+    if n < 32 or variance == 0:
+        return least
+    k_n = max(5, math.ceil(math.sqrt(math.log10(n))))  # insignificant lags in a row that end the search
+    max_lag = min(n - 1, math.ceil(math.sqrt(n)) + k_n)
+    rho = np.array([x[: n - k] @ x[k:] / n for k in range(max_lag + 1)]) / variance
+    significant = np.abs(rho[1:]) >= 2 * math.sqrt(math.log10(n) / n)  # index j: lag j + 1
+    # m̂: the first lag after which k_n autocorrelations in a row are insignificant (else the last
+    # significant one), and M = 2·m̂.
+    runs = [m for m in range(len(significant) - k_n + 1) if not significant[m : m + k_n].any()]
+    m_hat = max(1, runs[0]) if runs else int(np.flatnonzero(significant)[-1]) + 1
+    big_m = min(2 * m_hat, max_lag)
+    lags = np.arange(-big_m, big_m + 1)
+    t = np.abs(lags) / big_m
+    flat_top = np.where(t <= 0.5, 1.0, np.where(t <= 1.0, 2 * (1 - t), 0.0))
+    autocov = variance * rho[np.abs(lags)]
+    g = float(np.sum(flat_top * np.abs(lags) * autocov))
+    d = 4 / 3 * float(np.sum(flat_top * autocov)) ** 2
+    if d == 0 or g == 0:
+        return least
+    b = (2 * g * g / d) ** (1 / 3) * n ** (1 / 3)
+    return int(min(max(least, round(b)), math.ceil(min(3 * math.sqrt(n), n / 3))))
 
 
 @functools.lru_cache(maxsize=256)  # the same few (p, df) pairs come back for every pair and resample run
