@@ -3,7 +3,8 @@
 Both models score the same windows: the same stream ranges of the validation split, read forwards
 by one and flipped by the other, so they predict exactly the same tokens. Windows are taken
 `eval_stride` apart (a multiple of the runs' stride, at least the window length), so they do not
-overlap and the per-window losses are close to independent; the paired bootstrap resamples them.
+overlap; the paired bootstrap resamples them in blocks of neighbours, since windows of the same
+section of a text are alike (see `paired_bootstrap`).
 
 The asymmetry is δ = (L_bw − L_fw) / L_fw with L the mean loss in nats per token (a ratio: the same
 in bits); δ > 0 means the backward model's loss is higher (a forward arrow). Its 95% interval is the
