@@ -19,8 +19,51 @@ pub struct Tokenizer {
 
 enum Engine {
     Fast(Box<Encoder>), // boxed: the encoder's tables make it far larger than the other variant
-    /// `cuts_between_lines`: whether the text may be cut between two lines (`general_cuts_between_lines`).
-    General { tokenizer: Box<tokenizers::Tokenizer>, cuts_between_lines: bool },
+    /// `cut`: where the text may be cut, as checked at load (`general_cut`).
+    General { tokenizer: Box<tokenizers::Tokenizer>, cut: Cut },
+}
+
+/// Where a general tokenizer's text may be cut into chunks: at a separator byte (`\n` or a space)
+/// between two bytes that are not ASCII whitespace, just before it or just after it. Each rule
+/// suits other pre-tokenizers: GPT-2's regex and BERT's split before a `\n`; Llama 3's regex
+/// keeps `.\n` together but ends a piece after the `\n`; SentencePiece's Metaspace and
+/// ByteLevel with `add_prefix_space` keep lines together but split before a space, where the
+/// second part starts with the space they would otherwise prepend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    Nowhere,
+    BeforeNewline,
+    AfterNewline,
+    BeforeSpace,
+}
+
+impl Cut {
+    /// The rules tried at load, in this order: the first that keeps the ids is used. Cutting
+    /// before `\n` comes first, as it always did, so stores made before keep their chunks.
+    const RULES: [Cut; 3] = [Cut::BeforeNewline, Cut::AfterNewline, Cut::BeforeSpace];
+
+    /// The separator byte, and how far after it the cut is.
+    fn separator(self) -> Option<(u8, usize)> {
+        match self {
+            Cut::Nowhere => None,
+            Cut::BeforeNewline => Some((b'\n', 0)),
+            Cut::AfterNewline => Some((b'\n', 1)),
+            Cut::BeforeSpace => Some((b' ', 0)),
+        }
+    }
+
+    /// First cut at or after `from`, never at 0 or at the end.
+    fn next(self, bytes: &[u8], from: usize) -> Option<usize> {
+        let (sep, after) = self.separator()?;
+        let mut q = from.saturating_sub(after).max(1);
+        while q + 1 < bytes.len() {
+            if bytes[q] == sep && !bytes[q - 1].is_ascii_whitespace() && !bytes[q + 1].is_ascii_whitespace() && q + after >= from {
+                return Some(q + after);
+            }
+            q += 1;
+        }
+        None
+    }
 }
 
 /// Identity of a tokenizer: the hash of its file's bytes.
@@ -56,12 +99,12 @@ impl Tokenizer {
         let general: tokenizers::Tokenizer =
             json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
         let bos_id = general.token_to_id(crate::vocab::END_OF_TEXT);
-        let cuts_between_lines = general_cuts_between_lines(&general);
+        let cut = general_cut(&general);
         Ok(Tokenizer {
             hash: hash_json(&json),
             vocab_size: general.get_vocab_size(true),
             bos_id,
-            engine: Engine::General { tokenizer: Box::new(general), cuts_between_lines },
+            engine: Engine::General { tokenizer: Box::new(general), cut },
             json,
         })
     }
@@ -89,58 +132,74 @@ impl Tokenizer {
     pub fn next_safe_split(&self, bytes: &[u8], from: usize) -> Option<usize> {
         match &self.engine {
             Engine::Fast(enc) => enc.next_safe_split(bytes, from),
-            // Other tokenizers: cut only between lines that start with a non-space, which regex
-            // pre-tokenizers of the GPT family never join, and only where the tokenizer was
-            // checked to keep them apart (else each file is encoded whole).
-            Engine::General { cuts_between_lines: false, .. } => None,
-            Engine::General { cuts_between_lines: true, .. } => {
-                let mut p = from.max(1);
-                while p + 1 < bytes.len() {
-                    if bytes[p] == b'\n' && bytes[p - 1] != b'\n' && !bytes[p - 1].is_ascii_whitespace() && !bytes[p + 1].is_ascii_whitespace() {
-                        return Some(p);
-                    }
-                    p += 1;
-                }
-                None
-            }
+            // Other tokenizers: only where the rule checked at load allows (none: each file whole).
+            Engine::General { cut, .. } => cut.next(bytes, from),
         }
     }
 }
 
-/// Whether a general tokenizer gives the same ids for a text cut between two lines (before a `\n`
-/// between two non-spaces, as `next_safe_split` cuts) as for the whole text. Two conditions, each
-/// checked on a few probes:
+/// The first rule of `Cut::RULES` under which a general tokenizer gives the same ids for a text
+/// cut in two as for the whole text, or `Cut::Nowhere`. Checked on a few probes, each two parts
+/// joined by the rule's separator (`added_token_probes` adds those its added tokens need):
 /// - its pre-tokenizer ends a piece at the cut: merges never cross a piece's end, so no merge can
-///   join the bytes of two lines (a tokenizer without pre-tokenizer, or SentencePiece's Metaspace,
-///   which splits at spaces only, fails this);
-/// - the two parts encode to the whole's ids: no prefix is added at the start of each part
-///   (ByteLevel's `add_prefix_space`, Metaspace's `prepend_scheme`, a `Prepend` normalizer) and the
-///   normalizer does not depend on the context.
-fn general_cuts_between_lines(tok: &tokenizers::Tokenizer) -> bool {
+///   join the bytes of the two parts (a tokenizer without pre-tokenizer fails this);
+/// - the two parts encode to the whole's ids: nothing is added at the start of the second part
+///   (ByteLevel's `add_prefix_space`, Metaspace's `prepend_scheme`, a `Prepend` normalizer, unless
+///   the part starts with what they add) and the normalizer does not depend on the context.
+fn general_cut(tok: &tokenizers::Tokenizer) -> Cut {
     use tokenizers::{Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
-    const PROBES: [&str; 6] = ["hello\nworld", "The end.\nNext line", "a\nb", "x = 1;\ny = 2;", "café\nnaïve", "42\n43"];
+    const PROBES: [(&str, &str); 6] = [("hello", "world"), ("The end.", "Next line"), ("a", "b"), ("x = 1;", "y = 2;"), ("café", "naïve"), ("42", "43")];
     let Some(pre_tokenizer) = tok.get_pre_tokenizer() else {
-        return false;
+        return Cut::Nowhere;
     };
-    PROBES.iter().all(|text| {
-        let cut = text.find('\n').expect("every probe has a line break");
-        let mut normalized = tokenizers::NormalizedString::from(*text);
-        if let Some(normalizer) = tok.get_normalizer() {
-            if normalizer.normalize(&mut normalized).is_err() {
+    let keeps_ids = |rule: Cut| {
+        let (sep, after) = rule.separator().expect("a rule with a separator");
+        let mut probes: Vec<(String, String)> = PROBES.iter().map(|&(l, r)| (l.to_owned(), r.to_owned())).collect();
+        probes.extend(added_token_probes(tok, sep));
+        probes.iter().all(|(left, right)| {
+            let text = format!("{left}{}{right}", sep as char);
+            let cut = left.len() + after;
+            let mut normalized = tokenizers::NormalizedString::from(text.as_str());
+            if let Some(normalizer) = tok.get_normalizer() {
+                if normalizer.normalize(&mut normalized).is_err() {
+                    return false;
+                }
+            }
+            let mut pieces = PreTokenizedString::from(normalized);
+            if pre_tokenizer.pre_tokenize(&mut pieces).is_err() {
                 return false;
             }
+            let ends_at_cut = pieces.get_splits(OffsetReferential::Original, OffsetType::Byte).iter().any(|(_, (_, end), _)| *end == cut);
+            let ids = |t: &str| tok.encode(t, false).map(|e| e.get_ids().to_vec()).ok();
+            let parts = ids(&text[..cut]).zip(ids(&text[cut..])).map(|(mut a, b)| {
+                a.extend(b);
+                a
+            });
+            ends_at_cut && parts.is_some() && parts == ids(&text)
+        })
+    };
+    Cut::RULES.into_iter().find(|&rule| keeps_ids(rule)).unwrap_or(Cut::Nowhere)
+}
+
+/// Probes for the added tokens, which the `tokenizers` library matches in the raw text before
+/// anything else: a cut inside one (`a\nb` cut at its `\n`) splits it, and one that strips the
+/// whitespace beside it (`rstrip`, `lstrip`: `<mask>\nb` reads `<mask>` `b`) loses that
+/// whitespace to the other part. Only probes where a cut can fall (non-whitespace on both sides).
+fn added_token_probes(tok: &tokenizers::Tokenizer, sep: u8) -> Vec<(String, String)> {
+    let mut probes = Vec::new();
+    for t in tok.get_added_tokens_decoder().values() {
+        let c = t.content.as_bytes();
+        for i in 1..c.len().saturating_sub(1) {
+            if c[i] == sep {
+                probes.push((t.content[..i].to_owned(), t.content[i + 1..].to_owned()));
+            }
         }
-        let mut pieces = PreTokenizedString::from(normalized);
-        if pre_tokenizer.pre_tokenize(&mut pieces).is_err() {
-            return false;
+        if t.lstrip || t.rstrip {
+            probes.push((t.content.clone(), "b".to_owned()));
+            probes.push(("a".to_owned(), t.content.clone()));
         }
-        let ends_at_cut = pieces.get_splits(OffsetReferential::Original, OffsetType::Byte).iter().any(|(_, (_, end), _)| *end == cut);
-        let ids = |t: &str| tok.encode(t, false).map(|e| e.get_ids().to_vec()).ok();
-        let parts = ids(&text[..cut]).zip(ids(&text[cut..])).map(|(mut a, b)| {
-            a.extend(b);
-            a
-        });
-        ends_at_cut && parts.is_some() && parts == ids(text)
-    })
+    }
+    probes.retain(|(l, r)| l.bytes().last().is_some_and(|b| !b.is_ascii_whitespace()) && r.bytes().next().is_some_and(|b| !b.is_ascii_whitespace()));
+    probes
 }

@@ -275,17 +275,22 @@ fn text_without_ascii_is_cut_into_chunks_too() {
 }
 
 /// A tokenizer.json that is not GPT-2 style goes through the `tokenizers` crate; its stream must
-/// still equal each file encoded whole. Cutting between lines is only safe when the tokenizer keeps
-/// lines apart and adds nothing at the start of a text: a prefix space (`add_prefix_space`) or no
-/// pre-tokenizer at all must make the job encode each file whole.
+/// still equal each file encoded whole. The text is cut only where a check at load shows that the
+/// ids stay the same: before a `\n` (GPT-2's regex), after it (Llama 3's regex, which keeps `.\n`
+/// together), or before a space (a prefix-adding pre-tokenizer: the second part starts with the
+/// space it would add); nowhere without a pre-tokenizer, nor where an added token that strips the
+/// whitespace beside it would lose it to the other part.
 #[test]
 fn general_tokenizers_are_cut_only_where_the_ids_stay_the_same() {
     let tmp = tempfile::tempdir().unwrap();
-    let texts = vec![random_text(3, 30_000).into_bytes(), random_text(4, 9_000).into_bytes()];
+    // `<mask>` before and after line breaks and spaces, for the added tokens below.
+    let texts: Vec<Vec<u8>> =
+        [random_text(3, 30_000), random_text(4, 9_000)].iter().map(|t| t.replace("arrow", "arrow<mask>").replace("time", "<mask>time").into_bytes()).collect();
     let inputs = write_corpus(tmp.path(), &texts);
     let base = tmp.path().join("base");
     run(&options(inputs.clone(), &base)).unwrap();
     let trained: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
+    let mask_id = trained["model"]["vocab"].as_object().unwrap().len();
 
     let mut prefix = trained.clone();
     prefix["pre_tokenizer"]["add_prefix_space"] = true.into();
@@ -293,14 +298,34 @@ fn general_tokenizers_are_cut_only_where_the_ids_stay_the_same() {
     no_pre_tokenizer["pre_tokenizer"] = serde_json::Value::Null;
     let mut sequence = trained.clone();
     sequence["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [trained["pre_tokenizer"].clone()]});
+    let mut llama3 = trained.clone();
+    let llama3_regex = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    llama3["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": llama3_regex}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+    ]});
+    let with_mask = |lstrip: bool, rstrip: bool| {
+        let mut t = sequence.clone();
+        t["added_tokens"].as_array_mut().unwrap().push(serde_json::json!(
+            {"id": mask_id, "content": "<mask>", "single_word": false, "lstrip": lstrip, "rstrip": rstrip, "normalized": false, "special": true}));
+        t
+    };
 
+    // Where each may cut the sample: before its first "\n" (10), after it (11), before a space (5).
     let sample = b"first line\nsecond line\nthird";
-    for (name, json, cuts) in [("prefix", prefix, false), ("no_pre_tokenizer", no_pre_tokenizer, false), ("sequence", sequence, true)] {
+    for (name, json, cut) in [
+        ("prefix", prefix, Some(5)),
+        ("no_pre_tokenizer", no_pre_tokenizer, None),
+        ("sequence", sequence.clone(), Some(10)),
+        ("llama3", llama3, Some(11)),
+        ("mask_rstrip", with_mask(false, true), Some(11)), // "<mask>\n" | "x" keeps the "\n" it strips
+        ("mask_lstrip_rstrip", with_mask(true, true), None),
+    ] {
         let path = tmp.path().join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
         let tok = Tokenizer::from_file(&path).unwrap();
         assert!(!tok.is_fast(), "{name}: expected the general engine");
-        assert_eq!(tok.next_safe_split(sample, 1).is_some(), cuts, "{name}");
+        assert_eq!(tok.next_safe_split(sample, 1), cut, "{name}");
 
         let out = tmp.path().join(format!("out_{name}"));
         let mut o = options(inputs.clone(), &out);
@@ -311,6 +336,12 @@ fn general_tokenizers_are_cut_only_where_the_ids_stay_the_same() {
             tok.encode(std::str::from_utf8(t).unwrap(), &mut WordCache::new(), &mut whole).unwrap();
         }
         assert_eq!(stream(&out), whole, "{name}: the job's stream differs from encoding each file whole");
+        let shards = Store::open(&out, false).unwrap().shards.len();
+        if cut.is_some() {
+            assert!(shards > 10, "{name}: {shards} shard(s): the text was not cut");
+        } else {
+            assert_eq!(shards, texts.len(), "{name}: one shard per file");
+        }
     }
 }
 
