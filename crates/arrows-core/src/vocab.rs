@@ -98,7 +98,7 @@ impl ByteBpe {
     pub fn from_json(text: &str, path: &Path) -> Result<Option<Self>> {
         let bad = |m: String| Error::tokenizer(path, m);
         let doc: Value = serde_json::from_str(text).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
-        let model = doc.get("model").ok_or_else(|| bad("no \"model\" section: not a tokenizer.json".into()))?;
+        let model = doc.get("model").ok_or_else(|| bad(format!("no \"model\" section: not a tokenizer.json{}", not_a_tokenizer_hint(&doc, path))))?;
         let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let is_null_or = |v: Option<&Value>, ok: &dyn Fn(&Value) -> bool| v.is_none_or(|x| x.is_null() || ok(x));
 
@@ -189,6 +189,18 @@ impl ByteBpe {
     }
 }
 
+/// What a JSON file without a model probably is, when it is one of the other files a Hugging Face
+/// tokenizer folder holds (given by mistake for the tokenizer.json beside them).
+fn not_a_tokenizer_hint(doc: &Value, path: &Path) -> String {
+    let settings = ["tokenizer_class", "model_max_length", "bos_token", "eos_token", "added_tokens_decoder"];
+    if !settings.iter().any(|k| doc.get(k).is_some()) {
+        return String::new();
+    }
+    let beside = path.with_file_name("tokenizer.json");
+    let instead = if beside.is_file() { format!("give {}", beside.display()) } else { "give the tokenizer.json saved with it".to_owned() };
+    format!(" (it holds a tokenizer's settings, as Hugging Face's tokenizer_config.json and special_tokens_map.json do; {instead})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +222,20 @@ mod tests {
         assert_eq!(ByteBpe::from_json(wordpiece, Path::new("t.json")).unwrap(), None);
         let err = ByteBpe::from_json("{", Path::new("t.json")).unwrap_err();
         assert!(err.to_string().contains("t.json"));
+    }
+
+    #[test]
+    fn a_tokenizer_config_given_by_mistake_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("tokenizer_config.json");
+        let text = r#"{"add_bos_token": true, "bos_token": "<s>", "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer"}"#;
+        let message = ByteBpe::from_json(text, &config).unwrap_err().to_string();
+        assert!(message.contains("tokenizer_config.json") && message.contains("give the tokenizer.json saved with it"), "{message}");
+        std::fs::write(tmp.path().join("tokenizer.json"), "{}").unwrap();
+        let message = ByteBpe::from_json(text, &config).unwrap_err().to_string();
+        assert!(message.contains(&format!("give {}", tmp.path().join("tokenizer.json").display())), "{message}");
+        // Any other JSON without a model: no guess.
+        let message = ByteBpe::from_json(r#"{"a": 1}"#, &config).unwrap_err().to_string();
+        assert!(!message.contains("settings"), "{message}");
     }
 }
