@@ -30,6 +30,23 @@ def load_run(run: str | Path):
     return model, cfg, tok
 
 
+def training_bos_id(dataset_folder: str | Path, tok) -> int:
+    """The id every training window of the run began with: the one `WindowLoader` takes from the
+    data (a token store's manifest, 0 for a reference .h5), whatever the tokenizer's
+    `<|endoftext|>` is. Without the data (a run folder used elsewhere with `tokenizer_path`), the
+    rule the loader would have applied: 0 for an .h5, else the store's `<|endoftext|>`, else 0."""
+    from arrows.errors import ArrowsError
+    from arrows.loader import open_source
+
+    try:
+        return open_source(dataset_folder)[2]
+    except (OSError, ArrowsError):
+        if Path(dataset_folder).suffix.lower() in (".h5", ".hdf5"):
+            return 0
+        eot = tok.token_to_id("<|endoftext|>")
+        return 0 if eot is None else eot
+
+
 def generate_text(run: str | Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:
     """Sample `tokens` new tokens from the run folder's latest checkpoint and return the text in
     reading order, the prompt included: prompt + continuation for a forward run; for a backward
@@ -43,8 +60,10 @@ def generate_text(run: str | Path, prompt: str, *, tokens: int, temperature: flo
     backward = bool(t.get("backwards"))
     if t.get("permutation"):
         raise InputError("sampling from a model trained on a permuted window order has no reading order; use a forward or backward run")
-    bos = tok.token_to_id("<|endoftext|>") or 0
-    ids = tok.encode(prompt).ids if prompt else []
+    bos = training_bos_id(t["dataset_folder"], tok)
+    # The ids as the token store holds them: without what a post-processor adds ([CLS] ... [SEP],
+    # <s>), which the model never saw inside a text.
+    ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
     if backward:
         ids = ids[::-1]
     start = torch.tensor([[bos] + ids], dtype=torch.long)
