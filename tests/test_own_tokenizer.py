@@ -1,0 +1,170 @@
+"""A tokenizer.json of one's own (not GPT-2 style: SentencePiece-like, Unigram, WordPiece, Llama 3
+style), through `arrows tokenize --tokenizer`, training windows and `arrows generate`."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import arrows, random_text
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from arrows.data import TokenStore
+
+LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def corpus_texts() -> list[str]:
+    """Two files of words, punctuation, all sorts of whitespace, a few of the tokenizers' special
+    tokens written literally, and sentences ending a line."""
+    return [random_text(seed, size) + "The end.\nNext line <s> [CLS] <mask>\nx <mask> y\n" for seed, size in ((11, 120_000), (12, 30_000))]
+
+
+def build(kind: str, texts: list[str]) -> Tokenizer:
+    if kind == "metaspace":  # SentencePiece / Llama 2 style, with a post-processor adding <s>
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    elif kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizers.NFKC(), pre_tokenizers.Metaspace(), decoders.Metaspace()
+        tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>"], unk_token="<unk>", show_progress=False))
+    elif kind == "wordpiece":  # BERT style: [CLS] text [SEP] from the post-processor
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False))
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    elif kind in ("prefix", "llama3", "mask"):
+        tok = Tokenizer(models.BPE())
+        tok.decoder = decoders.ByteLevel()
+        if kind == "llama3":
+            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=kind == "prefix")
+        tok.normalizer = normalizers.NFC()  # not GPT-2 style: the general engine
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        if kind == "mask":  # RoBERTa's <mask> swallows the whitespace beside it
+            tok.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=True)])
+    else:
+        raise ValueError(kind)
+    return tok
+
+
+def write_corpus(tmp_path, texts):
+    files = []
+    for i, t in enumerate(texts):
+        files.append(tmp_path / f"in{i}.txt")
+        files[-1].write_bytes(t.encode())
+    return files
+
+
+@pytest.mark.parametrize("kind", ["metaspace", "unigram", "wordpiece", "prefix", "llama3", "mask"])
+def test_store_holds_each_files_ids_whatever_the_threads(tmp_path, kind):
+    """The store holds what `encode(text, add_special_tokens=False)` gives for each file: what the
+    post-processor adds ([CLS] ... [SEP], <s>) is not part of the text; each window gets arrows'
+    BOS instead. SentencePiece's Metaspace, Unigram and ByteLevel with a prefix space are cut
+    before a space, Llama 3's regex after a line break, so one large file is encoded in parallel
+    chunks; a <mask> that strips the whitespace beside it cannot be cut without changing its ids."""
+    texts = corpus_texts()
+    files = write_corpus(tmp_path, texts)
+    tok = build(kind, texts)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    expected = [i for t in texts for i in tok.encode(t, add_special_tokens=False).ids]
+    if kind in ("metaspace", "wordpiece"):
+        assert [i for t in texts for i in tok.encode(t).ids] != expected  # the post-processor adds its tokens
+    for threads in (1, 2):
+        out = tmp_path / f"store{threads}"
+        arrows("tokenize", *files, "--out", out, "--tokenizer", tmp_path / "tokenizer.json", "--threads", threads, "--shard-bytes", "2KB")
+        store = TokenStore(out)
+        assert np.array_equal(store[:], np.array(expected)), f"{kind}, {threads} thread(s)"
+        shards = len(store.manifest["shards"])
+        if kind == "mask":
+            assert shards == len(files)  # each file whole
+        else:
+            assert shards > 20, f"{kind}: {shards} shard(s) for {sum(map(len, texts))} bytes: the text was not cut"
+
+
+class Recorder:
+    """Stands for a trained model: records what generation starts from and adds nothing."""
+
+    def generate(self, start, tokens, **kw):
+        self.start = start.tolist()[0]
+        return start
+
+
+def generate_with(monkeypatch, tok, dataset, prompt, backward=False):
+    import arrows.generate as generate
+
+    model = Recorder()
+    cfg = {"training_params": {"dataset_folder": str(dataset), "backwards": backward}}
+    monkeypatch.setattr(generate, "load_run", lambda run: (model, cfg, tok))
+    text = generate.generate_text("run", prompt, tokens=0)
+    return model.start, text
+
+
+def test_generate_reads_the_prompt_as_the_store_holds_text(tmp_path, monkeypatch):
+    """A WordPiece tokenizer's post-processor wraps an encoding in [CLS] ... [SEP]; the model never
+    saw those inside a text, so the prompt must not get them (it did: the generated text went on
+    after a [SEP])."""
+    texts = corpus_texts()
+    tok = build("wordpiece", texts)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    arrows("tokenize", *write_corpus(tmp_path, texts), "--out", tmp_path / "store", "--tokenizer", tmp_path / "tokenizer.json")
+    store = TokenStore(tmp_path / "store")
+    bos = 0 if store.bos_id is None else store.bos_id
+    ids = tok.encode("The arrow of time", add_special_tokens=False).ids
+    start, text = generate_with(monkeypatch, tok, tmp_path / "store", "The arrow of time")
+    assert start == [bos] + ids and text == "the arrow of time"
+    start, text = generate_with(monkeypatch, tok, tmp_path / "store", "The arrow of time", backward=True)
+    assert start == [bos] + ids[::-1] and text == "the arrow of time"
+
+
+def test_generate_starts_with_the_bos_the_training_windows_had(tmp_path, monkeypatch):
+    """A tokenizer whose <|endoftext|> is its last id, trained from the store's tokens.h5: the
+    loader's windows begin with id 0 (a reference .h5 has no manifest), so generation must too,
+    not with <|endoftext|>."""
+    from arrows.loader import WindowLoader
+
+    texts = corpus_texts()
+    tok = build("llama3", texts)
+    tok.add_special_tokens(["<|endoftext|>"])
+    eot = tok.token_to_id("<|endoftext|>")
+    assert eot > 0
+    tok.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "store"
+    arrows("tokenize", *write_corpus(tmp_path, texts), "--out", out, "--tokenizer", tmp_path / "tokenizer.json", "--h5")
+    assert TokenStore(out).bos_id == eot
+    for dataset in (out, out / "tokens.h5"):
+        windows_bos = WindowLoader(dataset, 16, 2).bos_id
+        start, _ = generate_with(monkeypatch, tok, dataset, "The end.")
+        assert start[0] == windows_bos, dataset
+    assert WindowLoader(out / "tokens.h5", 16, 2).bos_id == 0
+
+
+@pytest.mark.parametrize("kind", ["nospecial", "wordpiece"])
+def test_tokenize_says_which_bos_windows_will_have_without_endoftext(tmp_path, kind):
+    texts = corpus_texts()
+    if kind == "nospecial":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    else:
+        tok = build(kind, texts)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    proc = arrows("tokenize", *write_corpus(tmp_path, texts), "--out", tmp_path / "store", "--tokenizer", tmp_path / "tokenizer.json")
+    assert TokenStore(tmp_path / "store").bos_id is None
+    first = tok.id_to_token(0)
+    assert f"training windows will begin with id 0 ({first!r})" in proc.stderr
+    if kind == "nospecial":
+        assert "a token of the text itself" in proc.stderr and "add <|endoftext|>" in proc.stderr
+    else:
+        assert first == "[PAD]" and "one of its special tokens" in proc.stderr
+
+
+def test_a_tokenizer_config_given_for_the_tokenizer_is_named(tmp_path):
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"bos_token": "<s>", "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer"}))
+    corpus = write_corpus(tmp_path, ["some text\n"])
+    proc = arrows("tokenize", *corpus, "--out", tmp_path / "store", "--tokenizer", config, check=False)
+    assert proc.returncode != 0
+    assert str(config) in proc.stderr and "tokenizer_config.json" in proc.stderr and "give the tokenizer.json" in proc.stderr, proc.stderr
