@@ -159,6 +159,16 @@ def test_tokenize_says_which_bos_windows_will_have_without_endoftext(tmp_path, k
         assert "a token of the text itself" in proc.stderr and "add <|endoftext|>" in proc.stderr
     else:
         assert first == "[PAD]" and "one of its special tokens" in proc.stderr
+    assert "BOS id 0 (no <|endoftext|>)" in arrows("inspect", tmp_path / "store").stdout
+
+
+def test_a_folder_given_for_the_tokenizer_names_the_file_inside(tmp_path):
+    build("wordpiece", corpus_texts()).save(str(tmp_path / "tokenizer.json"))
+    corpus = write_corpus(tmp_path, ["some text\n"])
+    proc = arrows("tokenize", *corpus, "--out", tmp_path / "store", "--tokenizer", tmp_path, check=False)
+    assert proc.returncode != 0
+    text = " ".join(proc.stderr.replace("│", " ").split())  # typer's box, unwrapped
+    assert "a folder, not a tokenizer file (give" in text, proc.stderr
 
 
 def test_a_tokenizer_config_given_for_the_tokenizer_is_named(tmp_path):

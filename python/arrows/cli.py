@@ -95,6 +95,10 @@ def tokenize(
     from arrows.tokenize import tokenize as run
 
     spec = tokenizer or "train"
+    if spec not in ("train", "bytes") and Path(spec).is_dir():
+        inside = Path(spec) / "tokenizer.json"
+        hint = f"give {inside}" if inside.is_file() else "give the tokenizer.json file"
+        raise typer.BadParameter(f"{spec}: a folder, not a tokenizer file ({hint}, or 'bytes')", param_hint="--tokenizer")
     if spec not in ("train", "bytes") and not Path(spec).is_file():
         raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes')", param_hint="--tokenizer")
     if tokenizer is not None and vocab_size is not None:
@@ -151,7 +155,9 @@ def inspect(
     print(f"tokens       {n:,} ({m['dtype']}, {len(m['shards'])} shard(s))")
     print(f"input        {len(m['inputs'])} file(s), {m['total_input_bytes']:,} bytes ({done:,} encoded), {m['replaced_bytes']:,} replaced")
     print(f"bytes/token  {done / max(n, 1):.3f}")
-    print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {st.bos_id}, hash {m['tokenizer']['hash']}")
+    # No <|endoftext|> in the tokenizer: the loader starts windows with id 0.
+    bos = f"{st.bos_id}" if st.bos_id is not None else "0 (no <|endoftext|>)"
+    print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {bos}, hash {m['tokenizer']['hash']}")
     # Verified before the first tokens are decoded: damage there may be an id beyond the
     # vocabulary, which decoding refuses without naming the shard the checksums name.
     problems = st.verify() if verify else []
