@@ -120,9 +120,12 @@ def test_generate_reads_the_prompt_as_the_store_holds_text(tmp_path, monkeypatch
 
 
 def test_generate_starts_with_the_bos_the_training_windows_had(tmp_path, monkeypatch):
-    """A tokenizer whose <|endoftext|> is its last id, trained from the store's tokens.h5: the
-    loader's windows begin with id 0 (a reference .h5 has no manifest), so generation must too,
-    not with <|endoftext|>."""
+    """A tokenizer whose <|endoftext|> is its last id: the store and its tokens.h5 train with that
+    BOS (the .h5 records it; it began windows with id 0, the reference files' BOS, so the same
+    tokens trained differently by the path given), and generation starts from it. A reference .h5,
+    without the record, begins windows with id 0, and generation too."""
+    import h5py
+
     from arrows.loader import WindowLoader
 
     texts = corpus_texts()
@@ -134,11 +137,13 @@ def test_generate_starts_with_the_bos_the_training_windows_had(tmp_path, monkeyp
     out = tmp_path / "store"
     arrows("tokenize", *write_corpus(tmp_path, texts), "--out", out, "--tokenizer", tmp_path / "tokenizer.json", "--h5")
     assert TokenStore(out).bos_id == eot
-    for dataset in (out, out / "tokens.h5"):
-        windows_bos = WindowLoader(dataset, 16, 2).bos_id
+    reference = tmp_path / "reference.h5"
+    with h5py.File(out / "tokens.h5", "r") as f, h5py.File(reference, "w") as g:
+        g.create_dataset("tokens", data=f["tokens"][:])
+    for dataset, bos in ((out, eot), (out / "tokens.h5", eot), (reference, 0)):
+        assert WindowLoader(dataset, 16, 2).bos_id == bos, dataset
         start, _ = generate_with(monkeypatch, tok, dataset, "The end.")
-        assert start[0] == windows_bos, dataset
-    assert WindowLoader(out / "tokens.h5", 16, 2).bos_id == 0
+        assert start[0] == bos, dataset
 
 
 @pytest.mark.parametrize("kind", ["nospecial", "wordpiece"])

@@ -96,7 +96,7 @@ class TokenStore:
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids (a list, a tensor, `store[a:b]`), special tokens kept (the
-        BOS reads `<|endoftext|>`). An id outside the vocabulary raises InputError: the tokenizer
+        BOS reads `<|endoftext|>`, or whatever id 0 is in a tokenizer without one). An id outside the vocabulary raises InputError: the tokenizer
         would drop it without a word."""
         ids = [int(i) for i in ids]
         outside = [i for i in ids if not 0 <= i < self.vocab_size]

@@ -32,9 +32,9 @@ def load_run(run: str | Path):
 
 def training_bos_id(dataset_folder: str | Path, tok) -> int:
     """The id every training window of the run began with: the one `WindowLoader` takes from the
-    data (a token store's manifest, 0 for a reference .h5), whatever the tokenizer's
-    `<|endoftext|>` is. Without the data (a run folder used elsewhere with `tokenizer_path`), the
-    rule the loader would have applied: 0 for an .h5, else the store's `<|endoftext|>`, else 0."""
+    data (a token store's manifest, the `bos_id` that `arrows tokenize --h5` records, 0 for a
+    reference .h5), whatever the tokenizer's `<|endoftext|>` is. Without the data (a run folder used
+    elsewhere with `tokenizer_path`): 0 for an .h5, else the tokenizer's `<|endoftext|>`, else 0."""
     from arrows.errors import ArrowsError
     from arrows.loader import open_source
 

@@ -25,6 +25,9 @@ def write_h5(store_dir: str | Path, reporter=None) -> Path:
         # No chunks, no compression: the reference code (and our loader) can memory-map it.
         ds = f.create_dataset("tokens", shape=(n,), dtype="<i4")
         ds.attrs["tokenizer_hash"] = store.manifest["tokenizer"]["hash"]
+        # The id training windows begin with, so that the file trains as its store does (a
+        # reference .h5 has no such attribute: 0, its <|endoftext|>).
+        ds.attrs["bos_id"] = store.bos_id if store.bos_id is not None else 0
         for a in range(0, n, _BLOCK):
             b = min(a + _BLOCK, n)
             ds[a:b] = store[a:b].astype(np.int32)

@@ -43,6 +43,9 @@ def open_source(path: str | Path, vocab_size: int | None = None):
                 raise InputError(f"{path}: 'tokens' is {ds.ndim}-D {ds.dtype}; arrows reads a 1-D dataset of int32, int64, uint16 or uint32 ids")
             offset = ds.id.get_offset()
             count = int(ds.shape[0])
+            # The BOS of windows: the one `arrows tokenize --h5` recorded, else 0 (the reference's
+            # files: <|endoftext|> is id 0 in its GPT-2 style tokenizers).
+            bos_id = int(ds.attrs.get("bos_id", 0))
             if count == 0:
                 offset = 0  # nothing to map: the core then says the source is too short for a window
             elif ds.chunks is None and offset is None:
@@ -53,7 +56,7 @@ def open_source(path: str | Path, vocab_size: int | None = None):
                     f"convert it once with `h5repack -l tokens:CONTI {path} contiguous.h5` (from the hdf5-tools package), "
                     f"or re-tokenize with `arrows tokenize ... --h5`"
                 )
-        return ("raw", str(path), int(offset), count, ids), count, 0, vocab_size
+        return ("raw", str(path), int(offset), count, ids), count, bos_id, vocab_size
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     raise InputError(f"{path}: not a token source; give a folder written by `arrows tokenize` or a reference .h5 file")
