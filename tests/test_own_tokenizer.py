@@ -183,3 +183,30 @@ def test_a_tokenizer_config_given_for_the_tokenizer_is_named(tmp_path):
     proc = arrows("tokenize", *corpus, "--out", tmp_path / "store", "--tokenizer", config, check=False)
     assert proc.returncode != 0
     assert str(config) in proc.stderr and "tokenizer_config.json" in proc.stderr and "give the tokenizer.json" in proc.stderr, proc.stderr
+
+
+def test_a_tokenizer_that_cannot_cut_is_refused_a_file_too_large_for_the_memory(tmp_path):
+    # Without a pre-tokenizer a text cannot be cut, so each file is encoded whole: 100-160 bytes of
+    # memory per byte, and the kernel killed the job without a word when that did not fit.
+    import os
+    import subprocess
+
+    from conftest import ARROWS
+    from test_tokenize_cli import memory_cgroup
+
+    group = memory_cgroup(f"arrows_test_{os.getpid()}", 400_000_000)
+    if group is None:
+        pytest.skip("no permission to make a memory control group here")
+    try:
+        tok = Tokenizer(models.BPE())
+        tok.train_from_iterator(["the arrow of time, forwards and backwards"] * 50, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+        tok.save(str(tmp_path / "tokenizer.json"))
+        corpus = tmp_path / "big.txt"
+        corpus.write_text(random_text(3, 6_000_000))
+        proc = subprocess.run([str(ARROWS), "tokenize", str(corpus), "--out", str(tmp_path / "store"), "--tokenizer", str(tmp_path / "tokenizer.json")],
+                              capture_output=True, text=True, timeout=300, preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+        assert proc.returncode == 1, proc.stderr
+        text = " ".join(proc.stderr.split())
+        assert f"{corpus}: this tokenizer cannot cut a text" in text and "split the input into files of at most" in text, proc.stderr
+    finally:
+        group.rmdir()

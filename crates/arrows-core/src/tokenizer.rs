@@ -109,6 +109,11 @@ impl Tokenizer {
         })
     }
 
+    /// Whether a text can be cut anywhere at all (else each file is encoded whole, in one piece).
+    pub fn can_cut(&self) -> bool {
+        !matches!(self.engine, Engine::General { cut: Cut::Nowhere, .. })
+    }
+
     /// Whether ids are produced by the fast byte-level encoder.
     pub fn is_fast(&self) -> bool {
         matches!(self.engine, Engine::Fast(_))
