@@ -195,8 +195,8 @@ fn added_token_probes(tok: &tokenizers::Tokenizer, sep: u8) -> Vec<(String, Stri
     let mut probes = Vec::new();
     for t in tok.get_added_tokens_decoder().values() {
         let c = t.content.as_bytes();
-        for i in 1..c.len().saturating_sub(1) {
-            if c[i] == sep {
+        for (i, &b) in c.iter().enumerate().take(c.len().saturating_sub(1)).skip(1) {
+            if b == sep {
                 probes.push((t.content[..i].to_owned(), t.content[i + 1..].to_owned()));
             }
         }
