@@ -151,3 +151,27 @@ def test_interval_covers_when_sections_are_long():
         r = paired_bootstrap(fw, bw, resamples=400, seed=t)
         hits += r["low"] <= delta <= r["high"]
     assert 0.88 <= hits / trials <= 0.99, hits / trials
+
+
+def test_a_note_says_when_windows_stay_alike_beyond_the_blocks():
+    """Sections of 30 windows whose excess loss differs a little (as a document's chapters): too
+    weak for the block rule to see at 300 windows (it keeps ∛300 = 6), but resampled in blocks of
+    24 the standard error is larger, and a note says the interval is too narrow, in a fair share of
+    such texts; independent windows never get it."""
+    from arrows.compare import dependence_note
+
+    rng = np.random.default_rng(3)
+    n, trials = 300, 20
+    for amplitude, least, most in ((0.02, 5, trials), (0.0, 0, 0)):
+        noted = 0
+        for _ in range(trials):
+            fw = 3.0 + 0.2 * rng.normal(size=n)
+            sections = np.repeat(rng.normal(size=n // 30), 30)
+            bw = fw * 1.01 + 0.05 * rng.normal(size=n) + amplitude * sections
+            stats = paired_bootstrap(fw, bw, resamples=1000)
+            notes = dependence_note(fw, bw, stats, resamples=1000, seed=0)
+            noted += bool(notes)
+            assert not notes or "too narrow" in notes[0]
+        assert least <= noted <= most, (amplitude, noted)
+    # Too few windows for 6 blocks 4× as long: no verdict.
+    assert dependence_note(fw[:100], bw[:100], paired_bootstrap(fw[:100], bw[:100]), resamples=1000, seed=0) == []
