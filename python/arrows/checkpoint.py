@@ -101,6 +101,12 @@ def load(path: str | Path) -> dict:
 def load_model(config: dict, path: str | Path):
     """The model that a run's resolved config describes, with the weights of checkpoint `path`,
     on the CPU, in eval mode."""
+    return load_model_and_step(config, path)[0]
+
+
+def load_model_and_step(config: dict, path: str | Path):
+    """`load_model`'s model, and the step the checkpoint was saved at (the file, which holds the
+    optimizer too, read once)."""
     import torch
 
     from arrows.config import config_from_dict
@@ -116,7 +122,7 @@ def load_model(config: dict, path: str | Path):
         detail = lines[1] if len(lines) > 1 else lines[0]
         raise InputError(f"{path}: its weights do not fit the model that the config describes ({detail}); "
                          f"the config it was trained under is its 'config' entry (checkpoint.load(path)['config'])") from None
-    return model.eval()
+    return model.eval(), int(payload["step"])
 
 
 def _damaged(path: Path, why: str) -> CorruptDataError:

@@ -155,8 +155,7 @@ def inspect(
     print(f"tokens       {n:,} ({m['dtype']}, {len(m['shards'])} shard(s))")
     print(f"input        {len(m['inputs'])} file(s), {m['total_input_bytes']:,} bytes ({done:,} encoded), {m['replaced_bytes']:,} replaced")
     print(f"bytes/token  {done / max(n, 1):.3f}")
-    # No <|endoftext|> in the tokenizer: the loader starts windows with id 0.
-    bos = f"{st.bos_id}" if st.bos_id is not None else "0 (no <|endoftext|>)"
+    bos = f"{st.window_bos_id}" + (" (no <|endoftext|>)" if st.bos_id is None else "")
     print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {bos}, hash {m['tokenizer']['hash']}")
     # Verified before the first tokens are decoded: damage there may be an id beyond the
     # vocabulary, which decoding refuses without naming the shard the checksums name.

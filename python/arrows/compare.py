@@ -322,6 +322,7 @@ def eval_stride(run: Run) -> int:
 def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int = 64, keep_targets: bool = False) -> Evaluation:
     import torch
 
+    from arrows import checkpoint
     from arrows.loader import WindowLoader
 
     t, L = run.training, int(run.model["attn_length"])
@@ -332,7 +333,9 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
     )
     if loader.windows == 0:
         raise InputError(f"{run.path}: the validation split of {t['dataset_folder']} holds no window of {L} tokens; use more data or a larger valid_fraction")
-    model, step = _load_model(run)
+    # The step the report gives is the checkpoint's: the metrics of a run killed or still training
+    # run ahead of its last checkpoint.
+    model, step = checkpoint.load_model_and_step(run.config, run.checkpoint)
     model = model.to(device)
     n_windows = loader.windows if max_windows is None else min(loader.windows, max_windows)
     losses = np.empty((n_windows, L), dtype=np.float64) if keep_targets else None
@@ -357,27 +360,6 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
         offsets = np.arange(L)[::-1] if run.direction == "backward" else np.arange(L)
         stream = starts[:, None] + offsets[None, :]
     return Evaluation(window_loss, position_sum / n_windows, stream, losses, n_windows * L, step)
-
-
-def _load_model(run: Run):
-    """The run's model with its checkpoint's weights (on the CPU, in eval mode), and the step the
-    checkpoint was saved at: the step the report gives, since the metrics of a run killed or still
-    training run ahead of its last checkpoint. The file (which holds the optimizer too) is read once."""
-    import torch
-
-    from arrows import checkpoint
-    from arrows.config import config_from_dict
-    from arrows.models import build_model
-
-    payload = checkpoint.load(run.checkpoint)
-    with torch.device("cpu"):
-        model = build_model(config_from_dict(run.config).model_dict())
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError:  # checkpoint.load_model says which tensors do not fit, and what to do
-        checkpoint.load_model(run.config, run.checkpoint)
-        raise
-    return model.eval(), int(payload["step"])
 
 
 # ---- synthetic languages: loss by field of the line ---------------------------------------------

@@ -81,7 +81,13 @@ class TokenStore:
 
     @property
     def bos_id(self) -> int | None:
+        """The id of `<|endoftext|>`; None when the tokenizer has none."""
         return self.manifest["tokenizer"]["bos_id"]
+
+    @property
+    def window_bos_id(self) -> int:
+        """The id every training window begins with: `<|endoftext|>`, else 0."""
+        return 0 if self.bos_id is None else self.bos_id
 
     @property
     def input_bytes(self) -> int:

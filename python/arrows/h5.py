@@ -27,7 +27,7 @@ def write_h5(store_dir: str | Path, reporter=None) -> Path:
         ds.attrs["tokenizer_hash"] = store.manifest["tokenizer"]["hash"]
         # The id training windows begin with, so that the file trains as its store does (a
         # reference .h5 has no such attribute: 0, its <|endoftext|>).
-        ds.attrs["bos_id"] = store.bos_id if store.bos_id is not None else 0
+        ds.attrs["bos_id"] = store.window_bos_id
         for a in range(0, n, _BLOCK):
             b = min(a + _BLOCK, n)
             ds[a:b] = store[a:b].astype(np.int32)

@@ -24,7 +24,7 @@ def open_source(path: str | Path, vocab_size: int | None = None):
         from arrows.data import TokenStore
 
         store = TokenStore(path)
-        return ("store", str(path)), len(store), store.bos_id if store.bos_id is not None else 0, vocab_size or store.vocab_size
+        return ("store", str(path)), len(store), store.window_bos_id, vocab_size or store.vocab_size
     if path.suffix.lower() in _H5_SUFFIXES and path.is_file():
         import h5py
 

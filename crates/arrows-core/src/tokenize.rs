@@ -632,9 +632,9 @@ type Encoded = Vec<(Chunk, Result<(Vec<u32>, u64)>)>;
 fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, tokenizer: &Tokenizer, manifest: &mut Manifest, progress: &Progress) -> Result<()> {
     let start = manifest.next_input_offset();
     if !tokenizer.can_cut() {
-        let largest = corpus.files.iter().filter(|f| f.start + f.size > start).max_by_key(|f| f.size);
-        if let Some(file) = largest {
-            let at_once = corpus.files.iter().filter(|f| f.start + f.size > start).count().min(rayon::current_num_threads());
+        let remaining: Vec<_> = corpus.files.iter().filter(|f| f.start + f.size > start).collect();
+        if let Some(file) = remaining.iter().max_by_key(|f| f.size) {
+            let at_once = remaining.len().min(rayon::current_num_threads());
             check_whole_files_fit(&file.path, file.size, at_once as u64, crate::memory::available_bytes())?;
         }
     }
