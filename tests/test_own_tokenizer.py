@@ -146,25 +146,65 @@ def test_generate_starts_with_the_bos_the_training_windows_had(tmp_path, monkeyp
         assert start[0] == bos, dataset
 
 
-@pytest.mark.parametrize("kind", ["nospecial", "wordpiece"])
-def test_tokenize_says_which_bos_windows_will_have_without_endoftext(tmp_path, kind):
-    texts = corpus_texts()
+def bos_case(kind: str, texts: list[str]) -> tuple[Tokenizer, str | None, str]:
+    """A tokenizer without <|endoftext|>, the BOS its windows should begin with (None: id 0) and
+    the reason tokenize gives for it. Trained on the texts without their literal <|endoftext|>,
+    which these models would otherwise learn as a piece (and windows would begin with it)."""
+    texts = [t.replace("<|endoftext|>", "") for t in texts]
     if kind == "nospecial":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, show_progress=False))
-    else:
-        tok = build(kind, texts)
+        return tok, None, "a token of the text itself"
+    if kind == "unigram":  # <pad> and <unk>, nothing that begins a text
+        return build(kind, texts), None, "one of its special tokens"
+    if kind in ("metaspace", "wordpiece"):  # a TemplateProcessing that adds <s> / [CLS] first
+        return build(kind, texts), {"metaspace": "<s>", "wordpiece": "[CLS]"}[kind], "its post-processor puts it before every text"
+    tok = build("llama3", texts)
+    if kind == "llama3":  # Llama 3's own: ByteLevel then a template, in a Sequence
+        tok.add_special_tokens(["<|begin_of_text|>"])
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]),
+        ])
+        return tok, "<|begin_of_text|>", "its post-processor puts it before every text"
+    tok.add_special_tokens(["<pad>", "<bos>", "<eos>"])  # named so, no post-processor
+    return tok, "<bos>", "its special token for the beginning of a text"
+
+
+@pytest.mark.parametrize("kind", ["nospecial", "unigram", "metaspace", "wordpiece", "llama3", "named"])
+def test_windows_begin_with_the_tokenizers_own_bos_without_endoftext(tmp_path, monkeypatch, kind):
+    """Without <|endoftext|>, windows begin with the token the tokenizer itself begins a text with
+    (they began with id 0: SentencePiece's <unk>, BERT's [PAD]), and tokenize says which and why;
+    a tokenizer with no such token keeps id 0, and tokenize says what that token is. The loader,
+    inspect and generate (with the data and without) agree."""
+    from arrows.loader import WindowLoader
+
+    texts = corpus_texts()
+    tok, name, why = bos_case(kind, texts)
     tok.save(str(tmp_path / "tokenizer.json"))
-    proc = arrows("tokenize", *write_corpus(tmp_path, texts), "--out", tmp_path / "store", "--tokenizer", tmp_path / "tokenizer.json")
-    assert TokenStore(tmp_path / "store").bos_id is None
-    first = tok.id_to_token(0)
-    assert f"training windows will begin with id 0 ({first!r})" in proc.stderr
-    if kind == "nospecial":
-        assert "a token of the text itself" in proc.stderr and "add <|endoftext|>" in proc.stderr
+    out, files = tmp_path / "store", write_corpus(tmp_path, texts)
+    proc = arrows("tokenize", *files, "--out", out, "--tokenizer", tmp_path / "tokenizer.json")
+    note = " ".join(proc.stderr.replace("│", " ").split())
+    bos = 0 if name is None else tok.token_to_id(name)
+    if name is None:
+        assert TokenStore(out).bos_id is None
+        assert f'training windows will begin with id 0 ("{tok.id_to_token(0)}") as their BOS, {why}' in note, note
+        assert ("add <|endoftext|>" in note) == (kind == "nospecial"), note
+        assert "BOS id 0 (no BOS of the tokenizer's own)" in arrows("inspect", out).stdout
     else:
-        assert first == "[PAD]" and "one of its special tokens" in proc.stderr
-    assert "BOS id 0 (no <|endoftext|>)" in arrows("inspect", tmp_path / "store").stdout
+        assert bos > 0 and TokenStore(out).bos_id == bos
+        assert f'training windows will begin with "{name}" (id {bos}) as their BOS: {why}' in note, note
+        assert f"BOS id {bos} ({name!r})" in arrows("inspect", out).stdout
+    loader = WindowLoader(out, 16, 2)
+    x, _ = next(iter(loader))
+    assert loader.bos_id == bos and x[:, 0].tolist() == [bos, bos]
+    assert generate_with(monkeypatch, tok, out, "The end.")[0][0] == bos
+    assert generate_with(monkeypatch, tok, tmp_path / "elsewhere", "The end.")[0][0] == bos  # the data moved: the rule itself
+    # Resumed, the store keeps its recorded BOS and says it again.
+    proc = arrows("tokenize", *files, "--out", out, "--tokenizer", tmp_path / "tokenizer.json", "--resume")
+    assert "training windows will begin with" in proc.stderr
 
 
 def test_a_folder_given_for_the_tokenizer_names_the_file_inside(tmp_path):

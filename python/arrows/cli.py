@@ -155,8 +155,9 @@ def inspect(
     print(f"tokens       {n:,} ({m['dtype']}, {len(m['shards'])} shard(s))")
     print(f"input        {len(m['inputs'])} file(s), {m['total_input_bytes']:,} bytes ({done:,} encoded), {m['replaced_bytes']:,} replaced")
     print(f"bytes/token  {done / max(n, 1):.3f}")
-    bos = f"{st.window_bos_id}" + (" (no <|endoftext|>)" if st.bos_id is None else "")
-    print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {bos}, hash {m['tokenizer']['hash']}")
+    bos = st.window_bos_id
+    named = "no BOS of the tokenizer's own" if st.bos_id is None else repr(st.tokenizer.id_to_token(bos))
+    print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {bos} ({named}), hash {m['tokenizer']['hash']}")
     # Verified before the first tokens are decoded: damage there may be an id beyond the
     # vocabulary, which decoding refuses without naming the shard the checksums name.
     problems = st.verify() if verify else []

@@ -81,12 +81,14 @@ class TokenStore:
 
     @property
     def bos_id(self) -> int | None:
-        """The id of `<|endoftext|>`; None when the tokenizer has none."""
+        """The BOS the store was made with: `<|endoftext|>`, else the tokenizer's own (the token
+        its post-processor puts first, or a special token named as one, such as `<s>`); None
+        when the tokenizer has neither."""
         return self.manifest["tokenizer"]["bos_id"]
 
     @property
     def window_bos_id(self) -> int:
-        """The id every training window begins with: `<|endoftext|>`, else 0."""
+        """The id every training window begins with: `bos_id`, else 0."""
         return 0 if self.bos_id is None else self.bos_id
 
     @property
@@ -102,8 +104,8 @@ class TokenStore:
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids (a list, a tensor, `store[a:b]`), special tokens kept (the
-        BOS reads `<|endoftext|>`, or whatever id 0 is in a tokenizer without one). An id outside the vocabulary raises InputError: the tokenizer
-        would drop it without a word."""
+        BOS reads as its token: `<|endoftext|>`, `<s>`, ...). An id outside the vocabulary raises
+        InputError: the tokenizer would drop it without a word."""
         ids = [int(i) for i in ids]
         outside = [i for i in ids if not 0 <= i < self.vocab_size]
         if outside:

@@ -33,8 +33,10 @@ def load_run(run: str | Path):
 def training_bos_id(dataset_folder: str | Path, tok) -> int:
     """The id every training window of the run began with: the one `WindowLoader` takes from the
     data (a token store's manifest, the `bos_id` that `arrows tokenize --h5` records, 0 for a
-    reference .h5), whatever the tokenizer's `<|endoftext|>` is. Without the data (a run folder used
-    elsewhere with `tokenizer_path`): 0 for an .h5, else the tokenizer's `<|endoftext|>`, else 0."""
+    reference .h5), whatever the tokenizer's own is. Without the data (a run folder used elsewhere
+    with `tokenizer_path`): 0 for an .h5, else the BOS a store made with the tokenizer records
+    (`<|endoftext|>`, else the tokenizer's own), else 0."""
+    from arrows import _arrows
     from arrows.errors import ArrowsError
     from arrows.loader import open_source
 
@@ -43,8 +45,8 @@ def training_bos_id(dataset_folder: str | Path, tok) -> int:
     except (OSError, ArrowsError):
         if Path(dataset_folder).suffix.lower() in (".h5", ".hdf5"):
             return 0
-        eot = tok.token_to_id("<|endoftext|>")
-        return 0 if eot is None else eot
+        bos = _arrows.tokenizer_bos_id(tok.to_str())
+        return 0 if bos is None else bos
 
 
 def generate_text(run: str | Path, prompt: str, *, tokens: int, temperature: float = 1.0, top_k=None, seed: int = 0) -> str:

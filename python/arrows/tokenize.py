@@ -86,9 +86,6 @@ def tokenize(
             raise OSError(e.errno, f"{e.strerror}; the shards completed so far are kept: free some space, then run the same command with --resume", e.filename) from None
         raise e
     summary = outcome["summary"]
-    note = _bos_note(Path(out))
-    if note:
-        summary["notes"].append(note)
     if reporter is not None:
         mb = summary["input_bytes"]
         reporter.update("encoding", mb, mb, "bytes", f"{summary['tokens']:,} tokens", final=True)
@@ -98,22 +95,3 @@ def tokenize(
         summary["h5"] = str(write_h5(out, reporter=reporter))
     return summary
 
-
-def _bos_note(out: Path) -> str | None:
-    """What training windows will begin with when the tokenizer has no `<|endoftext|>`: the loader
-    then takes id 0, which in a tokenizer of one's own may be a special token ([PAD], <unk>) or an
-    ordinary token of the text. Said once here, where the tokenizer is chosen."""
-    import json
-
-    from tokenizers import Tokenizer
-
-    entry = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["tokenizer"]
-    if entry["bos_id"] is not None:
-        return None
-    tok = Tokenizer.from_file(str(out / entry["file"]))
-    first = tok.get_added_tokens_decoder().get(0)
-    head = f"the tokenizer has no <|endoftext|>, so training windows will begin with id 0 ({tok.id_to_token(0)!r}) as their BOS"
-    if first is not None and first.special:
-        return f"{head}, one of its special tokens"
-    return (f"{head}, a token of the text itself; for a BOS of their own, add <|endoftext|> to the tokenizer "
-            "(Tokenizer.add_special_tokens([\"<|endoftext|>\"]) keeps every other id) and tokenize again")

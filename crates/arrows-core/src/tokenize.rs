@@ -269,6 +269,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         }
     };
 
+    notes.extend(tokenizer.bos_note(manifest.tokenizer.bos_id));
     let resumed_at = manifest.next_input_offset();
     let encode_start = Instant::now();
     encode_corpus(opts, corpus, &tokenizer, &mut manifest, progress)?;

@@ -4,7 +4,8 @@
 
 use crate::bpe::{Encoder, WordCache};
 use crate::error::{Error, IoContext, Result};
-use crate::vocab::ByteBpe;
+use crate::vocab::{ByteBpe, END_OF_TEXT};
+use serde_json::Value;
 use std::path::Path;
 
 pub struct Tokenizer {
@@ -12,8 +13,11 @@ pub struct Tokenizer {
     pub json: String,
     pub hash: u64,
     pub vocab_size: usize,
-    /// Id of `<|endoftext|>` (the BOS of every window), if the vocabulary has it.
+    /// The BOS every training window begins with: `<|endoftext|>`, else the tokenizer's own
+    /// (`own_bos`); None when it has neither, and windows begin with id 0.
     pub bos_id: Option<u32>,
+    /// Id of `<|endoftext|>`, if the vocabulary has it.
+    end_of_text: Option<u32>,
     engine: Engine,
 }
 
@@ -80,7 +84,8 @@ impl Tokenizer {
         Tokenizer {
             hash: hash_json(&json),
             vocab_size: bpe.vocab_size(),
-            bos_id: bpe.bos_id(),
+            bos_id: bpe.bos_id().or_else(|| own_bos(&json).map(|b| b.id).filter(|&id| (id as usize) < bpe.vocab_size())),
+            end_of_text: bpe.bos_id(),
             engine: Engine::Fast(Box::new(Encoder::new(bpe))),
             json,
         }
@@ -98,15 +103,43 @@ impl Tokenizer {
         }
         let general: tokenizers::Tokenizer =
             json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
-        let bos_id = general.token_to_id(crate::vocab::END_OF_TEXT);
+        let end_of_text = general.token_to_id(END_OF_TEXT);
+        let vocab_size = general.get_vocab_size(true);
+        let bos_id = end_of_text.or_else(|| own_bos(&json).map(|b| b.id).filter(|&id| (id as usize) < vocab_size));
         let cut = general_cut(&general);
         Ok(Tokenizer {
             hash: hash_json(&json),
-            vocab_size: general.get_vocab_size(true),
+            vocab_size,
             bos_id,
+            end_of_text,
             engine: Engine::General { tokenizer: Box::new(general), cut },
             json,
         })
+    }
+
+    /// What the user should know of the BOS that a store made with this tokenizer records
+    /// (`recorded`, the manifest's `bos_id`) when it is not `<|endoftext|>`: which token it is and
+    /// why it was chosen, or that windows begin with id 0, whatever that is.
+    pub fn bos_note(&self, recorded: Option<u32>) -> Option<String> {
+        if recorded.is_some() && recorded == self.end_of_text {
+            return None;
+        }
+        let doc: Value = serde_json::from_str(&self.json).ok()?;
+        let Some(id) = recorded else {
+            let (name, special) = token_name(&doc, 0);
+            let head = format!("the tokenizer has no <|endoftext|> nor a BOS of its own, so training windows will begin with id 0 ({name:?}) as their BOS");
+            return Some(if special {
+                format!("{head}, one of its special tokens")
+            } else {
+                format!(
+                    "{head}, a token of the text itself; for a BOS of their own, add <|endoftext|> to the tokenizer \
+                     (Tokenizer.add_special_tokens([\"<|endoftext|>\"]) keeps every other id) and tokenize again"
+                )
+            });
+        };
+        let (name, _) = token_name(&doc, id);
+        let why = own_bos(&self.json).filter(|b| b.id == id).map_or("recorded when the store was started", |b| b.why);
+        Some(format!("the tokenizer has no <|endoftext|>, so training windows will begin with {name:?} (id {id}) as their BOS: {why}"))
     }
 
     /// Whether a text can be cut anywhere at all (else each file is encoded whole, in one piece).
@@ -207,4 +240,123 @@ fn added_token_probes(tok: &tokenizers::Tokenizer, sep: u8) -> Vec<(String, Stri
     }
     probes.retain(|(l, r)| l.bytes().last().is_some_and(|b| !b.is_ascii_whitespace()) && r.bytes().next().is_some_and(|b| !b.is_ascii_whitespace()));
     probes
+}
+
+/// A tokenizer's own beginning-of-text token, for one without `<|endoftext|>`.
+struct OwnBos {
+    id: u32,
+    why: &'static str,
+}
+
+/// Names that tokenizers give their beginning-of-text token (Llama 3, SentencePiece, Gemma, ...).
+const BOS_NAMES: [&str; 6] = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>", "<BOS>", "[BOS]"];
+
+/// The token a tokenizer itself puts at the beginning of a text: the special token its
+/// post-processor adds before a single sequence (SentencePiece's `<s>`, Llama 3's
+/// `<|begin_of_text|>`, BERT's `[CLS]`), else a special token named as a BOS (`BOS_NAMES`). Windows
+/// then begin as the tokenizer's own model would have seen a text begin.
+fn own_bos(json: &str) -> Option<OwnBos> {
+    let doc: Value = serde_json::from_str(json).ok()?;
+    if let Some(id) = doc.get("post_processor").and_then(post_processor_bos) {
+        return Some(OwnBos { id, why: "its post-processor puts it before every text" });
+    }
+    let specials: Vec<(&str, u64)> = doc
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("special").and_then(Value::as_bool) == Some(true))
+        .filter_map(|t| Some((t.get("content")?.as_str()?, t.get("id")?.as_u64()?)))
+        .collect();
+    let id = BOS_NAMES.iter().find_map(|name| specials.iter().find(|(c, _)| c == name).map(|&(_, id)| id))?;
+    Some(OwnBos { id: u32::try_from(id).ok()?, why: "its special token for the beginning of a text" })
+}
+
+/// The id of the special token a post-processor (its tokenizer.json section) adds first, before
+/// a single sequence.
+fn post_processor_bos(p: &Value) -> Option<u32> {
+    let id = match p.get("type")?.as_str()? {
+        "TemplateProcessing" => {
+            let first = p.get("single")?.as_array()?.first()?;
+            let name = first.get("SpecialToken")?.get("id")?.as_str()?;
+            match p.get("special_tokens")?.get(name)?.get("ids")?.as_array()?.as_slice() {
+                [id] => id.as_u64()?,
+                _ => return None, // several ids: not one token to begin with
+            }
+        }
+        "BertProcessing" | "RobertaProcessing" => p.get("cls")?.get(1)?.as_u64()?,
+        "Sequence" => return p.get("processors")?.as_array()?.iter().find_map(post_processor_bos),
+        _ => return None,
+    };
+    u32::try_from(id).ok()
+}
+
+/// The text of token `id` in a tokenizer.json (as its vocabulary writes it), and whether it is a
+/// special token.
+fn token_name(doc: &Value, id: u32) -> (String, bool) {
+    let id = u64::from(id);
+    let added = doc.get("added_tokens").and_then(Value::as_array).into_iter().flatten();
+    for t in added {
+        if t.get("id").and_then(Value::as_u64) == Some(id) {
+            let name = t.get("content").and_then(Value::as_str).unwrap_or_default().to_owned();
+            return (name, t.get("special").and_then(Value::as_bool) == Some(true));
+        }
+    }
+    let vocab = doc.get("model").and_then(|m| m.get("vocab"));
+    let name = match vocab {
+        Some(Value::Object(map)) => map.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(k, _)| k.clone()),
+        // Unigram: a list of [piece, score], the id being the position.
+        Some(Value::Array(pieces)) => pieces.get(id as usize).and_then(|p| p.get(0)).and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    };
+    (name.unwrap_or_else(|| format!("id {id}")), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bos_of(doc: Value) -> Option<(u32, &'static str)> {
+        own_bos(&doc.to_string()).map(|b| (b.id, b.why))
+    }
+
+    #[test]
+    fn the_post_processors_first_special_token_is_the_bos() {
+        let template = |single: Value, ids: Value| {
+            json!({"post_processor": {"type": "TemplateProcessing", "single": single,
+                   "special_tokens": {"<s>": {"id": "<s>", "ids": ids, "tokens": ["<s>"]}}}})
+        };
+        let first = json!([{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]);
+        assert_eq!(bos_of(template(first.clone(), json!([7]))).map(|b| b.0), Some(7));
+        // A special token of several ids, or one only after the text: no BOS from the template.
+        assert_eq!(bos_of(template(first, json!([7, 8]))), None);
+        let after = json!([{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<s>", "type_id": 0}}]);
+        assert_eq!(bos_of(template(after, json!([7]))), None);
+        let bert = json!({"post_processor": {"type": "BertProcessing", "cls": ["[CLS]", 101], "sep": ["[SEP]", 102]}});
+        assert_eq!(bos_of(bert.clone()).map(|b| b.0), Some(101));
+        let sequence = json!({"post_processor": {"type": "Sequence", "processors": [{"type": "ByteLevel"}, bert["post_processor"]]}});
+        assert_eq!(bos_of(sequence), Some((101, "its post-processor puts it before every text")));
+    }
+
+    #[test]
+    fn else_a_special_token_named_as_a_bos() {
+        let added = |tokens: &[(&str, u32, bool)]| {
+            let list: Vec<Value> = tokens.iter().map(|&(c, id, special)| json!({"content": c, "id": id, "special": special})).collect();
+            json!({"added_tokens": list, "post_processor": null})
+        };
+        assert_eq!(bos_of(added(&[("<pad>", 0, true), ("<s>", 1, true), ("<|begin_of_text|>", 5, true)])).map(|b| b.0), Some(5));
+        assert_eq!(bos_of(added(&[("<pad>", 0, true), ("<s>", 3, false)])), None); // not special: a piece of text
+        assert_eq!(bos_of(added(&[("<pad>", 0, true), ("<eos>", 1, true)])), None);
+    }
+
+    #[test]
+    fn token_names_from_added_tokens_and_each_kind_of_vocabulary() {
+        let doc = json!({"added_tokens": [{"content": "[PAD]", "id": 0, "special": true}], "model": {"vocab": {"a": 1, "[PAD]": 0}}});
+        assert_eq!(token_name(&doc, 0), ("[PAD]".to_owned(), true));
+        assert_eq!(token_name(&doc, 1), ("a".to_owned(), false));
+        let unigram = json!({"model": {"vocab": [["<unk>", 0.0], ["▁the", -2.5]]}});
+        assert_eq!(token_name(&unigram, 1), ("▁the".to_owned(), false));
+        assert_eq!(token_name(&unigram, 9), ("id 9".to_owned(), false));
+    }
 }

@@ -11,10 +11,10 @@ use arrows_core::source::{IdType, TokenSource};
 use arrows_core::windows::{Order, Sampler, SamplerOptions, Split};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use std::os::raw::c_int;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -317,6 +317,14 @@ impl BatchBuffer {
 
 /// Memory this process may still take, in bytes (the kernel's MemAvailable, or less under a
 /// control group's limit); None where it cannot be read.
+/// The BOS that a store made with the tokenizer.json text `json` would record (`<|endoftext|>`, else
+/// the tokenizer's own), or None.
+#[pyfunction]
+fn tokenizer_bos_id(py: Python<'_>, json: String) -> PyResult<Option<u32>> {
+    let tokenizer = core(py, py.detach(|| arrows_core::tokenizer::Tokenizer::from_json(json, Path::new("tokenizer.json"))))?;
+    Ok(tokenizer.bos_id)
+}
+
 #[pyfunction]
 fn available_memory() -> Option<u64> {
     arrows_core::memory::available_bytes()
@@ -331,6 +339,7 @@ fn _arrows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(read_shard_header, m)?)?;
     m.add_function(wrap_pyfunction!(available_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(tokenizer_bos_id, m)?)?;
     m.add("SHARD_HEADER_BYTES", shard::HEADER_LEN)?;
     Ok(())
 }
