@@ -16,7 +16,7 @@ pub struct Tokenizer {
     /// The BOS every training window begins with: `<|endoftext|>`, else the tokenizer's own
     /// (`own_bos`); None when it has neither, and windows begin with id 0.
     pub bos_id: Option<u32>,
-    /// Id of `<|endoftext|>`, if the vocabulary has it.
+    /// Id of `<|endoftext|>`, if the tokenizer has it as a special token.
     end_of_text: Option<u32>,
     engine: Engine,
 }
@@ -103,7 +103,9 @@ impl Tokenizer {
         }
         let general: tokenizers::Tokenizer =
             json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
-        let end_of_text = general.token_to_id(END_OF_TEXT);
+        // Only as a special token: a model may also have learned the text `<|endoftext|>` as an
+        // ordinary piece, which would then begin windows and stand in the text as well.
+        let end_of_text = general.get_added_tokens_decoder().into_iter().find(|(_, t)| t.special && t.content == END_OF_TEXT).map(|(id, _)| id);
         let vocab_size = general.get_vocab_size(true);
         let bos_id = end_of_text.or_else(|| own_bos(&json).map(|b| b.id).filter(|&id| (id as usize) < vocab_size));
         let cut = general_cut(&general);
