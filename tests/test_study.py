@@ -376,13 +376,13 @@ def test_curves_tell_the_seeds_apart(tmp_path, monkeypatch):
     from arrows import report as report_module
 
     labels = {}
-    real_finish = report_module._finish
+    real_finish = report_module.finish_figure
 
     def finish(plt, fig, ax, path, *args, **kwargs):
         labels[path.name] = ax.get_legend_handles_labels()[1]
         real_finish(plt, fig, ax, path, *args, **kwargs)
 
-    monkeypatch.setattr(report_module, "_finish", finish)
+    monkeypatch.setattr(report_module, "finish_figure", finish)
     curve = {"train": [(1, 3.0), (2, 2.5)], "valid": [(2, 2.6)]}
     pairs = [{"seed": s, "curves": {"forward": curve, "backward": curve}} for s in (4, 5)]
     report_module._plot_curves({"pairs": pairs}, tmp_path / "two.png")
@@ -484,14 +484,14 @@ def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, monkeyp
     from arrows import report as report_module
 
     seen = {}
-    real_finish = report_module._finish
+    real_finish = report_module.finish_figure
 
     def finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs):
         seen[path.name] = ([t.get_text() for t in ax.get_xticklabels()], ylabel,
                            [line.get_ydata() for line in ax.get_lines()], ax.get_legend_handles_labels()[1])
         real_finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs)
 
-    monkeypatch.setattr(report_module, "_finish", finish)
+    monkeypatch.setattr(report_module, "finish_figure", finish)
     report = _report(seeds=(4, 5), deltas=[0.01, 0.05])
     s = report["summary"]
     report_module._plot_delta(report, tmp_path / "two.png")

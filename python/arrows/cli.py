@@ -480,6 +480,27 @@ def print_table(report: dict, title: str | None = None) -> None:
         console.print(f"note: {n}")
 
 
+@app.command(help="Several studies side by side (a context-length, model-size or language sweep): δ of each with its "
+             "interval, as a table, sweep.md, sweep.json and sweep.png (δ against the setting that varies).")  # one line in --help
+@friendly_errors
+def sweep(
+    studies: List[Path] = typer.Argument(..., help="Two or more study folders (arrows study), or report folders that arrows compare --out wrote. Their reports are read, not recomputed; one older than its runs' checkpoints is refused, with the command that updates it."),
+    out: Path = typer.Option(Path("arrows-sweep"), "--out", "-o", help="Folder for sweep.md, sweep.json and sweep.png (an earlier sweep's files there are replaced)."),
+):
+    """δ against the setting that differs between the studies: the one numeric setting that
+    varies (attn_length: the paper's context sweep), else the parameter count when the models
+    differ in size on the same data and window (its size sweep), else the studies side by side
+    (languages)."""
+    from arrows.report import check_report_folder
+    from arrows.sweep import print_sweep, sweep as sweep_studies, write_sweep
+
+    check_report_folder(out)
+    result = sweep_studies(studies)
+    paths = write_sweep(result, out)
+    print_sweep(result)
+    print(f"sweep        {paths['markdown']}")
+
+
 @app.command(help="The built-in example, no download: synthetic languages with a known arrow, tokenized, trained "
              "forward and backward with a small GPT, compared; ends with the table and the report's path.")  # one line in --help
 @friendly_errors

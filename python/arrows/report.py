@@ -22,30 +22,40 @@ def check_report_folder(out: Path) -> Path:
     evaluated, so that a wrong --out is said at once, not after minutes of evaluation."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; --out names the folder that receives report.md, report.json and the figures")
+        raise InputError(f"{out}: exists and is not a folder; --out names the folder that receives the report's files and figures")
     return out
 
 
 def write_report(report: dict, out: Path) -> dict:
-    """Write report.json, report.md and the figures into `out`; returns the paths written.
+    """Write report.json, report.md and the figures into `out` (see `write_aside`); returns the
+    paths written."""
+    out = Path(out)
+    write_aside(out, {
+        FIGURES["curves"]: lambda p: _plot_curves(report, p),
+        FIGURES["positions"]: lambda p: _plot_positions(report, p),
+        FIGURES["delta"]: lambda p: _plot_delta(report, p),
+        "report.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        "report.md": lambda p: p.write_text(markdown(report)),  # last: it names the others
+    })
+    return {"json": out / "report.json", "markdown": out / "report.md", **{name: out / file for name, file in FIGURES.items()}}
+
+
+def write_aside(out: Path, writers: dict) -> None:
+    """Make each file `name` of `writers` ({name: function(path)}) in `out`.
 
     Everything is written into a temporary folder inside `out` first, then moved over the
-    previous report's files: an interruption or a failure while drawing (Ctrl-C, a full disk)
-    leaves the previous report whole, never new figures beside an old report.md."""
+    previous files in the order given: an interruption or a failure while drawing (Ctrl-C, a full
+    disk) leaves the previous files whole, never new figures beside an old report."""
     out = check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        _plot_curves(report, tmp / FIGURES["curves"])
-        _plot_positions(report, tmp / FIGURES["positions"])
-        _plot_delta(report, tmp / FIGURES["delta"])
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown(report))
-        for name in (*FIGURES.values(), "report.json", "report.md"):  # report.md last: it names the others
+        for name, write in writers.items():
+            write(tmp / name)
+        for name in writers:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"json": out / "report.json", "markdown": out / "report.md", **{name: out / file for name, file in FIGURES.items()}}
 
 
 def _fmt_delta(d: dict) -> str:
@@ -122,7 +132,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure():
+def figure():
     import matplotlib
 
     matplotlib.use("Agg")  # off-screen: works on machines without a display
@@ -132,7 +142,7 @@ def _figure():
 
 
 def _plot_curves(report: dict, path: Path) -> None:
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     pairs = report["pairs"]
     for i, p in enumerate(pairs):
@@ -147,23 +157,23 @@ def _plot_curves(report: dict, path: Path) -> None:
             if c["valid"]:
                 steps, losses = zip(*c["valid"])
                 ax.plot(steps, losses, color=COLOURS[direction], ls=style, marker="o", lw=2, label=f"{direction}{seed} (validation)")
-    _finish(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss")
+    finish_figure(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss")
 
 
 def _plot_positions(report: dict, path: Path) -> None:
-    plt = _figure()
+    plt = figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # Each model's own reading order: position 0 of the backward model is the window's last token.
     for direction, key, order in (("forward", "position_loss_fw", "from the window's start"), ("backward", "position_loss_bw", "from the window's end")):
         curve = np.mean([p[key] for p in report["pairs"]], axis=0)
         ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=f"{direction} (reads {order})")
     seeds = len(report["pairs"])
-    _finish(plt, fig, ax, path, "position in the window, in the model's reading order (tokens of context before it)", "validation loss (nats/token)",
+    finish_figure(plt, fig, ax, path, "position in the window, in the model's reading order (tokens of context before it)", "validation loss (nats/token)",
             "Loss by position" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
 
 
 def _plot_delta(report: dict, path: Path) -> None:
-    plt = _figure()
+    plt = figure()
     pairs = report["pairs"]
     s = report.get("summary", {})
     # With several seeds, their mean with the interval that includes training noise is drawn beside
@@ -189,10 +199,10 @@ def _plot_delta(report: dict, path: Path) -> None:
     title = "δ per seed, and their mean" if overall else "δ (95% paired bootstrap interval over windows)"
     if overall:  # under the axes: inside, it hid the ends of the intervals
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize="small")
-    _finish(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)", title, legend=False)
+    finish_figure(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)", title, legend=False)
 
 
-def _finish(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
+def finish_figure(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
     """Labels, grid and legend, then the PNG."""
     if xlabel:
         ax.set_xlabel(xlabel)

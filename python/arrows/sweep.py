@@ -1,0 +1,272 @@
+"""`arrows sweep`: several studies side by side, each differing from the others in a setting
+(context length, model size, language), as the paper's sweeps are read: δ of each study with its
+interval, as a table (`sweep.md`, `sweep.json`) and as δ against the setting (`sweep.png`).
+
+It reads the reports that `arrows study` and `arrows compare` wrote and evaluates nothing itself,
+so a sweep over GPT-medium studies takes a second; a report older than its runs' checkpoints is
+refused, with the command that brings it up to date."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arrows.errors import InputError
+from arrows.report import figure, finish_figure, write_aside
+
+SWEEP_FILES = {"json": "sweep.json", "markdown": "sweep.md", "figure": "sweep.png"}
+
+# Settings that name a run rather than describe it: never "the setting that varies".
+_RUN_IDENTITY = {"run_name", "save_loc", "state_save_loc", "backwards", "permutation", "wandb"}
+
+
+@dataclass
+class Study:
+    name: str  # as the table shows it: the folder's name
+    report_path: Path
+    report: dict
+    settings: dict = field(default_factory=dict)  # "section.key" -> value, of its first forward run
+    parameters: int | None = None
+
+
+def _locate(path: Path) -> tuple[Path, list[Path], str]:
+    """(report.json, the run folders it was computed from, what to run to redo it) for an argument:
+    a study folder, a report folder (compare's --out) or a report.json."""
+    from arrows.study import STUDY_FILE
+
+    path = Path(path)
+    if path.is_file() and path.name == "report.json":
+        path = path.parent
+    if (path / STUDY_FILE).is_file():
+        pairs = json.loads((path / STUDY_FILE).read_text())["pairs"]
+        runs = [path / p[d] for p in pairs for d in ("fw", "bw")]
+        return path / "report" / "report.json", runs, f"arrows compare {path}"
+    if (path / "report.json").is_file():
+        report = json.loads((path / "report.json").read_text())
+        runs = [Path(p[d]) for p in report.get("pairs", []) for d in ("fw", "bw")]
+        redo = "arrows compare " + " ".join(str(r) for r in runs) + f" --out {path}"
+        return path / "report.json", runs, redo
+    if not path.exists():
+        raise FileNotFoundError(2, "No such study folder", str(path))
+    raise InputError(f"{path}: neither a study folder (no study.json) nor a report (no report.json); give study folders, "
+                     "or folders that `arrows compare --out` wrote")
+
+
+def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
+    """Why a study's report cannot be used as it is, or None."""
+    from arrows.checkpoint import LATEST
+
+    if not report_path.is_file():
+        return f"{report_path.parent.parent}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
+    written = report_path.stat().st_mtime
+    for run in runs:
+        ckpt = run / "checkpoints" / LATEST
+        if ckpt.is_file() and ckpt.stat().st_mtime > written:
+            return f"{report_path}: older than {ckpt} (trained further since): run `{redo}` to bring it up to date"
+    return None
+
+
+def _flatten(config: dict) -> dict:
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items() if key not in _RUN_IDENTITY}
+
+
+def load_studies(paths: list[Path]) -> list[Study]:
+    """Each argument's report and settings; every problem named at once."""
+    from arrows.config import config_from_dict
+    from arrows.models import count_parameters
+
+    if len(paths) < 2:
+        raise InputError(f"give two or more studies to set side by side (got {len(paths)}); `arrows compare STUDY` reports one")
+    located = [_locate(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    problems = []
+    for path, (report_path, runs, redo) in zip(paths, located):
+        key = report_path.resolve()
+        if key in seen:
+            problems.append(f"{path}: the same report as {seen[key]}; give each study once")
+        seen.setdefault(key, path)
+        problems += filter(None, [_problem(report_path, runs, redo)])
+    if problems:
+        raise InputError("cannot set these studies side by side:\n  " + "\n  ".join(problems))
+
+    studies = []
+    for report_path, runs, _ in located:
+        report = json.loads(report_path.read_text())
+        study = Study(name=_folder(report_path).name, report_path=report_path, report=report)
+        config_file = runs[0] / "config.json" if runs else None
+        if config_file is not None and config_file.is_file():
+            config = json.loads(config_file.read_text())
+            study.settings = _flatten(config)
+            try:
+                study.parameters = count_parameters(config_from_dict(config).model_dict())
+            except (InputError, OSError):
+                pass  # a config this version no longer reads: the table goes without the count
+        else:  # the runs moved away: what the report itself records
+            study.settings = {"training_params.dataset_folder": report["data"], "model_params.attn_length": report["attn_length"]}
+        studies.append(study)
+    names = [s.name for s in studies]
+    for s in studies:  # two folders named alike (runs/en/medium, runs/fr/medium): their parents tell them apart
+        if names.count(s.name) > 1:
+            s.name = f"{_folder(s.report_path).parent.name}/{s.name}"
+    return studies
+
+
+def _folder(report_path: Path) -> Path:
+    """The folder a report stands for: its study's (STUDY/report/report.json), else its own."""
+    from arrows.study import STUDY_FILE
+
+    folder = report_path.resolve().parent
+    return folder.parent if folder.name == "report" and (folder.parent / STUDY_FILE).is_file() else folder
+
+
+def varying_settings(studies: list[Study]) -> list[str]:
+    """The settings whose value differs between the studies, in the configs' order."""
+    keys = list(dict.fromkeys(k for s in studies for k in s.settings))
+    return [k for k in keys if len({json.dumps(s.settings.get(k), sort_keys=True) for s in studies}) > 1]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sweep_axis(studies: list[Study], varying: list[str]) -> tuple[str, list[float]] | None:
+    """What δ is drawn against: the one numeric setting that varies (a context length); else the
+    parameter count when the models differ in size on the same data and window (a model-size
+    sweep, whose batch and learning rate may change with the size); None: the studies themselves,
+    side by side (languages, or several settings at once)."""
+    if len(varying) == 1 and all(_number(s.settings.get(varying[0])) for s in studies):
+        return varying[0].split(".", 1)[1], [float(s.settings[varying[0]]) for s in studies]
+    same_data_and_window = not {"training_params.dataset_folder", "model_params.attn_length", "model_params.desired_attn_length"} & set(varying)
+    sizes = [s.parameters for s in studies]
+    if same_data_and_window and all(sizes) and len(set(sizes)) == len(sizes):
+        return "parameters", [float(n) for n in sizes]
+    return None
+
+
+def interval(summary: dict) -> tuple[float, float, str]:
+    """The interval a sweep shows for a study: with several seeds the one with training noise,
+    else the windows' bootstrap interval (evaluation noise only)."""
+    if summary.get("seed_low") is not None:
+        return summary["seed_low"], summary["seed_high"], "training + evaluation noise"
+    return summary["low"], summary["high"], "evaluation noise only"
+
+
+def sweep(paths: list[Path]) -> dict:
+    """The sweep of the studies at `paths` (study folders, or report folders of `arrows compare`)
+    as a dict: what varies, and each study's figures, sorted along the axis when there is one."""
+    studies = load_studies(paths)
+    varying = varying_settings(studies)
+    axis = sweep_axis(studies, varying)
+    rows = []
+    for k, s in enumerate(studies):
+        summary = s.report["summary"]
+        low, high, noise = interval(summary)
+        rows.append({
+            "study": s.name, "report": str(s.report_path), "settings": {key: s.settings.get(key) for key in varying},
+            "parameters": s.parameters, "x": axis[1][k] if axis else None, "data": s.report["data"],
+            "windows": summary["windows"], "seeds": summary.get("seeds", len(s.report.get("pairs", [])) or 1),
+            "loss_fw": summary["loss_fw"], "loss_bw": summary["loss_bw"], "delta": summary["delta"],
+            "low": low, "high": high, "interval": noise, "notes": len(s.report.get("notes", [])),
+        })
+    if axis:
+        rows.sort(key=lambda r: r["x"])
+    return {"varying": varying, "axis": axis[0] if axis else None, "studies": rows}
+
+
+def write_sweep(result: dict, out: Path) -> dict:
+    """sweep.json, sweep.md and sweep.png into `out`, replacing an earlier sweep's files whole."""
+    write_aside(out, {
+        SWEEP_FILES["figure"]: lambda p: _plot(result, p),
+        SWEEP_FILES["json"]: lambda p: p.write_text(json.dumps(result, indent=2) + "\n"),
+        SWEEP_FILES["markdown"]: lambda p: p.write_text(markdown(result)),  # last: it names the others
+    })
+    return {name: Path(out) / file for name, file in SWEEP_FILES.items()}
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[1]
+
+
+def _value(v) -> str:
+    if _number(v):
+        return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+    return "–" if v is None else str(v)
+
+
+def markdown(result: dict) -> str:
+    rows, varying = result["studies"], result["varying"]
+    varies = ", ".join(f"`{_short(k)}`" for k in varying) or "nothing (the same settings: repeated studies)"
+    lines = [
+        "# Arrow of time across studies",
+        "",
+        f"Settings that differ between the studies: {varies}. δ = (L_bw − L_fw) / L_fw; > 0: the backward model is "
+        "worse (a forward arrow). Each study's interval is its report's 95% interval: with several seeds the one that "
+        "includes training noise, else the paired bootstrap over validation windows (evaluation noise only: another "
+        "seed can land outside it).",
+        "",
+        "| study | " + "".join(f"{_short(k)} | " for k in varying) + "parameters | windows | seeds | L_fw | L_bw | δ | 95% interval | noise covered |",
+        "|---|" + "---|" * len(varying) + "---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['study']} | " + "".join(f"{_value(r['settings'][k])} | " for k in varying)
+            + f"{_value(r['parameters'])} | {r['windows']:,} | {r['seeds']} | {r['loss_fw']:.4f} | {r['loss_bw']:.4f} | "
+            f"{100 * r['delta']:+.2f}% | [{100 * r['low']:+.2f}%, {100 * r['high']:+.2f}%] | {r['interval']} |"
+        )
+    noted = [r for r in rows if r["notes"]]
+    if noted:
+        lines += ["", "Notes of the studies' own reports (read them before the table):", ""]
+        lines += [f"- {r['study']}: {r['notes']} note(s) in `{Path(r['report']).with_name('report.md')}`" for r in noted]
+    lines += ["", f"![δ by {result['axis'] or 'study'}]({SWEEP_FILES['figure']})", ""]
+    return "\n".join(lines)
+
+
+def _plot(result: dict, path: Path) -> None:
+    import numpy as np
+
+    plt = figure()
+    rows = result["studies"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 3), 4.2))
+    d = np.array([100 * r["delta"] for r in rows])
+    # A percentile interval need not hold its estimate: an arm of negative length is drawn as none.
+    err = np.clip([[100 * (r["delta"] - r["low"]) for r in rows], [100 * (r["high"] - r["delta"]) for r in rows]], 0, None)
+    axis = result["axis"]
+    if axis:
+        x = np.array([r["x"] for r in rows])
+        if x.min() > 0 and x.max() / x.min() >= 8:
+            ax.set_xscale("log", base=2 if axis != "parameters" else 10)
+        ax.plot(x, d, color="tab:blue", lw=1, alpha=0.6)
+        if axis != "parameters":
+            ax.set_xticks(x, [_value(int(v) if float(v).is_integer() else v) for v in x])
+            ax.minorticks_off()
+    else:
+        x = np.arange(len(rows))
+        ax.set_xticks(x, [r["study"] for r in rows], rotation=20 if len(rows) > 4 else 0)
+    kinds = sorted({r["interval"] for r in rows})
+    ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5, label="95% interval: " + "; ".join(kinds))
+    ax.axhline(0, color="grey", lw=1)
+    finish_figure(plt, fig, ax, path, axis, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)",
+                  f"Arrow of time by {axis or 'study'}")
+
+
+def print_sweep(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    varying = result["varying"]
+    table = Table(title="arrow of time across studies", title_justify="left",
+                  caption="loss in nats/token; δ = (L_bw − L_fw) / L_fw, > 0: backward worse; 95% interval of each study's "
+                          "report (with training noise when it has several seeds)", caption_justify="left")
+    seeds = any(r["seeds"] > 1 for r in result["studies"])
+    columns = ("study", *map(_short, varying), "parameters", *(("seeds",) if seeds else ()), "L_fw", "L_bw", "δ [95% interval]")
+    for col in columns:  # headers whole; a long study name folds rather than pushing the figures off
+        table.add_column(col, justify="left" if col == "study" else "right", min_width=len(col),
+                         overflow="fold" if col == "study" else "ellipsis", no_wrap=col != "study")
+    for r in result["studies"]:
+        table.add_row(r["study"], *(_value(r["settings"][k]) for k in varying), _value(r["parameters"]),
+                      *((str(r["seeds"]),) if seeds else ()), f"{r['loss_fw']:.4f}", f"{r['loss_bw']:.4f}",
+                      f"{100 * r['delta']:+.2f}% [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]")
+    Console(highlight=False).print(table)
+

@@ -1,0 +1,124 @@
+"""`arrows sweep`: studies that differ in a setting, side by side (the paper's context and size sweeps)."""
+
+import json
+import os
+
+import pytest
+from conftest import arrows
+
+from arrows.errors import InputError
+from arrows.sweep import Study, sweep_axis, varying_settings
+
+
+def _config(store, runs, attn_length, steps=20):
+    return {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": attn_length, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(store), "batch_size": 16, "steps_to_train": steps, "valid_fraction": 0.1,
+                            "valid_every": steps, "step_log": 10, "save_every": steps, "sample_every": 0, "save_loc": str(runs),
+                            "threads": 1},
+        "optim_params": {"lr": 3e-3, "warmup_steps": 4},
+    }
+
+
+@pytest.fixture(scope="module")
+def context_sweep(tmp_path_factory):
+    """Three small studies of one text at context lengths 8, 16 and 32."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    arrows("synth", "sparse-linear", "--out", tmp / "s.txt", "--lines", "3000", "--bits", "6")
+    arrows("tokenize", tmp / "s.txt", "--tokenizer", "bytes", "--out", tmp / "tokens")
+    for length in (8, 16, 32):
+        (tmp / f"ctx{length}.json").write_text(json.dumps(_config(tmp / "tokens", tmp / "runs", length)))
+        arrows("study", tmp / f"ctx{length}.json", "--out", tmp / f"ctx{length}")
+    return tmp
+
+
+def test_sweep_sets_studies_along_the_setting_that_varies(context_sweep, tmp_path):
+    tmp = context_sweep
+    proc = arrows("sweep", tmp / "ctx32", tmp / "ctx8", tmp / "ctx16", "--out", tmp_path / "sweep")
+    result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert result["varying"] == ["model_params.attn_length"] and result["axis"] == "attn_length"
+    rows = result["studies"]
+    assert [r["study"] for r in rows] == ["ctx8", "ctx16", "ctx32"] and [r["x"] for r in rows] == [8, 16, 32]
+    for r in rows:  # each study's own figures, one seed: its windows' interval
+        summary = json.loads((tmp / r["study"] / "report" / "report.json").read_text())["summary"]
+        assert (r["delta"], r["low"], r["high"], r["loss_fw"]) == (summary["delta"], summary["low"], summary["high"], summary["loss_fw"])
+        assert r["interval"] == "evaluation noise only" and r["seeds"] == 1 and r["settings"] == {"model_params.attn_length": r["x"]}
+    assert rows[0]["parameters"] < rows[2]["parameters"]  # the longer window's position table
+    md = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| study | attn_length | parameters |" in md and f"| ctx16 | 16 | {rows[1]['parameters']:,} |" in md
+    png = (tmp_path / "sweep" / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "ctx8" in proc.stdout and f"{100 * rows[0]['delta']:+.2f}%" in proc.stdout and "sweep.md" in proc.stdout
+    assert not [p for p in (tmp_path / "sweep").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_sweep_refuses_what_it_cannot_read_naming_the_way_out(context_sweep, tmp_path):
+    tmp = context_sweep
+    one_study = arrows("sweep", tmp / "ctx8", "--out", tmp_path / "a", check=False)
+    assert one_study.returncode == 1 and "two or more" in one_study.stderr
+    twice = arrows("sweep", tmp / "ctx8", tmp / "ctx8", "--out", tmp_path / "b", check=False)
+    assert twice.returncode == 1 and "give each study once" in twice.stderr
+    neither = arrows("sweep", tmp / "ctx8", tmp / "tokens", "--out", tmp_path / "c", check=False)
+    assert neither.returncode == 1 and "neither a study folder" in " ".join(neither.stderr.split())
+    # Trained further since its report: the report no longer describes the runs.
+    ckpt = tmp / "ctx16" / "bw" / "checkpoints" / "latest.pt"
+    written = ckpt.stat().st_mtime
+    os.utime(ckpt, (written + 3600, written + 3600))
+    try:
+        stale = arrows("sweep", tmp / "ctx8", tmp / "ctx16", "--out", tmp_path / "d", check=False)
+    finally:
+        os.utime(ckpt, (written, written))
+    message = " ".join(stale.stderr.split())
+    assert stale.returncode == 1 and str(ckpt) in message and f"arrows compare {tmp / 'ctx16'}" in message, message
+    assert not (tmp_path / "d" / "sweep.json").exists()
+    # A report folder that compare --out wrote is read as a study's own.
+    arrows("compare", tmp / "ctx32" / "fw", tmp / "ctx32" / "bw", "--out", tmp_path / "ctx32_report")
+    arrows("sweep", tmp / "ctx8", tmp_path / "ctx32_report", "--out", tmp_path / "e")
+    mixed = json.loads((tmp_path / "e" / "sweep.json").read_text())
+    assert [(r["study"], r["x"]) for r in mixed["studies"]] == [("ctx8", 8), ("ctx32_report", 32)]
+
+
+def _study(name, **settings):
+    return Study(name=name, report_path=None, report={}, settings={f"model_params.{k}" if k != "dataset_folder" else
+                                                                   "training_params.dataset_folder": v for k, v in settings.items()})
+
+
+def test_the_axis_of_a_size_sweep_is_the_parameter_count_and_a_language_sweep_has_none():
+    small, large = _study("small", n_layers=2, embed_dim=64), _study("large", n_layers=4, embed_dim=128)
+    small.parameters, large.parameters = 1_000, 9_000
+    small.settings["training_params.batch_size"], large.settings["training_params.batch_size"] = 250, 90  # as the paper's sizes
+    varying = varying_settings([small, large])
+    assert varying == ["model_params.n_layers", "model_params.embed_dim", "training_params.batch_size"]
+    assert sweep_axis([small, large], varying) == ("parameters", [1000.0, 9000.0])
+    # Sizes on other windows too: no single axis.
+    small.settings["model_params.attn_length"], large.settings["model_params.attn_length"] = 64, 256
+    assert sweep_axis([small, large], varying_settings([small, large])) is None
+    en, fr = _study("en", dataset_folder="data/en", attn_length=256), _study("fr", dataset_folder="data/fr", attn_length=256)
+    assert varying_settings([en, fr]) == ["training_params.dataset_folder"] and sweep_axis([en, fr], ["training_params.dataset_folder"]) is None
+    # Two things at once (a language and a context): no single axis.
+    fr64 = _study("fr64", dataset_folder="data/fr", attn_length=64)
+    both = varying_settings([en, fr64])
+    assert len(both) == 2 and sweep_axis([en, fr64], both) is None
+
+
+def test_sweep_api_refuses_fewer_than_two(tmp_path):
+    from arrows.sweep import sweep
+
+    with pytest.raises(InputError, match="two or more"):
+        sweep([tmp_path])
+
+
+def test_studies_named_alike_are_told_apart_by_their_parents(tmp_path):
+    """Two studies of one config for two languages (runs/en/medium, runs/fr/medium), read from
+    their reports alone (the runs were moved away: what the reports record)."""
+    from arrows.sweep import sweep
+
+    summary = {"windows": 100, "seeds": 1, "loss_fw": 3.0, "loss_bw": 3.03, "delta": 0.01, "low": 0.005, "high": 0.015}
+    for language in ("en", "fr"):
+        study = tmp_path / language / "medium"
+        (study / "report").mkdir(parents=True)
+        (study / "study.json").write_text(json.dumps({"pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}))
+        (study / "report" / "report.json").write_text(json.dumps({"data": f"data/{language}", "attn_length": 256, "summary": summary}))
+    result = sweep([tmp_path / "fr" / "medium", tmp_path / "en" / "medium"])
+    assert [r["study"] for r in result["studies"]] == ["fr/medium", "en/medium"]  # no axis: the order given
+    assert result["varying"] == ["training_params.dataset_folder"] and result["axis"] is None
