@@ -260,6 +260,48 @@ def test_compare_says_when_the_runs_were_not_trained_alike(reversible_study, tmp
     assert not any("differ:" in n for n in plain["notes"])
 
 
+def _permuted_run(tmp, out, permutation, name):
+    """The study's backward run trained again, in the window order `permutation` instead."""
+    cfg = json.loads((tmp / "study" / "bw" / "config.json").read_text())
+    cfg["training_params"].update(backwards=False, permutation=permutation, run_name=name, save_loc=str(out))
+    (out / f"{name}.json").write_text(json.dumps(cfg))
+    arrows("train", out / f"{name}.json")
+    return out / name
+
+
+def test_compare_a_forward_run_with_a_permuted_one(reversible_study, tmp_path):
+    """The reference's later experiment: a fixed permutation of the window's positions instead of
+    backward. The permutation that reverses the window is the backward run exactly (same examples,
+    same training), so comparing it gives the study's own figures; any other is reported as
+    permuted, its fields of the line scored at their own positions, without an arrow to expect."""
+    tmp, _ = reversible_study
+    fw = tmp / "study" / "fw"
+    L = 24
+    reversed_run = _permuted_run(tmp, tmp_path, list(range(L))[::-1], "reversed")
+    arrows("compare", fw, reversed_run, "--out", tmp_path / "reversed_report")
+    report = json.loads((tmp_path / "reversed_report" / "report.json").read_text())
+    study = json.loads((tmp / "study" / "report" / "report.json").read_text())
+    assert report["second"] == {"direction": "permutation", "label": "permuted", "symbol": "perm", "permutation": list(range(L))[::-1]}
+    for key in ("loss_fw", "loss_bw", "delta", "low", "high"):
+        assert report["summary"][key] == pytest.approx(study["summary"][key], rel=1e-9, abs=1e-12), key
+    assert report["pairs"][0]["position_loss_bw"] == pytest.approx(study["pairs"][0]["position_loss_bw"], rel=1e-9)
+    assert report["pairs"][0]["fields"]["permuted"] == pytest.approx(study["pairs"][0]["fields"]["backward"], rel=1e-9)
+
+    shuffled = [int(i) for i in np.random.default_rng(0).permutation(L)]
+    shuffled_run = _permuted_run(tmp, tmp_path, shuffled, "shuffled")
+    proc = arrows("compare", fw, shuffled_run, "--out", tmp_path / "shuffled_report")
+    report = json.loads((tmp_path / "shuffled_report" / "report.json").read_text())
+    assert report["second"]["permutation"] == shuffled and report["pairs"][0]["tokens"] == study["pairs"][0]["tokens"]
+    assert set(report["pairs"][0]["fields"]) == {"forward", "permuted"}
+    assert report["synthetic"]["expected_arrow"] is None and "No expected arrow" in report["synthetic"]["verdict"]
+    md = (tmp_path / "shuffled_report" / "report.md").read_text()
+    assert "# Arrow of time: forward vs permuted" in md and "| | forward | permuted | δ = (L_perm − L_fw) / L_fw" in md
+    assert f"{shuffled}" in md and "permuted" in proc.stdout
+    # Seeds of one comparison share the second run's order.
+    proc = arrows("compare", fw, reversed_run, fw, shuffled_run, "--out", tmp_path / "mixed", check=False)
+    assert proc.returncode == 1 and "read their windows in different orders" in " ".join(proc.stderr.split())
+
+
 def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_path):
     tmp, _ = reversible_study
     study = tmp / "study"

@@ -458,11 +458,14 @@ def print_table(report: dict, title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from arrows.report import second
+
     s = report["summary"]
+    label, sym = second(report)["label"], second(report)["symbol"]
     table = Table(title=title or f"arrow of time: {report['data']}", title_justify="left",
-                  caption=f"loss in nats/token; δ = (L_bw − L_fw) / L_fw, > 0: backward worse; 95% paired bootstrap interval over "
+                  caption=f"loss in nats/token; δ = (L_{sym} − L_fw) / L_fw, > 0: {label} worse; 95% paired bootstrap interval over "
                           f"{s['windows']:,} windows (in blocks of {s['block']}): evaluation noise only, not training noise", caption_justify="left")
-    for col in ("", "forward", "backward", "δ", "95% interval"):
+    for col in ("", "forward", label, "δ", "95% interval"):
         table.add_column(col, justify="right", no_wrap=True)
     seeds = len(report["pairs"])
     rows = [("validation loss" if seeds == 1 else f"mean of {seeds} seeds", s)] + ([(f"seed {p['seed']}", p) for p in report["pairs"]] if len(report["pairs"]) > 1 else [])

@@ -1,4 +1,6 @@
-"""`arrows compare`: a forward and a backward run evaluated on the same validation spans.
+"""`arrows compare`: a forward and a backward run evaluated on the same validation spans (or a
+forward run and one trained in a permuted window order, the reference's later experiment: below,
+"backward" stands for either).
 
 Both models score the same windows: the same stream ranges of the validation split, read forwards
 by one and flipped by the other, so they predict exactly the same tokens. Windows are taken
@@ -192,6 +194,13 @@ class Run:
         return "permutation" if self.training.get("permutation") is not None else "forward"
 
     @property
+    def permutation(self) -> list[int] | None:
+        """The window order of a permutation run (position k of its reading order is the
+        window's position permutation[k]), else None."""
+        perm = self.training.get("permutation")
+        return None if perm is None else [int(i) for i in perm]
+
+    @property
     def seed(self) -> int:
         return int(self.training.get("seed", 0))
 
@@ -233,14 +242,22 @@ def _describe_data(identity: dict) -> str:
     return f"{identity['tokens']:,} tokens, tokenizer {identity['tokenizer'][:8]}…, input{'s' if len(inputs) != 1 else ''} {shown}"
 
 
-def mismatches(fw: Run, bw: Run) -> list[str]:
-    """Why two runs cannot be compared as a forward and a backward run (empty: they can)."""
+def mismatches(fw: Run, other: Run) -> list[str]:
+    """Why two runs cannot be compared as a forward run and a backward (or permuted) one (empty:
+    they can)."""
     problems = []
     if fw.direction != "forward":
         problems.append(f"{fw.path} is a {fw.direction} run; the first run must be forward")
-    if bw.direction != "backward":
-        problems.append(f"{bw.path} is a {bw.direction} run; the second run must be backward")
-    return problems + setup_differences(fw, bw)
+    if other.direction == "forward":
+        problems.append(f"{other.path} is a forward run; the second run must be backward, or trained in a permuted window order")
+    return problems + setup_differences(fw, other)
+
+
+def second_order(run: Run) -> dict:
+    """How the report names the second run's order: backward, or permuted (with its permutation)."""
+    if run.direction == "backward":
+        return {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+    return {"direction": "permutation", "label": "permuted", "symbol": "perm", "permutation": run.permutation}
 
 
 def setup_differences(a: Run, b: Run) -> list[str]:
@@ -271,19 +288,19 @@ _KERNEL_KEYS = {"attention", "head_loss"}
 def training_differences(fw: Run, bw: Run, steps_fw: int, steps_bw: int) -> list[str]:
     """What differs in how two comparable runs were trained (model, optimizer, batch, steps): notes,
     since δ then measures those differences along with the direction."""
-    found = []
+    found, other = [], second_order(bw)["label"]
     if steps_fw != steps_bw:
-        found.append(f"trained {steps_fw:,} steps forward and {steps_bw:,} backward")
+        found.append(f"trained {steps_fw:,} steps forward and {steps_bw:,} {other}")
     sections = [("model_params", k) for k in fw.model if k not in _KERNEL_KEYS]
     sections += [("optim_params", k) for k in fw.config.get("optim_params", {})]
     sections += [("training_params", k) for k in ("batch_size", "aggregate")]
     for section, key in sections:
         u, v = fw.config[section].get(key), bw.config[section].get(key)
         if u != v:
-            found.append(f"{section}.{key} {u!r} forward, {v!r} backward")
+            found.append(f"{section}.{key} {u!r} forward, {v!r} {other}")
     if not found:
         return []
-    return [f"the forward and backward runs of seed {fw.seed} differ: {'; '.join(found)}. δ measures that difference too, not the "
+    return [f"the forward and {other} runs of seed {fw.seed} differ: {'; '.join(found)}. δ measures that difference too, not the "
             f"direction alone{' (continue the shorter one with `arrows train CONFIG --more N`)' if steps_fw != steps_bw else ''}"]
 
 
@@ -296,7 +313,7 @@ def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
         pairs = json.loads(study.read_text())["pairs"]
         return [(Path(paths[0]) / p["fw"], Path(paths[0]) / p["bw"]) for p in pairs]
     if len(paths) % 2:
-        raise InputError(f"give a study folder, or forward and backward run folders in pairs (FW BW FW BW ...); got {len(paths)} paths")
+        raise InputError(f"give a study folder, or forward and backward (or permuted) run folders in pairs (FW BW FW BW ...); got {len(paths)} paths")
     return [(Path(paths[i]), Path(paths[i + 1])) for i in range(0, len(paths), 2)]
 
 
@@ -327,7 +344,7 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
 
     t, L = run.training, int(run.model["attn_length"])
     loader = WindowLoader(
-        t["dataset_folder"], L, batch_size, backward=run.direction == "backward", split="valid",
+        t["dataset_folder"], L, batch_size, backward=run.direction == "backward", permutation=run.permutation, split="valid",
         valid_fraction=t["valid_fraction"], stride=eval_stride(run), shuffle=False, drop_last=False,
         vocab_size=run.model["vocab_size"], device=device,
     )
@@ -357,7 +374,7 @@ def evaluate(run: Run, *, device: str, max_windows: int | None, batch_size: int 
     stream = None
     if keep_targets:
         starts = loader.window_starts(0)[:n_windows]
-        offsets = np.arange(L)[::-1] if run.direction == "backward" else np.arange(L)
+        offsets = np.arange(L)[::-1] if run.direction == "backward" else np.array(run.permutation or range(L))
         stream = starts[:, None] + offsets[None, :]
     return Evaluation(window_loss, position_sum / n_windows, stream, losses, n_windows * L, step)
 
@@ -509,7 +526,7 @@ def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float
 
 def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_windows: int | None = None,
                  resamples: int = 2000, seed: int = 0, reporter=None) -> dict:
-    """Evaluate each (forward, backward) pair on the same validation windows; the report dict."""
+    """Evaluate each (forward, backward or permuted) pair on the same validation windows; the report dict."""
     if max_windows is not None and (not isinstance(max_windows, (int, np.integer)) or max_windows < 2):
         raise InputError(f"max_windows must be an integer of at least 2 (or None: every window), not {max_windows!r}; an interval needs 2")
     _check_resamples(resamples)
@@ -517,8 +534,12 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
     problems = []
     for fw, bw in runs:
         problems += mismatches(fw, bw)
-    for fw, _ in runs[1:]:
+    for fw, other in runs[1:]:
         problems += setup_differences(runs[0][0], fw)  # every pair scores the same windows
+        if other.permutation != runs[0][1].permutation:  # ... in the same order
+            problems.append(f"{other.path} and {runs[0][1].path} read their windows in different orders "
+                            f"({second_order(other)['label']} and {second_order(runs[0][1])['label']}, or two permutations); "
+                            "the seeds of one comparison must share the second run's order")
     if problems:
         raise InputError("these runs cannot be compared:\n  " + "\n  ".join(problems))
     sidecar = synthetic_sidecar(runs[0][0])
@@ -527,10 +548,7 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
     for k, (fw, bw) in enumerate(runs):
         if reporter is not None:
             reporter.update("evaluating", k, len(runs), "pairs")
-        ev = {}
-        for run in (fw, bw):
-            ev[run.direction] = evaluate(run, device=device, max_windows=max_windows, keep_targets=sidecar is not None)
-        f, b = ev["forward"], ev["backward"]
+        f, b = (evaluate(run, device=device, max_windows=max_windows, keep_targets=sidecar is not None) for run in (fw, bw))
         assert f.tokens == b.tokens and len(f.window_loss) == len(b.window_loss)
         for run, e in ((fw, f), (bw, b)):
             if not np.isfinite(e.window_loss).all():
@@ -548,7 +566,7 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
             "loss_fw": float(f.window_loss.mean()), "loss_bw": float(b.window_loss.mean()),
             **stats, "tokens": f.tokens,
             "position_loss_fw": f.position_loss.tolist(), "position_loss_bw": b.position_loss.tolist(),
-            "curves": {"forward": _curves(fw), "backward": _curves(bw)},
+            "curves": {"forward": _curves(fw), second_order(bw)["label"]: _curves(bw)},
         }
         if sidecar is not None:
             # Identical spans: the same multiset of predicted stream positions.
@@ -556,11 +574,11 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
             if stream is None:
                 stream = StreamFields.around(fw, f, sidecar)
                 chance = stream.chance(f)
-            entry["fields"] = {"forward": stream.losses(f), "backward": stream.losses(b)}
+            entry["fields"] = {"forward": stream.losses(f), second_order(bw)["label"]: stream.losses(b)}
         entries.append(entry)
     unigram = unigram_entropy(runs[0][0])
     for e in entries:
-        for direction, key, path in (("forward", "loss_fw", "fw"), ("backward", "loss_bw", "bw")):
+        for direction, key, path in (("forward", "loss_fw", "fw"), (second_order(runs[0][1])["label"], "loss_bw", "bw")):
             if e[key] >= 0.99 * unigram:
                 notes.append(f"the {direction} run {e[path]} has not learned beyond token frequencies: loss {e[key]:.4f} ≥ {unigram:.4f}, the entropy of the validation tokens' frequencies")
     deltas = np.array([e["delta"] for e in entries])
@@ -587,9 +605,14 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
     summary["seed_low"], summary["seed_high"] = seed_interval(deltas, summary["delta"], summary["se"]) if len(deltas) > 1 else (None, None)
     report = {
         "data": runs[0][0].training["dataset_folder"], "attn_length": int(runs[0][0].model["attn_length"]),
-        "summary": summary, "pairs": entries, "notes": notes,
+        "second": second_order(runs[0][1]), "summary": summary, "pairs": entries, "notes": notes,
     }
-    if sidecar is not None:
+    if sidecar is not None and report["second"]["direction"] == "permutation":
+        # The language's expected arrow is between reading forward and backward; a permuted order
+        # has none to check against: the loss of each field of the line is reported, no verdict.
+        report["synthetic"] = {"kind": sidecar["kind"], "expected_arrow": None, "ideal": sidecar.get("nats_per_token", {}).get("ideal"),
+                               "chance_by_field": chance, "verdict": "No expected arrow against a permuted order: the loss of each field shows what each order learned."}
+    elif sidecar is not None:
         verdict, field_notes = _synthetic_verdict(sidecar, entries, chance, summary)
         report["synthetic"] = {"kind": sidecar["kind"], "expected_arrow": sidecar["expected_arrow"], "verdict": verdict,
                                "ideal": sidecar.get("nats_per_token", {}).get("ideal"), "chance_by_field": chance}

@@ -14,7 +14,20 @@ import numpy as np
 from arrows.errors import InputError
 
 FIGURES = {"curves": "curves.png", "positions": "loss_by_position.png", "delta": "delta.png"}
-COLOURS = {"forward": "tab:blue", "backward": "tab:orange"}
+COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "permuted": "tab:orange"}
+
+
+def second(report: dict) -> dict:
+    """The order of the report's second run (`compare.second_order`); reports written before
+    permuted runs could be compared have only backward ones."""
+    return report.get("second") or {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+
+
+def delta_meaning(report: dict) -> str:
+    """What δ > 0 says, for the report's second order."""
+    if second(report)["direction"] == "backward":
+        return "the backward model's loss is higher (an arrow favouring the forward direction)"
+    return "the model reading the windows in the permuted order has the higher loss (reading forward is easier)"
 
 
 def check_report_folder(out: Path) -> Path:
@@ -69,19 +82,20 @@ def _count(n: int, noun: str) -> str:
 
 def markdown(report: dict) -> str:
     s = report["summary"]
+    label, sym = second(report)["label"], second(report)["symbol"]
     lines = [
-        "# Arrow of time: forward vs backward",
+        f"# Arrow of time: forward vs {label}",
         "",
         f"Data: `{report['data']}`, window {report['attn_length']} tokens; both directions scored on the same "
         f"{_count(s['windows'], 'validation window')} ({_count(s['tokens'], 'token')}) per pair: disjoint windows over the "
         f"whole validation split, so the losses can differ from the `valid_loss` that training logs (its windows "
         f"overlap, and `valid_batches` may take only some of them).",
         "",
-        "| | forward | backward | δ = (L_bw − L_fw) / L_fw, 95% paired bootstrap interval |",
+        f"| | forward | {label} | δ = (L_{sym} − L_fw) / L_fw, 95% paired bootstrap interval |",
         "|---|---|---|---|",
         f"| validation loss (nats/token){', mean of the seeds' if len(report['pairs']) > 1 else ''} | {s['loss_fw']:.4f} | {s['loss_bw']:.4f} | {_fmt_delta(s)} |",
         "",
-        "δ > 0: the backward model's loss is higher (an arrow favouring the forward direction); δ is a ratio, the same "
+        f"δ > 0: {delta_meaning(report)}; δ is a ratio, the same "
         f"in nats or bits. The interval resamples the {_count(s['windows'], 'window')} (both directions together: paired; "
         f"in blocks of {s.get('block', 1)} neighbouring windows, which are alike in a text; "
         f"expanded percentile interval, {s.get('resamples', 0):,} resamples): it covers evaluation noise only, which "
@@ -96,13 +110,14 @@ def markdown(report: dict) -> str:
             + (f" **95% interval with training and evaluation noise: [{100 * s['seed_low']:+.2f}%, {100 * s['seed_high']:+.2f}%]** "
                f"(Student t over the {len(report['pairs'])} seeds' δ, combined with the windows' bootstrap error)." if s.get("seed_low") is not None else ""),
             "",
-            "| seed | forward | backward | δ [95% interval] |",
+            f"| seed | forward | {label} | δ [95% interval] |",
             "|---|---|---|---|",
         ]
         lines += [f"| {p['seed']} | {p['loss_fw']:.4f} | {p['loss_bw']:.4f} | {_fmt_delta(p)} |" for p in report["pairs"]]
     synth = report.get("synthetic")
     if synth:
-        lines += ["", f"## Synthetic language `{synth['kind']}`", "", f"Expected arrow: **{synth['expected_arrow']}**. {synth['verdict']}", ""]
+        expected = f"Expected arrow: **{synth['expected_arrow']}**. " if synth.get("expected_arrow") else ""
+        lines += ["", f"## Synthetic language `{synth['kind']}`", "", f"{expected}{synth['verdict']}", ""]
         if synth.get("ideal") is not None:
             lines.append(f"Best possible loss (the language's entropy, the same in both directions): {synth['ideal']:.4f} nats/token.")
             lines.append("")
@@ -110,7 +125,7 @@ def markdown(report: dict) -> str:
         if fields:
             names = list(fields["forward"])
             lines += ["Loss by field of the line (nats/token, first seed):", "", "| field | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-            for direction in ("forward", "backward"):
+            for direction in fields:
                 lines.append(f"| {direction} | " + " | ".join(f"{fields[direction][n]:.4f}" for n in names) + " |")
             lines.append("")
     if report["notes"]:
@@ -128,7 +143,9 @@ def markdown(report: dict) -> str:
         "## Runs",
         "",
     ]
-    lines += [f"- seed {p['seed']}: forward `{p['fw']}` (step {p['steps_fw']}), backward `{p['bw']}` (step {p['steps_bw']})" for p in report["pairs"]]
+    lines += [f"- seed {p['seed']}: forward `{p['fw']}` (step {p['steps_fw']}), {label} `{p['bw']}` (step {p['steps_bw']})" for p in report["pairs"]]
+    if second(report)["permutation"] is not None:
+        lines.append(f"- the permuted order (position k of its reading order is the window's position permutation[k]): {second(report)['permutation']}")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +166,7 @@ def _plot_curves(report: dict, path: Path) -> None:
         # One line style per seed (colour: the direction), named in the legend when there are several.
         style = ("-", "--", ":", "-.")[i % 4]
         seed = f", seed {p['seed']}" if len(pairs) > 1 else ""
-        for direction in ("forward", "backward"):
+        for direction in ("forward", second(report)["label"]):
             c = p["curves"][direction]
             if c["train"]:
                 steps, losses = zip(*c["train"])
@@ -164,7 +181,9 @@ def _plot_positions(report: dict, path: Path) -> None:
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # Each model's own reading order: position 0 of the backward model is the window's last token.
-    for direction, key, order in (("forward", "position_loss_fw", "from the window's start"), ("backward", "position_loss_bw", "from the window's end")):
+    other = second(report)["label"]
+    other_order = {"backward": "from the window's end", "permuted": "in its permuted order"}[other]
+    for direction, key, order in (("forward", "position_loss_fw", "from the window's start"), (other, "position_loss_bw", other_order)):
         curve = np.mean([p[key] for p in report["pairs"]], axis=0)
         ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=f"{direction} (reads {order})")
     seeds = len(report["pairs"])
@@ -199,7 +218,9 @@ def _plot_delta(report: dict, path: Path) -> None:
     title = "δ per seed, and their mean" if overall else "δ (95% paired bootstrap interval over windows)"
     if overall:  # under the axes: inside, it hid the ends of the intervals
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize="small")
-    finish_figure(plt, fig, ax, path, None, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)", title, legend=False)
+    sym, label = second(report)["symbol"], second(report)["label"]
+    finish_figure(plt, fig, ax, path, None, f"δ = (L_{sym} − L_fw) / L_fw  (%)\n> 0: {label} worse" + (" (forward arrow)" if label == "backward" else ""),
+                  title, legend=False)
 
 
 def finish_figure(plt, fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str, legend: bool = True) -> None:
