@@ -393,6 +393,21 @@ def test_study_refuses_a_directed_config(tmp_path):
     assert proc.returncode == 1 and "trains both directions itself" in proc.stderr
 
 
+def test_study_with_a_permutation_trains_forward_and_permuted(tmp_path):
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    permutation = [int(i) for i in np.random.default_rng(1).permutation(24)]
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5, permutation=permutation)))
+    proc = arrows("study", tmp_path / "cfg.json", "--out", tmp_path / "study")
+    assert "perm: training in the permuted order" in proc.stderr
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["pairs"] == [{"fw": "fw", "bw": "perm", "seed": 0}]
+    fw = json.loads((tmp_path / "study" / "fw" / "config.json").read_text())["training_params"]
+    perm = json.loads((tmp_path / "study" / "perm" / "config.json").read_text())["training_params"]
+    assert fw["permutation"] is None and perm["permutation"] == permutation and not fw["backwards"] and not perm["backwards"]
+    report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
+    assert report["second"]["permutation"] == permutation and "permuted" in proc.stdout
+
+
 def test_demo_runs_end_to_end(tmp_path):
     out = arrows("demo", "--out", tmp_path / "demo", "--steps", "20", env={"ARROWS_PROGRESS_SECONDS": "60"}).stdout
     for kind in ("sparse-linear", "sparse-linear-reversed", "reversible"):

@@ -390,7 +390,7 @@ def _load_train_config(config: Path, model: Optional[str], training_overrides: d
 @app.command()
 @friendly_errors
 def study(
-    config: Path = typer.Argument(..., help="A training config (as for `arrows train`), without backwards/permutation: the study trains both directions."),
+    config: Path = typer.Argument(..., help="A training config (as for `arrows train`), without backwards: the study trains both directions. With a permutation, the second run reads the windows in that order instead of backward."),
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train this many forward/backward pairs (seeds S, S+1, ...; S = training_params.seed). Default: the count the study folder records (study.json), else 1."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study folder (default <save_loc>/<config stem>). Running a study again resumes its runs."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override training_params.steps_to_train."),

@@ -3,7 +3,8 @@
 The two directions share everything but `backwards`: the initial weights (same seed), the order
 of the windows (same seed, same spans; the backward run reads each one flipped) and the split.
 A study folder holds `fw/` and `bw/` (with several seeds, `seed<S>/fw` and `seed<S>/bw`), the
-per-run configs, `study.json` and the comparison report in `report/`.
+per-run configs, `study.json` and the comparison report in `report/`. A config with a
+`permutation` makes the second run read each window in that order instead (`perm/`, not `bw/`).
 
 Runs are resumable: running the same study again continues each run from its checkpoint (a
 finished run has nothing to do), then compares again. The folder keeps its seed count.
@@ -35,22 +36,26 @@ class StudyRun:
 
 
 def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
-    """The runs of a study: for each seed, a forward and a backward copy of `config`."""
+    """The runs of a study: for each seed, a forward and a backward copy of `config` (or, when
+    the config has a `permutation`, a copy that reads the windows in that order)."""
     from dataclasses import replace
 
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, not {seeds}")
-    if config.training.backwards or config.training.permutation is not None:
+    if config.training.backwards:
         raise InputError(
-            f"{config.source_path}: a study trains both directions itself; remove training_params.backwards / permutation from the config"
+            f"{config.source_path}: a study trains both directions itself; remove training_params.backwards from the config "
+            "(a training_params.permutation makes the second run read the windows in that order instead of backward)"
         )
+    permutation = config.training.permutation
+    second = ("bw", dict(backwards=True)) if permutation is None else ("perm", dict(backwards=False, permutation=permutation))
     runs = []
     first = config.training.seed
     for k in range(seeds):
         seed = first + k
         prefix = study_dir if seeds == 1 else study_dir / f"seed{seed}"
-        for name, backwards in (("fw", False), ("bw", True)):
-            training = replace(config.training, backwards=backwards, seed=seed, save_loc=str(prefix), run_name=name)
+        for name, order in (("fw", dict(backwards=False, permutation=None)), second):
+            training = replace(config.training, seed=seed, save_loc=str(prefix), run_name=name, **order)
             runs.append(StudyRun(str(Path(prefix.relative_to(study_dir)) / name) if seeds > 1 else name, replace(config, training=training)))
     return runs
 
@@ -99,7 +104,9 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
     side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
     if not side_by_side:
         for r in runs:
-            print(f"── {r.name}: training {'backward' if r.config.training.backwards else 'forward'} → {study_dir / r.name}", file=sys.stderr, flush=True)
+            t = r.config.training
+            order = "backward" if t.backwards else "forward" if t.permutation is None else "in the permuted order"
+            print(f"── {r.name}: training {order} → {study_dir / r.name}", file=sys.stderr, flush=True)
             train(r.config, TrainOptions(device=device, gpus=gpus, compile=compile))
     else:
         # Forward and backward at the same time, each in its own process (and on its own GPUs).
