@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from conftest import arrows
@@ -60,17 +61,21 @@ def test_sweep_refuses_what_it_cannot_read_naming_the_way_out(context_sweep, tmp
     assert twice.returncode == 1 and "give each study once" in twice.stderr
     neither = arrows("sweep", tmp / "ctx8", tmp / "tokens", "--out", tmp_path / "c", check=False)
     assert neither.returncode == 1 and "neither a study folder" in " ".join(neither.stderr.split())
-    # Trained further since its report: the report no longer describes the runs.
-    ckpt = tmp / "ctx16" / "bw" / "checkpoints" / "latest.pt"
-    written = ckpt.stat().st_mtime
-    os.utime(ckpt, (written + 3600, written + 3600))
-    try:
-        stale = arrows("sweep", tmp / "ctx8", tmp / "ctx16", "--out", tmp_path / "d", check=False)
-    finally:
-        os.utime(ckpt, (written, written))
+    # Trained further since its report: the report no longer describes the runs. (A copy of the
+    # folders, which gives every file a new time, is not taken for that.)
+    copy = tmp_path / "copy"
+    for name in ("ctx8", "ctx16"):
+        shutil.copytree(tmp / name, copy / name, copy_function=shutil.copy)  # times not kept
+    os.utime(copy / "ctx16" / "report" / "report.json", (1, 1))  # older than every checkpoint
+    arrows("sweep", copy / "ctx8", copy / "ctx16", "--out", tmp_path / "copied")
+    report = copy / "ctx16" / "report" / "report.json"
+    stale_report = json.loads(report.read_text())
+    stale_report["pairs"][0]["steps_bw"] = 10
+    report.write_text(json.dumps(stale_report))
+    stale = arrows("sweep", copy / "ctx8", copy / "ctx16", "--out", tmp_path / "d", check=False)
     message = " ".join(stale.stderr.split())
-    assert stale.returncode == 1 and str(ckpt) in message and f"arrows compare {tmp / 'ctx16'}" in message, message
-    assert not (tmp_path / "d" / "sweep.json").exists()
+    assert stale.returncode == 1 and f"evaluated {copy / 'ctx16' / 'bw'} at step 10, and its checkpoint is now at step 20" in message, message
+    assert f"arrows compare {copy / 'ctx16'}" in message and not (tmp_path / "d" / "sweep.json").exists()
     # A report folder that compare --out wrote is read as a study's own.
     arrows("compare", tmp / "ctx32" / "fw", tmp / "ctx32" / "bw", "--out", tmp_path / "ctx32_report")
     arrows("sweep", tmp / "ctx8", tmp_path / "ctx32_report", "--out", tmp_path / "e")

@@ -487,7 +487,7 @@ def print_table(report: dict, title: str | None = None) -> None:
              "interval, as a table, sweep.md, sweep.json and sweep.png (δ against the setting that varies).")  # one line in --help
 @friendly_errors
 def sweep(
-    studies: List[Path] = typer.Argument(..., help="Two or more study folders (arrows study), or report folders that arrows compare --out wrote. Their reports are read, not recomputed; one older than its runs' checkpoints is refused, with the command that updates it."),
+    studies: List[Path] = typer.Argument(..., help="Two or more study folders (arrows study), or report folders that arrows compare --out wrote. Their reports are read, not recomputed; one that evaluated a run at another step than its checkpoint's now (trained further since) is refused, with the command that updates it."),
     out: Path = typer.Option(Path("arrows-sweep"), "--out", "-o", help="Folder for sweep.md, sweep.json and sweep.png (an earlier sweep's files there are replaced)."),
 ):
     """δ against the setting that differs between the studies: the one numeric setting that

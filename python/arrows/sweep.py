@@ -3,8 +3,8 @@
 interval, as a table (`sweep.md`, `sweep.json`) and as δ against the setting (`sweep.png`).
 
 It reads the reports that `arrows study` and `arrows compare` wrote and evaluates nothing itself,
-so a sweep over GPT-medium studies takes a second; a report older than its runs' checkpoints is
-refused, with the command that brings it up to date."""
+so a sweep over GPT-medium studies takes a second; a report that evaluated a run at another step
+than its checkpoint's now is refused, with the command that brings it up to date."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ class Study:
 
 
 def _locate(path: Path) -> tuple[Path, list[Path], str]:
-    """(report.json, the run folders it was computed from, what to run to redo it) for an argument:
-    a study folder, a report folder (compare's --out) or a report.json."""
+    """(report.json, the run folders it was computed from, in its pairs' order (fw, bw, fw, ...),
+    what to run to redo it) for an argument: a study folder, a report folder (compare's --out) or
+    a report.json."""
     from arrows.study import STUDY_FILE
 
     path = Path(path)
@@ -54,16 +55,20 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
 
 
 def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
-    """Why a study's report cannot be used as it is, or None."""
-    from arrows.checkpoint import LATEST
+    """Why a study's report cannot be used as it is, or None. A report is out of date when a
+    run's checkpoint is at another step than the one it evaluated (trained further since): the
+    steps, not the files' times, which a copy of the folder changes."""
+    from arrows.checkpoint import LATEST, saved_step
 
     if not report_path.is_file():
         return f"{report_path.parent.parent}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
-    written = report_path.stat().st_mtime
-    for run in runs:
+    pairs = json.loads(report_path.read_text()).get("pairs", [])
+    evaluated = [p.get(key) for p in pairs for key in ("steps_fw", "steps_bw")]
+    for run, step in zip(runs, evaluated):
         ckpt = run / "checkpoints" / LATEST
-        if ckpt.is_file() and ckpt.stat().st_mtime > written:
-            return f"{report_path}: older than {ckpt} (trained further since): run `{redo}` to bring it up to date"
+        now = saved_step(ckpt) if ckpt.is_file() else None  # runs moved away: the report as it is
+        if now is not None and step is not None and now != step:
+            return f"{report_path}: evaluated {run} at step {step:,}, and its checkpoint is now at step {now:,}: run `{redo}` to bring it up to date"
     return None
 
 
