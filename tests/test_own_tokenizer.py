@@ -208,6 +208,34 @@ def test_windows_begin_with_the_tokenizers_own_bos_without_endoftext(tmp_path, m
     assert "training windows will begin with" in proc.stderr
 
 
+def test_bos_chosen_by_its_text(tmp_path):
+    """--bos picks the token windows begin with; a name that is no token is refused before
+    anything is written, with the special tokens listed; a store keeps the BOS it was started
+    with (a resume with another --bos is refused, one without --bos keeps it)."""
+    from arrows.loader import WindowLoader
+
+    texts = corpus_texts()
+    tok = build("wordpiece", texts)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    files, out = write_corpus(tmp_path, texts), tmp_path / "store"
+    common = ("tokenize", *files, "--out", out, "--tokenizer", tmp_path / "tokenizer.json", "--shard-bytes", "20KB")
+    wrong = arrows(*common, "--bos", "<s>", check=False)
+    message = " ".join(wrong.stderr.split())
+    assert wrong.returncode == 1 and '--bos "<s>": not a token of the tokenizer' in message and '"[CLS]"' in message, message
+    assert not (out / "manifest.json").exists() and not list(out.glob("shard_*"))
+    sep = tok.token_to_id("[SEP]")
+    proc = arrows(*common, "--bos", "[SEP]")
+    assert TokenStore(out).bos_id == sep and WindowLoader(out, 16, 2).bos_id == sep
+    assert f'begin with "[SEP]" (id {sep}) as their BOS: chosen with --bos' in " ".join(proc.stderr.split())
+    refused = arrows(*common, "--resume", "--bos", "[CLS]", check=False)
+    assert refused.returncode == 1 and "was started with another BOS" in " ".join(refused.stderr.split())
+    arrows(*common, "--resume")
+    assert TokenStore(out).bos_id == sep
+    # An ordinary token by its vocabulary text, with the bytes tokenizer: "a" is byte 97, id 98.
+    arrows("tokenize", files[1], "--out", tmp_path / "bytes", "--tokenizer", "bytes", "--bos", "a")
+    assert TokenStore(tmp_path / "bytes").bos_id == 98
+
+
 def test_a_folder_given_for_the_tokenizer_names_the_file_inside(tmp_path):
     build("wordpiece", corpus_texts()).save(str(tmp_path / "tokenizer.json"))
     corpus = write_corpus(tmp_path, ["some text\n"])

@@ -89,6 +89,7 @@ def tokenize(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT after its last complete shard; the result is identical to an uninterrupted run. Refused if the inputs or options differ."),
     force: bool = typer.Option(False, "--force", help="Start over in a non-empty OUT, deleting the arrows files there."),
     h5: bool = typer.Option(False, "--h5", help="Also write OUT/tokens.h5 (dataset 'tokens', int32), the reference code's format."),
+    bos: Optional[str] = typer.Option(None, "--bos", help="The token every training window begins with, by its text (e.g. '<s>'). Default: <|endoftext|> when the tokenizer has it as a special token, else its own BOS (what its post-processor puts first, or a special token named <s>, <bos>, ...), else id 0. A store keeps the BOS it was started with."),
 ):
     """Train a byte-level BPE tokenizer (or use one) and encode text into memory-mapped token shards."""
     from arrows.progress import Reporter, human_bytes, human_seconds
@@ -107,7 +108,7 @@ def tokenize(
         s = run(
             inputs, out, tokenizer=spec, vocab_size=50257 if vocab_size is None else vocab_size, sample_bytes=parse_size(sample_bytes, "--sample-bytes"),
             seed=seed, threads=threads, shard_bytes=parse_size(shard_bytes, "--shard-bytes"), strict_utf8=strict_utf8,
-            resume=resume, force=force, h5=h5, reporter=reporter,
+            resume=resume, force=force, bos=bos, h5=h5, reporter=reporter,
         )
     tokens, nbytes = s["tokens"], s["input_bytes"]
     if s["replaced_bytes"] > nbytes / 100:

@@ -29,13 +29,16 @@ def tokenize(
     strict_utf8: bool = False,
     resume: bool = False,
     force: bool = False,
+    bos: str | None = None,
     h5: bool = False,
     reporter: Reporter | None = None,
 ) -> dict:
     """Tokenize `inputs` into the token store `out`; returns the summary dict.
 
     `tokenizer` is "train" (learn a byte-level BPE on a sample), "bytes" (no merges), or the path
-    of a tokenizer.json. Ctrl-C stops the job cleanly (CancelledError); `resume=True` continues.
+    of a tokenizer.json. `bos` names the token every training window begins with, by its text
+    (default: `<|endoftext|>`, else the tokenizer's own; see the README). Ctrl-C stops the job
+    cleanly (CancelledError); `resume=True` continues.
     """
     job = _arrows.TokenizeJob(
         [str(p) for p in inputs],
@@ -50,6 +53,7 @@ def tokenize(
         strict_utf8=strict_utf8,
         resume=resume,
         force=force,
+        bos=bos,
     )
     outcome: dict = {}
     finished = threading.Event()

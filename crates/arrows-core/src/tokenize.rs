@@ -50,6 +50,9 @@ pub struct TokenizeOptions {
     pub strict_utf8: bool,
     pub resume: bool,
     pub force: bool,
+    /// The token every training window begins with, by its text (`--bos`); None: the tokenizer's
+    /// (`Tokenizer::bos_id`). A store keeps the BOS it was started with.
+    pub bos: Option<String>,
 }
 
 /// What the job is doing, for progress display.
@@ -201,6 +204,14 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         TokenizerSpec::File(path) => Some(Tokenizer::from_file(path)?),
         _ => None,
     };
+    // A --bos that names no token of a tokenizer known now is said before anything is written
+    // (a trained tokenizer's tokens are known once it is trained).
+    if let (Some(name), Some(t)) = (&opts.bos, &given) {
+        t.token_id_for_bos(name)?;
+    }
+    if let (Some(name), TokenizerSpec::Bytes) = (&opts.bos, &opts.tokenizer) {
+        Tokenizer::from_bpe(&ByteBpe::bytes_only()).token_id_for_bos(name)?;
+    }
     let mut notes = Vec::new();
     let mut train_seconds = None;
 
@@ -229,6 +240,17 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
             if hex(tokenizer.hash) != manifest.tokenizer.hash {
                 return Err(Error::corrupt(out.join(TOKENIZER_FILE), "does not match the manifest's tokenizer hash: the folder was altered; start over with --force"));
             }
+            if let Some(name) = &opts.bos {
+                let id = tokenizer.token_id_for_bos(name)?;
+                if Some(id) != manifest.tokenizer.bos_id {
+                    let recorded = manifest.tokenizer.bos_id.map_or("none (id 0)".to_owned(), |b| format!("id {b}"));
+                    return Err(Error::Input(format!(
+                        "--bos {name} (id {id}): {} was started with another BOS ({recorded}), which its windows begin with; \
+                         resume without --bos, or start over with --force",
+                        out.display()
+                    )));
+                }
+            }
             keep_valid_shards(out, &mut manifest, tokenizer.hash, &mut notes);
             (tokenizer, manifest)
         }
@@ -244,6 +266,10 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
                 (None, _) => (Tokenizer::from_bpe(&ByteBpe::bytes_only()), None),
             };
             train_seconds = training.as_ref().map(|t| t.1);
+            let bos_id = match &opts.bos {
+                Some(name) => Some(tokenizer.token_id_for_bos(name)?),
+                None => tokenizer.bos_id,
+            };
             write_atomic(&out.join(TOKENIZER_FILE), tokenizer.json.as_bytes())?;
             let manifest = Manifest {
                 format: crate::manifest::FORMAT.into(),
@@ -252,7 +278,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
                     file: TOKENIZER_FILE.into(),
                     hash: hex(tokenizer.hash),
                     vocab_size: tokenizer.vocab_size,
-                    bos_id: tokenizer.bos_id,
+                    bos_id,
                 },
                 dtype: Dtype::for_vocab(tokenizer.vocab_size).name().into(),
                 settings,
@@ -269,7 +295,7 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         }
     };
 
-    notes.extend(tokenizer.bos_note(manifest.tokenizer.bos_id));
+    notes.extend(tokenizer.bos_note(manifest.tokenizer.bos_id, opts.bos.is_some()));
     let resumed_at = manifest.next_input_offset();
     let encode_start = Instant::now();
     encode_corpus(opts, corpus, &tokenizer, &mut manifest, progress)?;

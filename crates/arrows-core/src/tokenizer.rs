@@ -122,7 +122,8 @@ impl Tokenizer {
     /// What the user should know of the BOS that a store made with this tokenizer records
     /// (`recorded`, the manifest's `bos_id`) when it is not `<|endoftext|>`: which token it is and
     /// why it was chosen, or that windows begin with id 0, whatever that is.
-    pub fn bos_note(&self, recorded: Option<u32>) -> Option<String> {
+    /// `chosen`: the BOS was given with `--bos`.
+    pub fn bos_note(&self, recorded: Option<u32>, chosen: bool) -> Option<String> {
         if recorded.is_some() && recorded == self.end_of_text {
             return None;
         }
@@ -140,8 +141,33 @@ impl Tokenizer {
             });
         };
         let (name, _) = token_name(&doc, id);
-        let why = own_bos(&self.json).filter(|b| b.id == id).map_or("recorded when the store was started", |b| b.why);
+        let why = match own_bos(&self.json).filter(|b| b.id == id) {
+            _ if chosen => "chosen with --bos",
+            Some(b) => b.why,
+            None => "recorded when the store was started",
+        };
         Some(format!("the tokenizer has no <|endoftext|>, so training windows will begin with {name:?} (id {id}) as their BOS: {why}"))
+    }
+
+    /// The id of the token whose text is `name` (a special token's content, or a vocabulary
+    /// entry as tokenizer.json writes it: `Ġthe` in a byte-level BPE), for `--bos`; an error
+    /// that lists the special tokens when there is none.
+    pub fn token_id_for_bos(&self, name: &str) -> Result<u32> {
+        let doc: Value = serde_json::from_str(&self.json).map_err(|e| Error::Input(format!("tokenizer.json: {e}")))?;
+        let added = doc.get("added_tokens").and_then(Value::as_array).cloned().unwrap_or_default();
+        let of_added = added.iter().find(|t| t.get("content").and_then(Value::as_str) == Some(name)).and_then(|t| t.get("id")?.as_u64());
+        let vocab = doc.get("model").and_then(|m| m.get("vocab"));
+        let of_vocab = match vocab {
+            Some(Value::Object(map)) => map.get(name).and_then(Value::as_u64),
+            Some(Value::Array(pieces)) => pieces.iter().position(|p| p.get(0).and_then(Value::as_str) == Some(name)).map(|i| i as u64),
+            _ => None,
+        };
+        if let Some(id) = of_added.or(of_vocab).and_then(|id| u32::try_from(id).ok()).filter(|&id| (id as usize) < self.vocab_size) {
+            return Ok(id);
+        }
+        let specials: Vec<String> = added.iter().filter_map(|t| t.get("content")?.as_str()).take(12).map(|c| format!("{c:?}")).collect();
+        let listed = if specials.is_empty() { "it has no special tokens".to_owned() } else { format!("its special tokens: {}", specials.join(", ")) };
+        Err(Error::Input(format!("--bos {name:?}: not a token of the tokenizer ({listed}); give a token's text as tokenizer.json writes it")))
     }
 
     /// Whether a text can be cut anywhere at all (else each file is encoded whole, in one piece).

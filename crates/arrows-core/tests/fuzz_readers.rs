@@ -365,7 +365,7 @@ fn a_shard_or_tokenizer_from_another_run_is_named() {
 
 /// One thread, shards of 2,500 input bytes: a small input makes several shards.
 fn small_shards(input: PathBuf, out: PathBuf, tokenizer: TokenizerSpec) -> TokenizeOptions {
-    TokenizeOptions { inputs: vec![input], out, tokenizer, threads: 1, shard_bytes: 2500, chunk_bytes: 500, strict_utf8: false, resume: false, force: false }
+    TokenizeOptions { inputs: vec![input], out, tokenizer, threads: 1, shard_bytes: 2500, chunk_bytes: 500, strict_utf8: false, resume: false, force: false, bos: None }
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn options(inputs: Vec<PathBuf>, out: &Path) -> TokenizeOptions {
         strict_utf8: false,
         resume: false,
         force: false,
+        bos: None,
     }
 }
 

@@ -55,7 +55,7 @@ struct TokenizeJob {
 #[pymethods]
 impl TokenizeJob {
     #[new]
-    #[pyo3(signature = (inputs, out, *, tokenizer="train", vocab_size=50257, sample_bytes=1_000_000_000, seed=0, min_frequency=2, threads=0, shard_bytes=128<<20, strict_utf8=false, resume=false, force=false))]
+    #[pyo3(signature = (inputs, out, *, tokenizer="train", vocab_size=50257, sample_bytes=1_000_000_000, seed=0, min_frequency=2, threads=0, shard_bytes=128<<20, strict_utf8=false, resume=false, force=false, bos=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         inputs: Vec<PathBuf>,
@@ -70,13 +70,14 @@ impl TokenizeJob {
         strict_utf8: bool,
         resume: bool,
         force: bool,
+        bos: Option<String>,
     ) -> Self {
         let tokenizer = match tokenizer {
             "train" => TokenizerSpec::Train { vocab_size, sample_bytes, seed, min_frequency },
             "bytes" => TokenizerSpec::Bytes,
             path => TokenizerSpec::File(PathBuf::from(path)),
         };
-        let options = TokenizeOptions { inputs, out, tokenizer, threads, shard_bytes, chunk_bytes: CHUNK_BYTES, strict_utf8, resume, force };
+        let options = TokenizeOptions { inputs, out, tokenizer, threads, shard_bytes, chunk_bytes: CHUNK_BYTES, strict_utf8, resume, force, bos };
         TokenizeJob { options, progress: Arc::new(Progress::default()) }
     }
 
