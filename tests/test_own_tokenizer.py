@@ -192,7 +192,7 @@ def test_windows_begin_with_the_tokenizers_own_bos_without_endoftext(tmp_path, m
     if name is None:
         assert TokenStore(out).bos_id is None
         assert f'training windows will begin with id 0 ("{tok.id_to_token(0)}") as their BOS, {why}' in note, note
-        assert ("add <|endoftext|>" in note) == (kind == "nospecial"), note
+        assert ("--bos TOKEN" in note and "add <|endoftext|>" in note) == (kind == "nospecial"), note
         assert "BOS id 0 (no BOS of the tokenizer's own)" in arrows("inspect", out).stdout
     else:
         assert bos > 0 and TokenStore(out).bos_id == bos

@@ -135,8 +135,8 @@ impl Tokenizer {
                 format!("{head}, one of its special tokens")
             } else {
                 format!(
-                    "{head}, a token of the text itself; for a BOS of their own, add <|endoftext|> to the tokenizer \
-                     (Tokenizer.add_special_tokens([\"<|endoftext|>\"]) keeps every other id) and tokenize again"
+                    "{head}, a token of the text itself; to choose another, tokenize again with --bos TOKEN and --force, \
+                     or add <|endoftext|> to the tokenizer (Tokenizer.add_special_tokens([\"<|endoftext|>\"]) keeps every other id)"
                 )
             });
         };
