@@ -279,3 +279,23 @@ def test_a_tokenizer_that_cannot_cut_is_refused_a_file_too_large_for_the_memory(
         assert f"{corpus}: this tokenizer cannot cut a text" in text and "split the input into files of at most" in text, proc.stderr
     finally:
         group.rmdir()
+
+
+def test_bos_naming_what_the_store_began_with_resumes_and_a_chosen_bos_is_not_said_to_replace_a_missing_endoftext(tmp_path):
+    """A store that recorded no BOS begins its windows with id 0: a resume with --bos naming the
+    token at id 0 is the same BOS, not 'another' (it was refused). And a token chosen with --bos
+    over a tokenizer's <|endoftext|> is said to be that: the note said the tokenizer had none."""
+    texts = [random_text(21, 20_000, specials=False)]
+    build("unigram", texts).save(str(tmp_path / "tokenizer.json"))  # <pad> at id 0, no BOS of its own
+    files, out = write_corpus(tmp_path, texts), tmp_path / "store"
+    common = ("tokenize", *files, "--out", out, "--tokenizer", tmp_path / "tokenizer.json")
+    arrows(*common)
+    assert TokenStore(out).bos_id is None
+    arrows(*common, "--resume", "--bos", "<pad>")
+    refused = arrows(*common, "--resume", "--bos", "<unk>", check=False)
+    assert refused.returncode == 1 and "was started with another BOS" in " ".join(refused.stderr.split())
+    for resume in ((), ("--resume",)):
+        extra = ("--bos", "a") if not resume else ()
+        proc = arrows("tokenize", *files, "--out", tmp_path / "bytes", "--tokenizer", "bytes", *extra, *resume)
+        note = " ".join(proc.stderr.split())
+        assert "has no <|endoftext|>" not in note and "not the tokenizer's <|endoftext|> (id 0)" in note, note

@@ -242,10 +242,11 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
             }
             if let Some(name) = &opts.bos {
                 let id = tokenizer.token_id_for_bos(name)?;
-                if Some(id) != manifest.tokenizer.bos_id {
+                // A store that recorded no BOS begins its windows with id 0: --bos naming id 0 is that one.
+                if id != manifest.tokenizer.bos_id.unwrap_or(0) {
                     let recorded = manifest.tokenizer.bos_id.map_or("none (id 0)".to_owned(), |b| format!("id {b}"));
                     return Err(Error::Input(format!(
-                        "--bos {name} (id {id}): {} was started with another BOS ({recorded}), which its windows begin with; \
+                        "--bos {name:?} (id {id}): {} was started with another BOS ({recorded}), which its windows begin with; \
                          resume without --bos, or start over with --force",
                         out.display()
                     )));

@@ -146,7 +146,12 @@ impl Tokenizer {
             Some(b) => b.why,
             None => "recorded when the store was started",
         };
-        Some(format!("the tokenizer has no <|endoftext|>, so training windows will begin with {name:?} (id {id}) as their BOS: {why}"))
+        // A BOS other than the tokenizer's <|endoftext|> was chosen with --bos (now, or when the store
+        // was started): the note must not say the tokenizer lacks it.
+        Some(match self.end_of_text {
+            Some(eot) => format!("training windows will begin with {name:?} (id {id}) as their BOS, not the tokenizer's <|endoftext|> (id {eot}): {why}"),
+            None => format!("the tokenizer has no <|endoftext|>, so training windows will begin with {name:?} (id {id}) as their BOS: {why}"),
+        })
     }
 
     /// The id of the token whose text is `name` (a special token's content, or a vocabulary
