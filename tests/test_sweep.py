@@ -83,6 +83,40 @@ def test_sweep_refuses_what_it_cannot_read_naming_the_way_out(context_sweep, tmp
     assert [(r["study"], r["x"]) for r in mixed["studies"]] == [("ctx8", 8), ("ctx32_report", 32)]
 
 
+def test_a_study_of_a_permuted_order_is_told_from_a_backward_one(context_sweep, tmp_path):
+    """A sweep over a backward study and one whose second run read a permutation showed the
+    permuted loss under L_bw and "backward worse", the order nowhere (not a setting that varied);
+    and a table wider than the terminal squeezed the study names to nothing and cut the figures
+    short ("3.79…")."""
+    tmp = context_sweep
+    second = {"direction": "permutation", "label": "permuted", "symbol": "perm", "permutation": [1, 0, *range(2, 16)]}
+    for name, permutation in (("perm_a", second["permutation"]), ("perm_b", second["permutation"]), ("perm_c", [*range(15), 15][::-1])):
+        shutil.copytree(tmp / "ctx16", tmp_path / name)  # the report alone tells a permuted study (sweep reads no run's order)
+        report = json.loads((tmp_path / name / "report" / "report.json").read_text())
+        report["second"] = {**second, "permutation": permutation}
+        (tmp_path / name / "report" / "report.json").write_text(json.dumps(report))
+    mixed = arrows("sweep", tmp / "ctx8", tmp / "ctx16", tmp_path / "perm_a", "--out", tmp_path / "mixed", env={"COLUMNS": "80"})
+    result = json.loads((tmp_path / "mixed" / "sweep.json").read_text())
+    assert result["varying"] == ["study.second_run", "model_params.attn_length"] and result["axis"] is None and result["second"] is None
+    assert [(r["study"], r["settings"]["study.second_run"]) for r in result["studies"]] == [("ctx8", "backward"), ("ctx16", "backward"), ("perm_a", "permuted")]
+    md = (tmp_path / "mixed" / "sweep.md").read_text()
+    assert "| study | second_run | attn_length |" in md and "| L_fw | L_2nd |" in md and "backward model is worse" not in md
+    for r in result["studies"]:  # every study and figure whole, though wider than 80 columns
+        assert r["study"] in mixed.stdout and f"{r['loss_bw']:.4f}" in mixed.stdout and f"{100 * r['high']:+.2f}]" in mixed.stdout, mixed.stdout
+    # Permuted studies only: no column for the order; the loss and δ say permuted.
+    arrows("sweep", tmp_path / "perm_a", tmp_path / "perm_b", "--out", tmp_path / "perm")
+    result = json.loads((tmp_path / "perm" / "sweep.json").read_text())
+    assert result["varying"] == [] and result["second"] == "permuted"
+    md = (tmp_path / "perm" / "sweep.md").read_text()
+    assert "δ = (L_perm − L_fw) / L_fw; > 0: the permuted model is worse." in md and "| L_fw | L_perm |" in md
+    # Two permutations of one window length: the order varies, numbered (sweep.json has each).
+    from arrows.sweep import sweep
+
+    result = sweep([tmp_path / "perm_a", tmp_path / "perm_c"])
+    assert result["varying"] == ["study.second_run"] and [r["settings"]["study.second_run"] for r in result["studies"]] == ["permuted #1", "permuted #2"]
+    assert result["studies"][1]["permutation"] == list(range(16))[::-1]
+
+
 def _study(name, **settings):
     return Study(name=name, report_path=None, report={}, settings={f"model_params.{k}" if k != "dataset_folder" else
                                                                    "training_params.dataset_folder": v for k, v in settings.items()})

@@ -20,6 +20,16 @@ SWEEP_FILES = {"json": "sweep.json", "markdown": "sweep.md", "figure": "sweep.pn
 # Settings that name a run rather than describe it: never "the setting that varies".
 _RUN_IDENTITY = {"run_name", "save_loc", "state_save_loc", "backwards", "permutation", "wandb"}
 
+# The order of a study's second run (backward, or a permutation), a setting of the study rather
+# than of its forward run's config: a column when it differs between the studies.
+ORDER_KEY = "study.second_run"
+_BACKWARD = {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+
+
+def second_run(report: dict) -> dict:
+    """How a report's second run reads its windows (reports written before permutations: backward)."""
+    return report.get("second") or _BACKWARD
+
 
 @dataclass
 class Study:
@@ -136,6 +146,23 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _mark_orders(studies: list[Study]) -> None:
+    """When the studies' second runs read in different orders (backward and permuted, or two
+    permutations of one window length), that order is a setting that varies: δ measures another
+    thing in each. Permutations of different window lengths differ of necessity (a permuted
+    context sweep): they are all "permuted"."""
+    seconds = [second_run(s.report) for s in studies]
+    names = [x["label"] for x in seconds]
+    perms = list(dict.fromkeys(json.dumps(x["permutation"]) for x in seconds if x["permutation"] is not None))
+    lengths = [len(json.loads(p)) for p in perms]
+    if len(set(lengths)) < len(lengths):  # two permutations of one length: numbered, the json has them
+        names = [n if x["permutation"] is None else f"{n} #{perms.index(json.dumps(x['permutation'])) + 1}" for n, x in zip(names, seconds)]
+    if len(set(names)) < 2:
+        return
+    for s, name in zip(studies, names):
+        s.settings = {ORDER_KEY: name, **s.settings}
+
+
 def sweep_axis(studies: list[Study], varying: list[str]) -> tuple[str, list[float]] | None:
     """What δ is drawn against: the one numeric setting that varies (a context length); else the
     parameter count when the models differ in size on the same data and window (a model-size
@@ -143,7 +170,7 @@ def sweep_axis(studies: list[Study], varying: list[str]) -> tuple[str, list[floa
     side by side (languages, or several settings at once)."""
     if len(varying) == 1 and all(_number(s.settings.get(varying[0])) for s in studies):
         return varying[0].split(".", 1)[1], [float(s.settings[varying[0]]) for s in studies]
-    same_data_and_window = not {"training_params.dataset_folder", "model_params.attn_length", "model_params.desired_attn_length"} & set(varying)
+    same_data_and_window = not {"training_params.dataset_folder", "model_params.attn_length", "model_params.desired_attn_length", ORDER_KEY} & set(varying)
     sizes = [s.parameters for s in studies]
     if same_data_and_window and all(sizes) and len(set(sizes)) == len(sizes):
         return "parameters", [float(n) for n in sizes]
@@ -162,6 +189,7 @@ def sweep(paths: list[Path]) -> dict:
     """The sweep of the studies at `paths` (study folders, or report folders of `arrows compare`)
     as a dict: what varies, and each study's figures, sorted along the axis when there is one."""
     studies = load_studies(paths)
+    _mark_orders(studies)
     varying = varying_settings(studies)
     axis = sweep_axis(studies, varying)
     rows = []
@@ -174,10 +202,20 @@ def sweep(paths: list[Path]) -> dict:
             "windows": summary["windows"], "seeds": summary.get("seeds", len(s.report.get("pairs", [])) or 1),
             "loss_fw": summary["loss_fw"], "loss_bw": summary["loss_bw"], "delta": summary["delta"],
             "low": low, "high": high, "interval": noise, "notes": len(s.report.get("notes", [])),
+            "second": second_run(s.report)["label"], "permutation": second_run(s.report)["permutation"],
         })
     if axis:
         rows.sort(key=lambda r: r["x"])
-    return {"varying": varying, "axis": axis[0] if axis else None, "studies": rows}
+    labels = {r["second"] for r in rows}
+    return {"varying": varying, "axis": axis[0] if axis else None, "second": labels.pop() if len(labels) == 1 else None, "studies": rows}
+
+
+def _words(result: dict) -> tuple[str, str, str]:
+    """The second runs' loss symbol, word and phrase: backward (bw), permuted (perm), or both."""
+    second = result.get("second", "backward")
+    if second is None:
+        return "2nd", "second run", "the second run's model (backward or permuted: its second_run column)"
+    return ("bw", "backward", "the backward model") if second == "backward" else ("perm", second, f"the {second} model")
 
 
 def write_sweep(result: dict, out: Path) -> dict:
@@ -203,15 +241,17 @@ def _value(v) -> str:
 def markdown(result: dict) -> str:
     rows, varying = result["studies"], result["varying"]
     varies = ", ".join(f"`{_short(k)}`" for k in varying) or "nothing (the same settings: repeated studies)"
+    sym, _, name = _words(result)
+    arrow = " (a forward arrow)" if sym == "bw" else ""
     lines = [
         "# Arrow of time across studies",
         "",
-        f"Settings that differ between the studies: {varies}. δ = (L_bw − L_fw) / L_fw; > 0: the backward model is "
-        "worse (a forward arrow). Each study's interval is its report's 95% interval: with several seeds the one that "
+        f"Settings that differ between the studies: {varies}. δ = (L_{sym} − L_fw) / L_fw; > 0: {name} is "
+        f"worse{arrow}. Each study's interval is its report's 95% interval: with several seeds the one that "
         "includes training noise, else the paired bootstrap over validation windows (evaluation noise only: another "
         "seed can land outside it).",
         "",
-        "| study | " + "".join(f"{_short(k)} | " for k in varying) + "parameters | windows | seeds | L_fw | L_bw | δ | 95% interval | noise covered |",
+        "| study | " + "".join(f"{_short(k)} | " for k in varying) + f"parameters | windows | seeds | L_fw | L_{sym} | δ | 95% interval | noise covered |",
         "|---|" + "---|" * len(varying) + "---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -252,7 +292,8 @@ def _plot(result: dict, path: Path) -> None:
     kinds = sorted({r["interval"] for r in rows})
     ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5, label="95% interval: " + "; ".join(kinds))
     ax.axhline(0, color="grey", lw=1)
-    finish_figure(plt, fig, ax, path, axis, "δ = (L_bw − L_fw) / L_fw  (%)\n> 0: backward worse (forward arrow)",
+    sym, name, _ = _words(result)
+    finish_figure(plt, fig, ax, path, axis, f"δ = (L_{sym} − L_fw) / L_fw  (%)\n> 0: {name} worse" + (" (forward arrow)" if sym == "bw" else ""),
                   f"Arrow of time by {axis or 'study'}")
 
 
@@ -261,11 +302,12 @@ def print_sweep(result: dict) -> None:
     from rich.table import Table
 
     varying = result["varying"]
+    sym, name, _ = _words(result)
     table = Table(title="arrow of time across studies", title_justify="left",
-                  caption="loss in nats/token; δ = (L_bw − L_fw) / L_fw, > 0: backward worse; 95% interval of each study's "
+                  caption=f"loss in nats/token; δ = (L_{sym} − L_fw) / L_fw, > 0: {name} worse; 95% interval of each study's "
                           "report (with training noise when it has several seeds)", caption_justify="left")
     seeds = any(r["seeds"] > 1 for r in result["studies"])
-    columns = ("study", *map(_short, varying), "parameters", *(("seeds",) if seeds else ()), "L_fw", "L_bw", "δ [95% interval]")
+    columns = ("study", *map(_short, varying), "parameters", *(("seeds",) if seeds else ()), "L_fw", f"L_{sym}", "δ [95% interval]")
     for col in columns:  # headers whole; a long study name folds rather than pushing the figures off
         table.add_column(col, justify="left" if col == "study" else "right", min_width=len(col),
                          overflow="fold" if col == "study" else "ellipsis", no_wrap=col != "study")
@@ -273,5 +315,12 @@ def print_sweep(result: dict) -> None:
         table.add_row(r["study"], *(_value(r["settings"][k]) for k in varying), _value(r["parameters"]),
                       *((str(r["seeds"]),) if seeds else ()), f"{r['loss_fw']:.4f}", f"{r['loss_bw']:.4f}",
                       f"{100 * r['delta']:+.2f}% [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]")
-    Console(highlight=False).print(table)
+    # Wider than the terminal (several settings vary, long names): rich would squeeze the study
+    # column to nothing and cut the figures short ("3.79…"); the table is printed whole instead,
+    # as wide as it needs (a terminal wraps its lines, a file or pipe keeps them).
+    console = Console(highlight=False)
+    needed = Console(width=10_000).measure(table).maximum
+    if needed > console.width:
+        console = Console(highlight=False, width=needed)
+    console.print(table)
 
