@@ -117,6 +117,32 @@ def test_a_study_of_a_permuted_order_is_told_from_a_backward_one(context_sweep, 
     assert result["studies"][1]["permutation"] == list(range(16))[::-1]
 
 
+def test_a_compare_report_naming_its_runs_relatively_is_read_from_another_folder(context_sweep, tmp_path):
+    """compare run in the folder of the runs records them as given (ctx32/fw): a sweep run from
+    elsewhere did not find them, took the report for one whose runs had moved away and, comparing
+    its two known settings with every setting of the other studies, listed every key of the config
+    as varying (38 columns), without a word; nor was the report's step checked."""
+    tmp = context_sweep
+    arrows("compare", "ctx32/fw", "ctx32/bw", "--out", tmp_path / "rel", cwd=tmp)
+    assert json.loads((tmp_path / "rel" / "report.json").read_text())["pairs"][0]["fw"] == "ctx32/fw"
+    shutil.copytree(tmp_path / "rel", tmp / "reports" / "rel")  # beside the runs' folders, as compare --out reports/rel would be
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = arrows("sweep", tmp / "ctx8", tmp / "reports" / "rel", "--out", tmp_path / "s", cwd=elsewhere)
+    result = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert result["varying"] == ["model_params.attn_length"] and result["axis"] == "attn_length"
+    assert result["studies"][1]["parameters"] > 0 and "not found" not in proc.stdout
+    # Runs that are nowhere to be found: said, and only the settings the report records compared.
+    report = json.loads((tmp_path / "rel" / "report.json").read_text())
+    report["pairs"][0]["fw"], report["pairs"][0]["bw"] = "gone/fw", "gone/bw"
+    (tmp_path / "rel" / "report.json").write_text(json.dumps(report))
+    proc = arrows("sweep", tmp / "ctx8", tmp_path / "rel", "--out", tmp_path / "t", cwd=elsewhere)
+    result = json.loads((tmp_path / "t" / "sweep.json").read_text())
+    assert result["varying"] == ["model_params.attn_length"] and result["studies"][1]["runs_found"] is False
+    assert "rel: its runs were not found" in " ".join(proc.stdout.split())
+    assert "rel: its runs were not found" in (tmp_path / "t" / "sweep.md").read_text()
+
+
 def _study(name, **settings):
     return Study(name=name, report_path=None, report={}, settings={f"model_params.{k}" if k != "dataset_folder" else
                                                                    "training_params.dataset_folder": v for k, v in settings.items()})

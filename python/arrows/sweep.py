@@ -38,6 +38,7 @@ class Study:
     report: dict
     settings: dict = field(default_factory=dict)  # "section.key" -> value, of its first forward run
     parameters: int | None = None
+    runs_found: bool = True  # False: its runs are not where the report says; settings are the report's own
 
 
 def _locate(path: Path) -> tuple[Path, list[Path], str]:
@@ -55,13 +56,30 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
         return path / "report" / "report.json", runs, f"arrows compare {path}"
     if (path / "report.json").is_file():
         report = json.loads((path / "report.json").read_text())
-        runs = [Path(p[d]) for p in report.get("pairs", []) for d in ("fw", "bw")]
+        runs = [_run_folder(Path(p[d]), path, report.get("data")) for p in report.get("pairs", []) for d in ("fw", "bw")]
         redo = "arrows compare " + " ".join(str(r) for r in runs) + f" --out {path}"
         return path / "report.json", runs, redo
     if not path.exists():
         raise FileNotFoundError(2, "No such study folder", str(path))
     raise InputError(f"{path}: neither a study folder (no study.json) nor a report (no report.json); give study folders, "
                      "or folders that `arrows compare --out` wrote")
+
+
+def _run_folder(run: Path, report_dir: Path, data) -> Path:
+    """A run folder a report of `arrows compare --out` names: as written, which is relative to the
+    folder compare was run in when it was given so. From elsewhere, the same relative path under
+    a folder above the report is that run when its config names the report's data (compare run
+    from the folder that holds both the runs and its --out); else the path as written."""
+    if run.is_absolute() or (run / "config.json").is_file():
+        return run
+    for above in Path(report_dir).resolve().parents:
+        candidate = above / run
+        try:
+            if json.loads((candidate / "config.json").read_text())["training_params"]["dataset_folder"] == data:
+                return candidate
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return run
 
 
 def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
@@ -120,6 +138,7 @@ def load_studies(paths: list[Path]) -> list[Study]:
                 pass  # a config this version no longer reads: the table goes without the count
         else:  # the runs moved away: what the report itself records
             study.settings = {"training_params.dataset_folder": report["data"], "model_params.attn_length": report["attn_length"]}
+            study.runs_found = False
         studies.append(study)
     names = [s.name for s in studies]
     for s in studies:  # two folders named alike (runs/en/medium, runs/fr/medium): their parents tell them apart
@@ -139,7 +158,9 @@ def _folder(report_path: Path) -> Path:
 def varying_settings(studies: list[Study]) -> list[str]:
     """The settings whose value differs between the studies, in the configs' order."""
     keys = list(dict.fromkeys(k for s in studies for k in s.settings))
-    return [k for k in keys if len({json.dumps(s.settings.get(k), sort_keys=True) for s in studies}) > 1]
+    # A study whose runs were not found knows only its data and window: its other settings are
+    # unknown, not different (every other key of the config was listed as varying).
+    return [k for k in keys if len({json.dumps(s.settings.get(k), sort_keys=True) for s in studies if s.runs_found or k in s.settings}) > 1]
 
 
 def _number(v) -> bool:
@@ -203,6 +224,7 @@ def sweep(paths: list[Path]) -> dict:
             "loss_fw": summary["loss_fw"], "loss_bw": summary["loss_bw"], "delta": summary["delta"],
             "low": low, "high": high, "interval": noise, "notes": len(s.report.get("notes", [])),
             "second": second_run(s.report)["label"], "permutation": second_run(s.report)["permutation"],
+            "runs_found": s.runs_found,
         })
     if axis:
         rows.sort(key=lambda r: r["x"])
@@ -264,8 +286,18 @@ def markdown(result: dict) -> str:
     if noted:
         lines += ["", "Notes of the studies' own reports (read them before the table):", ""]
         lines += [f"- {r['study']}: {r['notes']} note(s) in `{Path(r['report']).with_name('report.md')}`" for r in noted]
+    missing = runs_not_found(result)
+    if missing:
+        lines += ["", *(f"- {m}" for m in missing)]
     lines += ["", f"![δ by {result['axis'] or 'study'}]({SWEEP_FILES['figure']})", ""]
     return "\n".join(lines)
+
+
+def runs_not_found(result: dict) -> list[str]:
+    """A line for each study whose runs are not where its report says."""
+    return [f"{r['study']}: its runs were not found where its report names them (moved away, or named relative to the folder "
+            "`arrows compare` ran in): its settings here are its report's data and window only, and whether the report is "
+            "up to date was not checked" for r in result["studies"] if not r.get("runs_found", True)]
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -323,4 +355,6 @@ def print_sweep(result: dict) -> None:
     if needed > console.width:
         console = Console(highlight=False, width=needed)
     console.print(table)
+    for line in runs_not_found(result):
+        console.print(f"note: {line}")
 
