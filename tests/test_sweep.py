@@ -143,6 +143,26 @@ def test_a_compare_report_naming_its_runs_relatively_is_read_from_another_folder
     assert "rel: its runs were not found" in (tmp_path / "t" / "sweep.md").read_text()
 
 
+def test_the_commands_a_refusal_gives_run_as_they_are_for_folders_with_spaces(context_sweep, tmp_path):
+    """The command to update a stale report, or to finish a study without one, is copied into a
+    shell: a folder with a space in its name must be quoted (it was not). A study without a report
+    is pointed to `arrows study` too, which finishes its runs (compare alone compares them as they are)."""
+    import shlex
+
+    tmp = context_sweep
+    study = tmp_path / "my runs" / "ctx8"
+    shutil.copytree(tmp / "ctx8", study)
+    report = json.loads((study / "report" / "report.json").read_text())
+    report["pairs"][0]["steps_fw"] = 10
+    (study / "report" / "report.json").write_text(json.dumps(report))
+    stale = arrows("sweep", study, tmp / "ctx16", "--out", tmp_path / "a", check=False)
+    assert stale.returncode == 1 and f"`arrows compare {shlex.quote(str(study))}`" in " ".join(stale.stderr.split()), stale.stderr
+    shutil.rmtree(study / "report")
+    unfinished = arrows("sweep", study, tmp / "ctx16", "--out", tmp_path / "b", check=False)
+    message = " ".join(unfinished.stderr.split())
+    assert f"`arrows study {tmp / 'ctx8.json'} --out {shlex.quote(str(study))}` to finish it" in message, message
+
+
 def _study(name, **settings):
     return Study(name=name, report_path=None, report={}, settings={f"model_params.{k}" if k != "dataset_folder" else
                                                                    "training_params.dataset_folder": v for k, v in settings.items()})

@@ -9,6 +9,7 @@ than its checkpoint's now is refused, with the command that brings it up to date
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,11 +54,11 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
     if (path / STUDY_FILE).is_file():
         pairs = json.loads((path / STUDY_FILE).read_text())["pairs"]
         runs = [path / p[d] for p in pairs for d in ("fw", "bw")]
-        return path / "report" / "report.json", runs, f"arrows compare {path}"
+        return path / "report" / "report.json", runs, f"arrows compare {shlex.quote(str(path))}"
     if (path / "report.json").is_file():
         report = json.loads((path / "report.json").read_text())
         runs = [_run_folder(Path(p[d]), path, report.get("data")) for p in report.get("pairs", []) for d in ("fw", "bw")]
-        redo = "arrows compare " + " ".join(str(r) for r in runs) + f" --out {path}"
+        redo = "arrows compare " + " ".join(shlex.quote(str(r)) for r in runs) + f" --out {shlex.quote(str(path))}"
         return path / "report.json", runs, redo
     if not path.exists():
         raise FileNotFoundError(2, "No such study folder", str(path))
@@ -87,9 +88,16 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
     run's checkpoint is at another step than the one it evaluated (trained further since): the
     steps, not the files' times, which a copy of the folder changes."""
     from arrows.checkpoint import LATEST, saved_step
+    from arrows.study import STUDY_FILE
 
     if not report_path.is_file():
-        return f"{report_path.parent.parent}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
+        study = report_path.parent.parent
+        try:
+            config = json.loads((study / STUDY_FILE).read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{study}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
+        return (f"{study}: no report yet (the study is unfinished, or was not compared): run `arrows study {shlex.quote(str(config))} "
+                f"--out {shlex.quote(str(study))}` to finish it (it compares at the end), or `{redo}` to compare its runs as they are")
     pairs = json.loads(report_path.read_text()).get("pairs", [])
     evaluated = [p.get(key) for p in pairs for key in ("steps_fw", "steps_bw")]
     for run, step in zip(runs, evaluated):
