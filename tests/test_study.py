@@ -299,7 +299,7 @@ def test_compare_a_forward_run_with_a_permuted_one(reversible_study, tmp_path):
     assert f"{shuffled}" in md and "permuted" in proc.stdout
     # Seeds of one comparison share the second run's order.
     proc = arrows("compare", fw, reversed_run, fw, shuffled_run, "--out", tmp_path / "mixed", check=False)
-    assert proc.returncode == 1 and "read their windows in different orders" in " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "read their windows in different orders (two different permutations)" in " ".join(proc.stderr.split())
 
 
 def test_compare_and_study_check_their_options_up_front(reversible_study, tmp_path):

@@ -537,8 +537,9 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
     for fw, other in runs[1:]:
         problems += setup_differences(runs[0][0], fw)  # every pair scores the same windows
         if other.permutation != runs[0][1].permutation:  # ... in the same order
-            problems.append(f"{other.path} and {runs[0][1].path} read their windows in different orders "
-                            f"({second_order(other)['label']} and {second_order(runs[0][1])['label']}, or two permutations); "
+            a, b = second_order(other)["label"], second_order(runs[0][1])["label"]
+            orders = "two different permutations" if a == b else f"{a} and {b}"
+            problems.append(f"{other.path} and {runs[0][1].path} read their windows in different orders ({orders}); "
                             "the seeds of one comparison must share the second run's order")
     if problems:
         raise InputError("these runs cannot be compared:\n  " + "\n  ".join(problems))
