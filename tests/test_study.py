@@ -406,6 +406,15 @@ def test_study_with_a_permutation_trains_forward_and_permuted(tmp_path):
     assert fw["permutation"] is None and perm["permutation"] == permutation and not fw["backwards"] and not perm["backwards"]
     report = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert report["second"]["permutation"] == permutation and "permuted" in proc.stdout
+    # The study keeps its second runs' order: a config without the permutation given for it (or
+    # one with a permutation for a backward study) trained new runs beside the old ones and
+    # replaced its report; it is refused before anything trains.
+    (tmp_path / "plain.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5)))
+    refused = arrows("study", tmp_path / "plain.json", "--out", tmp_path / "study", check=False)
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "second runs read in a permuted order (perm/)" in message and "give another --out" in message, message
+    assert not (tmp_path / "study" / "bw").exists()
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["pairs"] == [{"fw": "fw", "bw": "perm", "seed": 0}]
 
 
 def test_demo_runs_end_to_end(tmp_path):

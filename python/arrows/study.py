@@ -93,8 +93,20 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
             f"to resume it leave --seeds out (or give --seeds {recorded}); for a study with {seeds} seed(s) give another --out"
         )
     runs = plan_study(config, study_dir, seeds)
-    study_dir.mkdir(parents=True, exist_ok=True)
     pairs = [{"fw": runs[i].name, "bw": runs[i + 1].name, "seed": runs[i].config.training.seed} for i in range(0, len(runs), 2)]
+    # Likewise its second runs' order: a config with a permutation given for a backward study (or
+    # the other way) trained new runs beside the old ones and replaced the study's report.
+    if recorded is not None:
+        before = {Path(p["bw"]).name for p in json.loads((study_dir / STUDY_FILE).read_text())["pairs"]}
+        now = {Path(p["bw"]).name for p in pairs}
+        if before != now:
+            said = {"bw": "backward (bw/)", "perm": "in a permuted order (perm/)"}
+            raise InputError(
+                f"{study_dir}: this study's second runs read {' and '.join(said.get(b, b) for b in sorted(before))}, and "
+                f"{config.source_path} {'has a permutation' if config.training.permutation is not None else 'has none'}; "
+                "resume the study with the config it was started with, or give another --out for this one"
+            )
+    study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / STUDY_FILE).write_text(json.dumps({"config": str(config.source_path), "seeds": seeds, "pairs": pairs}, indent=2) + "\n")
     config_dir = study_dir / "configs"
     config_dir.mkdir(exist_ok=True)
