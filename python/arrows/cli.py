@@ -419,7 +419,7 @@ def study(
              "bootstrap interval, loss by position, curves; as a table, report.md, report.json and PNG figures.")  # one line in --help
 @friendly_errors
 def compare(
-    runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed)."),
+    runs: List[Path] = typer.Argument(..., help="A study folder, or run folders in pairs: FORWARD BACKWARD [FORWARD BACKWARD ...] (one pair per seed); the second run of a pair may instead be one trained in a permuted window order (training_params.permutation), the same for every pair."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md, report.json and the figures (default: <study>/report, or ./arrows-report)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", min=2, help="Evaluate on at most this many validation windows (default: all; at least 2)."),
