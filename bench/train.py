@@ -39,6 +39,7 @@ sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0])]
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -314,7 +315,7 @@ def section_attention(a, anchor: dict, results: dict) -> None:
             for name, fn in kernels.items():
                 if p and name == "flex":
                     continue  # FlexAttention has no dropout
-                row[name] = round(forward_backward_ms(lambda: fn(q, k, v, p), upstream, 2 if a.quick else 30), 3)
+                row[name] = round(forward_backward_ms(functools.partial(fn, q, k, v, p), upstream, 2 if a.quick else 30), 3)
             rows.append((T, p, row))
             results[f"attention_T{T}_dropout{p}"] = row
         del q, k, v, upstream
