@@ -15,6 +15,7 @@ from pathlib import Path
 
 from arrows.errors import InputError
 from arrows.report import figure, finish_figure, write_aside
+from arrows.report import second as second_run  # how a report's second run reads its windows
 
 SWEEP_FILES = {"json": "sweep.json", "markdown": "sweep.md", "figure": "sweep.png"}
 
@@ -24,12 +25,6 @@ _RUN_IDENTITY = {"run_name", "save_loc", "state_save_loc", "backwards", "permuta
 # The order of a study's second run (backward, or a permutation), a setting of the study rather
 # than of its forward run's config: a column when it differs between the studies.
 ORDER_KEY = "study.second_run"
-_BACKWARD = {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
-
-
-def second_run(report: dict) -> dict:
-    """How a report's second run reads its windows (reports written before permutations: backward)."""
-    return report.get("second") or _BACKWARD
 
 
 @dataclass
