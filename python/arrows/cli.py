@@ -404,7 +404,7 @@ def study(
     head_loss: Optional[str] = typer.Option(None, "--head-loss", help=HEAD_LOSS_HELP),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", min=2, help="Compare on at most this many validation windows (default: all; at least 2)."),
 ):
-    """Train the forward and the backward model on identical settings, then compare them."""
+    """Train the forward and the backward (or permuted) model on identical settings, then compare them."""
     from arrows.study import run_study
 
     gpu_list = _devices(gpus, device)
