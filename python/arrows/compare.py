@@ -253,10 +253,13 @@ def mismatches(fw: Run, other: Run) -> list[str]:
     return problems + setup_differences(fw, other)
 
 
+BACKWARD_ORDER = {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+
+
 def second_order(run: Run) -> dict:
     """How the report names the second run's order: backward, or permuted (with its permutation)."""
     if run.direction == "backward":
-        return {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+        return dict(BACKWARD_ORDER)
     return {"direction": "permutation", "label": "permuted", "symbol": "perm", "permutation": run.permutation}
 
 

@@ -20,7 +20,9 @@ COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "permuted": "tab:ora
 def second(report: dict) -> dict:
     """The order of the report's second run (`compare.second_order`); reports written before
     permuted runs could be compared have only backward ones."""
-    return report.get("second") or {"direction": "backward", "label": "backward", "symbol": "bw", "permutation": None}
+    from arrows.compare import BACKWARD_ORDER
+
+    return report.get("second") or BACKWARD_ORDER
 
 
 def delta_meaning(report: dict) -> str:

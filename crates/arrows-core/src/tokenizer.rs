@@ -84,7 +84,7 @@ impl Tokenizer {
         Tokenizer {
             hash: hash_json(&json),
             vocab_size: bpe.vocab_size(),
-            bos_id: bpe.bos_id().or_else(|| own_bos(&json).map(|b| b.id).filter(|&id| (id as usize) < bpe.vocab_size())),
+            bos_id: bpe.bos_id().or_else(|| own_bos_id(&json, bpe.vocab_size())),
             end_of_text: bpe.bos_id(),
             engine: Engine::Fast(Box::new(Encoder::new(bpe))),
             json,
@@ -107,7 +107,7 @@ impl Tokenizer {
         // ordinary piece, which would then begin windows and stand in the text as well.
         let end_of_text = general.get_added_tokens_decoder().into_iter().find(|(_, t)| t.special && t.content == END_OF_TEXT).map(|(id, _)| id);
         let vocab_size = general.get_vocab_size(true);
-        let bos_id = end_of_text.or_else(|| own_bos(&json).map(|b| b.id).filter(|&id| (id as usize) < vocab_size));
+        let bos_id = end_of_text.or_else(|| own_bos_id(&json, vocab_size));
         let cut = general_cut(&general);
         Ok(Tokenizer {
             hash: hash_json(&json),
@@ -141,7 +141,7 @@ impl Tokenizer {
             });
         };
         let (name, _) = token_name(&doc, id);
-        let why = match own_bos(&self.json).filter(|b| b.id == id) {
+        let why = match own_bos(&doc).filter(|b| b.id == id) {
             _ if chosen => "chosen with --bos",
             Some(b) => b.why,
             None => "recorded when the store was started",
@@ -288,8 +288,7 @@ const BOS_NAMES: [&str; 6] = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftex
 /// post-processor adds before a single sequence (SentencePiece's `<s>`, Llama 3's
 /// `<|begin_of_text|>`, BERT's `[CLS]`), else a special token named as a BOS (`BOS_NAMES`). Windows
 /// then begin as the tokenizer's own model would have seen a text begin.
-fn own_bos(json: &str) -> Option<OwnBos> {
-    let doc: Value = serde_json::from_str(json).ok()?;
+fn own_bos(doc: &Value) -> Option<OwnBos> {
     if let Some(id) = doc.get("post_processor").and_then(post_processor_bos) {
         return Some(OwnBos { id, why: "its post-processor puts it before every text" });
     }
@@ -303,6 +302,12 @@ fn own_bos(json: &str) -> Option<OwnBos> {
         .collect();
     let id = BOS_NAMES.iter().find_map(|name| specials.iter().find(|(c, _)| c == name).map(|&(_, id)| id))?;
     Some(OwnBos { id: u32::try_from(id).ok()?, why: "its special token for the beginning of a text" })
+}
+
+/// `own_bos`'s id, for the tokenizer.json text `json` of a vocabulary of `vocab_size` ids.
+fn own_bos_id(json: &str, vocab_size: usize) -> Option<u32> {
+    let doc: Value = serde_json::from_str(json).ok()?;
+    own_bos(&doc).map(|b| b.id).filter(|&id| (id as usize) < vocab_size)
 }
 
 /// The id of the special token a post-processor (its tokenizer.json section) adds first, before
@@ -351,7 +356,7 @@ mod tests {
     use serde_json::json;
 
     fn bos_of(doc: Value) -> Option<(u32, &'static str)> {
-        own_bos(&doc.to_string()).map(|b| (b.id, b.why))
+        own_bos(&doc).map(|b| (b.id, b.why))
     }
 
     #[test]

@@ -316,8 +316,6 @@ impl BatchBuffer {
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
 }
 
-/// Memory this process may still take, in bytes (the kernel's MemAvailable, or less under a
-/// control group's limit); None where it cannot be read.
 /// The BOS that a store made with the tokenizer.json text `json` would record (`<|endoftext|>`, else
 /// the tokenizer's own), or None.
 #[pyfunction]
@@ -326,6 +324,8 @@ fn tokenizer_bos_id(py: Python<'_>, json: String) -> PyResult<Option<u32>> {
     Ok(tokenizer.bos_id)
 }
 
+/// Memory this process may still take, in bytes (the kernel's MemAvailable, or less under a
+/// control group's limit); None where it cannot be read.
 #[pyfunction]
 fn available_memory() -> Option<u64> {
     arrows_core::memory::available_bytes()
