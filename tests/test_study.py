@@ -385,6 +385,21 @@ def test_study_refuses_gpus_without_cuda_before_it_writes_anything(tmp_path):
         assert not (tmp_path / "study").exists()  # no study.json: another --seeds is still free
 
 
+def test_study_refuses_a_study_record_it_cannot_read_before_it_trains(tmp_path):
+    """study.json is read once, checked whole: a record whose pairs name no second run (edited by
+    hand, or cut) passed the seed count's check and then ended in a KeyError traceback."""
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5)))
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text(json.dumps({"seeds": 1, "pairs": [{"fw": "fw", "seed": 0}]}))
+    proc = arrows("study", tmp_path / "cfg.json", "--out", tmp_path / "study", check=False)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'study' / 'study.json'}: not a study record arrows can read" in message, message
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["study.json"]  # nothing trained
+
+
 def test_study_refuses_a_directed_config(tmp_path):
     arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
     arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")

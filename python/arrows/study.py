@@ -60,16 +60,20 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
     return runs
 
 
-def recorded_seeds(study_dir: Path) -> int | None:
-    """How many seeds the study in `study_dir` was started with (None: no study there yet)."""
+def read_study_record(study_dir: Path) -> dict | None:
+    """The study record (`study.json`) in `study_dir`, checked: its seed count (`seeds`) and the
+    folder names of its pairs' second runs (`second_runs`: {"bw"} or {"perm"}). None: no study
+    there yet."""
     study = Path(study_dir) / STUDY_FILE
     if not study.is_file():
         return None
     try:
         record = json.loads(study.read_text())
-        return int(record.get("seeds", len(record["pairs"])))
+        seeds = int(record.get("seeds", len(record["pairs"])))
+        second_runs = {Path(p["bw"]).name for p in record["pairs"]}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptDataError(f"{study}: not a study record arrows can read; give another --out, or delete it to start the study over") from None
+    return {"seeds": seeds, "second_runs": second_runs}
 
 
 def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str = "auto", gpus: list[int] | None = None,
@@ -84,20 +88,20 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
     check_devices(TrainOptions(device=device, gpus=gpus))
     # A study folder keeps its seed count: another count would lay the runs out elsewhere (fw/ for
     # one seed, seed<S>/fw for several), training new runs beside the old ones and orphaning them.
-    recorded = recorded_seeds(study_dir)
+    record = read_study_record(study_dir)
     if seeds is None:
-        seeds = recorded or 1
-    elif recorded is not None and seeds != recorded:
+        seeds = record["seeds"] if record else 1
+    elif record is not None and seeds != record["seeds"]:
         raise InputError(
-            f"{study_dir}: this study has {recorded} seed(s) (its {STUDY_FILE}), not the {seeds} asked for; "
-            f"to resume it leave --seeds out (or give --seeds {recorded}); for a study with {seeds} seed(s) give another --out"
+            f"{study_dir}: this study has {record['seeds']} seed(s) (its {STUDY_FILE}), not the {seeds} asked for; "
+            f"to resume it leave --seeds out (or give --seeds {record['seeds']}); for a study with {seeds} seed(s) give another --out"
         )
     runs = plan_study(config, study_dir, seeds)
     pairs = [{"fw": runs[i].name, "bw": runs[i + 1].name, "seed": runs[i].config.training.seed} for i in range(0, len(runs), 2)]
     # Likewise its second runs' order: a config with a permutation given for a backward study (or
     # the other way) trained new runs beside the old ones and replaced the study's report.
-    if recorded is not None:
-        before = {Path(p["bw"]).name for p in json.loads((study_dir / STUDY_FILE).read_text())["pairs"]}
+    if record is not None:
+        before = record["second_runs"]
         now = {Path(p["bw"]).name for p in pairs}
         if before != now:
             said = {"bw": "backward (bw/)", "perm": "in a permuted order (perm/)"}
