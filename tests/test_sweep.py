@@ -117,15 +117,43 @@ def test_a_study_of_a_permuted_order_is_told_from_a_backward_one(context_sweep, 
     assert result["studies"][1]["permutation"] == list(range(16))[::-1]
 
 
-def test_a_compare_report_naming_its_runs_relatively_is_read_from_another_folder(context_sweep, tmp_path):
-    """compare run in the folder of the runs records them as given (ctx32/fw): a sweep run from
-    elsewhere did not find them, took the report for one whose runs had moved away and, comparing
-    its two known settings with every setting of the other studies, listed every key of the config
-    as varying (38 columns), without a word; nor was the report's step checked."""
+def test_a_compare_report_finds_its_runs_from_any_folder(context_sweep, tmp_path):
+    """compare given its runs relatively (ctx32/fw, run in the runs' folder) recorded them so, relative
+    to that folder: a sweep run from anywhere else could find them only by guessing (the same path
+    under a folder above the report), and a report written elsewhere (--out in another tree) not
+    at all: taken for one whose runs had moved away, its step unchecked. Runs are now recorded by
+    their absolute paths and relative to the report, which also finds them when both moved."""
+    from arrows.sweep import _locate
+
     tmp = context_sweep
     arrows("compare", "ctx32/fw", "ctx32/bw", "--out", tmp_path / "rel", cwd=tmp)
-    assert json.loads((tmp_path / "rel" / "report.json").read_text())["pairs"][0]["fw"] == "ctx32/fw"
-    shutil.copytree(tmp_path / "rel", tmp / "reports" / "rel")  # beside the runs' folders, as compare --out reports/rel would be
+    pair = json.loads((tmp_path / "rel" / "report.json").read_text())["pairs"][0]
+    assert pair["fw"] == str(tmp / "ctx32" / "fw") and pair["bw"] == str(tmp / "ctx32" / "bw")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = arrows("sweep", tmp / "ctx8", tmp_path / "rel", "--out", tmp_path / "s", cwd=elsewhere)
+    result = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert result["varying"] == ["model_params.attn_length"] and result["axis"] == "attn_length"
+    assert result["studies"][1]["parameters"] > 0 and result["studies"][1]["runs_found"] and "not found" not in proc.stdout
+    # A report and its runs moved together (a project folder renamed): found beside the report.
+    tree = tmp_path / "project"
+    shutil.copytree(tmp / "ctx32", tree / "runs" / "ctx32")
+    arrows("compare", "runs/ctx32/fw", "runs/ctx32/bw", "--out", "reports/r", cwd=tree)
+    tree.rename(tmp_path / "moved")
+    assert _locate(tmp_path / "moved" / "reports" / "r")[1] == [tmp_path / "moved" / "runs" / "ctx32" / d for d in ("fw", "bw")]
+
+
+def test_an_older_compare_report_naming_its_runs_relatively_is_read_from_another_folder(context_sweep, tmp_path):
+    """Reports written before runs were recorded absolutely name them as compare was given them
+    (ctx32/fw): from another folder they are looked for under the folders above the report."""
+    tmp = context_sweep
+    arrows("compare", "ctx32/fw", "ctx32/bw", "--out", tmp / "reports" / "rel", cwd=tmp)
+    report = json.loads((tmp / "reports" / "rel" / "report.json").read_text())
+    for pair in report["pairs"]:  # as an older compare wrote it
+        pair["fw"], pair["bw"] = "ctx32/fw", "ctx32/bw"
+        del pair["fw_from_report"], pair["bw_from_report"]
+    (tmp / "reports" / "rel" / "report.json").write_text(json.dumps(report))
+    shutil.copytree(tmp / "reports" / "rel", tmp_path / "rel")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     proc = arrows("sweep", tmp / "ctx8", tmp / "reports" / "rel", "--out", tmp_path / "s", cwd=elsewhere)
@@ -133,7 +161,6 @@ def test_a_compare_report_naming_its_runs_relatively_is_read_from_another_folder
     assert result["varying"] == ["model_params.attn_length"] and result["axis"] == "attn_length"
     assert result["studies"][1]["parameters"] > 0 and "not found" not in proc.stdout
     # Runs that are nowhere to be found: said, and only the settings the report records compared.
-    report = json.loads((tmp_path / "rel" / "report.json").read_text())
     report["pairs"][0]["fw"], report["pairs"][0]["bw"] = "gone/fw", "gone/bw"
     (tmp_path / "rel" / "report.json").write_text(json.dumps(report))
     proc = arrows("sweep", tmp / "ctx8", tmp_path / "rel", "--out", tmp_path / "t", cwd=elsewhere)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -565,7 +566,9 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
         notes += training_differences(fw, bw, f.step, b.step)
         window_losses.append((f.window_loss, b.window_loss))
         entry = {
-            "fw": str(fw.path), "bw": str(bw.path), "seed": fw.seed,
+            # Absolute: the report is read later from other folders (`arrows sweep`), where a path
+            # relative to the folder compare ran in named nothing or another run.
+            "fw": os.path.abspath(fw.path), "bw": os.path.abspath(bw.path), "seed": fw.seed,
             "steps_fw": f.step, "steps_bw": b.step,
             "loss_fw": float(f.window_loss.mean()), "loss_bw": float(b.window_loss.mean()),
             **stats, "tokens": f.tokens,

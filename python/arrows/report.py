@@ -49,10 +49,20 @@ def write_report(report: dict, out: Path) -> dict:
         FIGURES["curves"]: lambda p: _plot_curves(report, p),
         FIGURES["positions"]: lambda p: _plot_positions(report, p),
         FIGURES["delta"]: lambda p: _plot_delta(report, p),
-        "report.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        "report.json": lambda p: p.write_text(json.dumps(runs_from_report(report, out), indent=2) + "\n"),
         "report.md": lambda p: p.write_text(markdown(report)),  # last: it names the others
     })
     return {"json": out / "report.json", "markdown": out / "report.md", **{name: out / file for name, file in FIGURES.items()}}
+
+
+def runs_from_report(report: dict, out: Path) -> dict:
+    """`report` with each pair's runs also named relative to the report's folder `out`
+    (`fw_from_report`, `bw_from_report`), beside their absolute paths (`fw`, `bw`): a report
+    moved or copied together with its runs (a project folder moved to another disk) still finds
+    them, and a report moved alone finds them at their absolute paths."""
+    base = os.path.abspath(out)
+    pairs = [{**p, **{f"{k}_from_report": os.path.relpath(os.path.abspath(p[k]), base) for k in ("fw", "bw")}} for p in report["pairs"]]
+    return {**report, "pairs": pairs}
 
 
 def write_aside(out: Path, writers: dict) -> None:

@@ -9,6 +9,7 @@ than its checkpoint's now is refused, with the command that brings it up to date
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
         return path / "report" / "report.json", runs, f"arrows compare {shlex.quote(str(path))}"
     if (path / "report.json").is_file():
         report = json.loads((path / "report.json").read_text())
-        runs = [_run_folder(Path(p[d]), path, report.get("data")) for p in report.get("pairs", []) for d in ("fw", "bw")]
+        runs = [_run_folder(p, d, path, report.get("data")) for p in report.get("pairs", []) for d in ("fw", "bw")]
         redo = "arrows compare " + " ".join(shlex.quote(str(r)) for r in runs) + f" --out {shlex.quote(str(path))}"
         return path / "report.json", runs, redo
     if not path.exists():
@@ -61,11 +62,21 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
                      "or folders that `arrows compare --out` wrote")
 
 
-def _run_folder(run: Path, report_dir: Path, data) -> Path:
-    """A run folder a report of `arrows compare --out` names: as written, which is relative to the
-    folder compare was run in when it was given so. From elsewhere, the same relative path under
-    a folder above the report is that run when its config names the report's data (compare run
-    from the folder that holds both the runs and its --out); else the path as written."""
+def _run_folder(pair: dict, key: str, report_dir: Path, data) -> Path:
+    """The run folder of `pair[key]` ("fw" or "bw") in a report of `arrows compare --out`.
+
+    A report names each run relative to its own folder (`fw_from_report`: found when the report
+    and the runs moved together) and by its absolute path (`fw`). Reports written before
+    2026-11-29 name it only as compare was given it, relative to the folder compare ran in: from
+    elsewhere, the same relative path under a folder above the report is that run when its config
+    names the report's data (compare run from the folder that holds both the runs and its --out);
+    else the path as written."""
+    from_report = pair.get(f"{key}_from_report")
+    if from_report is not None:
+        beside = Path(os.path.normpath(Path(report_dir) / from_report))
+        if (beside / "config.json").is_file():
+            return beside
+    run = Path(pair[key])
     if run.is_absolute() or (run / "config.json").is_file():
         return run
     for above in Path(report_dir).resolve().parents:
