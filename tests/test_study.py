@@ -600,3 +600,11 @@ def test_synthetic_verdict_is_not_conclusive_when_the_easy_direction_learned_not
     learned = [{"fields": {"forward": {"x": 0.694, "y": 0.01}, "backward": {"x": 0.695, "y": 0.694}}}]
     verdict, _ = _synthetic_verdict(sidecar, learned, chance, summary)
     assert verdict == "Measured: a forward arrow, as expected."
+    # The other sign, or none, from models that learned nothing (`arrows demo --steps 50`) is not
+    # conclusive either, where it was called "NOT the expected one" as if the language were wrong.
+    for low, high, measured in ((-0.0094, -0.0092, "a backward arrow"), (-0.001, 0.001, "no arrow")):
+        verdict, _ = _synthetic_verdict(sidecar, guessing, chance, {"delta": (low + high) / 2, "low": low, "high": high})
+        assert verdict.startswith(f"Measured: {measured}, not the expected forward one, but not conclusive: the forward model has NOT learned `y`"), verdict
+        assert "NOT the expected" not in verdict
+    verdict, _ = _synthetic_verdict(sidecar, learned, chance, {"delta": -0.0093, "low": -0.0094, "high": -0.0092})
+    assert verdict.startswith("Measured: a backward arrow, NOT the expected one")  # the easy direction learned: a real surprise
