@@ -487,3 +487,23 @@ def test_a_missing_dataset_is_listed_with_the_other_problems(tmp_path, store):
     assert proc.returncode == 1 and "2 problems" in proc.stderr, proc.stderr
     assert "training_params.dropout: not a key of training_params; it belongs in model_params" in proc.stderr
     assert "training_params.dataset_folder: 'not_here' not found" in proc.stderr
+
+
+def test_a_resume_under_another_window_set_is_refused_up_front(tmp_path, store):
+    # stride and valid_fraction change the training split's windows, which the checkpoint's place in
+    # the data counts: --dry-run listed them as changed settings and the run then failed in the
+    # loader ("the loader state belongs to another data setup"), naming neither key nor checkpoint.
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import check_resumable
+
+    def config(**training):
+        return load_config(write_config(tmp_path / "c.json", store, run_name="windows", **training))
+
+    payload = {"config": config().to_dict(), "per_rank": [{}]}  # stride null: (32 - 1) // 2 = 15
+    for changed, key in (({"stride": 4}, "stride"), ({"valid_fraction": 0.05}, "valid_fraction")):
+        with pytest.raises(InputError, match=f"(?s)another setup.*training_params.{key}: checkpoint") as refused:
+            check_resumable(tmp_path / "latest.pt", payload, config(**changed), 1)
+        assert "latest.pt" in str(refused.value)
+    # the stride null stands for is the same setting, not a change
+    assert check_resumable(tmp_path / "latest.pt", payload, config(stride=15), 1) == []

@@ -139,10 +139,13 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
     """Refuses a checkpoint written with another setup (weights, data or batch) or by another
     number of processes. Returns the settings that changed without mattering to the weights
     ("section.key: old → new"): the run continues under the new ones, and says so."""
-    saved, mine = payload["config"], config.to_dict()
+    saved, mine = _with_loader_stride(payload["config"]), _with_loader_stride(config.to_dict())
     # How attention and the loss are computed changes no weight: a run may resume under another kernel.
     compute_only = {"attention", "head_loss"}
-    refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed")}
+    # stride and valid_fraction decide which windows the training split holds: the checkpoint's place
+    # in the data counts batches of those windows, and the loader refuses another set of them.
+    refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed",
+                                                          "stride", "valid_fraction")}
     diffs, changed = [], []
     for sec, values in mine.items():
         if not isinstance(values, dict):
@@ -166,6 +169,16 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
                          f"It holds each process's place in the data and random state, which another number of processes "
                          f"cannot continue exactly")
     return changed
+
+
+def _with_loader_stride(config: dict) -> dict:
+    """A copy of a resolved config dict whose `stride` is the one the loader uses (null means
+    `(attn_length − 1) // 2`), so that null and that number are the same setting."""
+    training, model = config.get("training_params", {}), config.get("model_params", {})
+    if training.get("stride") is not None or not isinstance(model.get("attn_length"), int):
+        return config
+    stride = max((model["attn_length"] - 1) // 2, 1)
+    return {**config, "training_params": {**training, "stride": stride}}
 
 
 def train(config, opts: TrainOptions) -> dict:
