@@ -507,3 +507,33 @@ def test_a_resume_under_another_window_set_is_refused_up_front(tmp_path, store):
         assert "latest.pt" in str(refused.value)
     # the stride null stands for is the same setting, not a change
     assert check_resumable(tmp_path / "latest.pt", payload, config(stride=15), 1) == []
+
+
+def test_a_run_started_over_leaves_nothing_of_the_earlier_one_to_resume(tmp_path, store):
+    # --resume never killed before its first save: the next `arrows train` resumed the earlier run's
+    # latest.pt (its weights, its step) under the new run's metrics, or said "nothing to do".
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError, InputError
+    from arrows.train import Trainer, TrainOptions, resume_point
+
+    config = load_config(write_config(tmp_path / "c.json", store, run_name="over", steps_to_train=4, save_every=2, backup_every=2, step_log=1))
+    run = tmp_path / "runs" / "over"
+    Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "step_00000002.pt", "step_00000004.pt"]
+
+    again = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+
+    def killed(batches):
+        raise KeyboardInterrupt
+
+    again._train_step = killed
+    with pytest.raises(CancelledError, match="no checkpoint was written yet"):
+        again.fit()
+    assert list((run / "checkpoints").iterdir()) == [] and not (run / "summary.json").exists()
+    assert resume_point(TrainOptions(), run) is None  # the same command starts over, as the message says
+    # Backups without a latest.pt (deleted by hand) are not removed unasked: the way on is named.
+    Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    (run / "checkpoints" / "latest.pt").unlink()
+    with pytest.raises(InputError, match="--resume .*step_00000004.pt, or start over with --resume never"):
+        resume_point(TrainOptions(), run)

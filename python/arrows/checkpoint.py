@@ -147,6 +147,19 @@ def _damaged(path: Path, why: str) -> CorruptDataError:
     return CorruptDataError(f"{path}: damaged checkpoint ({why}); {advice}")
 
 
+def remove_earlier_run(folder: Path) -> list[str]:
+    """For a run that starts over in `folder`: remove the checkpoints an earlier run left there
+    (latest and backups), whose step and weights are not this run's. Left in place, a start-over
+    killed before its first save was resumed from them (`--resume auto`): the earlier run's weights
+    under the new run's metrics. Returns the names removed."""
+    removed = []
+    for p in sorted([folder / LATEST, *folder.glob("step_*.pt")]):
+        if p.is_file():
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
 def remove_partial(folder: Path) -> None:
     """Temporary files of a save interrupted by a crash."""
     for p in folder.glob("*.pt.tmp"):

@@ -132,7 +132,15 @@ def resume_point(opts: TrainOptions, run_dir: Path) -> Path | None:
             raise InputError(f"--resume {path}: no such checkpoint")
         return path
     latest = run_dir / "checkpoints" / checkpoint.LATEST
-    return latest if latest.exists() else None
+    if latest.exists():
+        return latest
+    # Starting over removes the folder's checkpoints (Trainer._start_over): backups without a
+    # latest.pt (deleted by hand) are not removed unasked.
+    backups = sorted(latest.parent.glob("step_*.pt"))
+    if backups:
+        raise InputError(f"{latest.parent} holds backups but no {checkpoint.LATEST}: continue from the newest with --resume {backups[-1]}, "
+                         f"or start over with --resume never (which removes them)")
+    return None
 
 
 def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[str]:
@@ -489,6 +497,8 @@ class Trainer:
         if w.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partial(self.ckpt_dir)
+            if resumed is None:
+                self._start_over()
             self._write_config()
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
             if self.changed_settings:
@@ -544,6 +554,19 @@ class Trainer:
         if w.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _start_over(self) -> None:
+        """A run that starts afresh in a folder an earlier run used (`--resume never`) removes that
+        run's checkpoints, summary and old configs, as Metrics removes its logs: nothing of it is
+        left to mix with this run (a start-over killed before its first save was resumed from the
+        earlier run's checkpoint)."""
+        removed = checkpoint.remove_earlier_run(self.ckpt_dir)
+        for p in [self.run_dir / "summary.json", *self.run_dir.glob("config.until_step_*.json")]:
+            if p.is_file():
+                p.unlink()
+                removed.append(p.name)
+        if removed:
+            print(f"note: starting over in {self.run_dir}: removed the earlier run's {', '.join(removed)}", file=sys.stderr, flush=True)
 
     def _write_config(self) -> None:
         """config.json: the resolved config the run trains under. When a resumed run continues under
