@@ -537,3 +537,28 @@ def test_a_run_started_over_leaves_nothing_of_the_earlier_one_to_resume(tmp_path
     (run / "checkpoints" / "latest.pt").unlink()
     with pytest.raises(InputError, match="--resume .*step_00000004.pt, or start over with --resume never"):
         resume_point(TrainOptions(), run)
+
+
+def test_latest_is_never_older_than_a_backup(tmp_path, store):
+    # A resume continues from latest.pt: with backups at steps that are not save steps, a run
+    # stopped after a backup continued from the older latest.pt, losing the steps in between.
+    from arrows import checkpoint
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer, TrainOptions
+
+    config = load_config(write_config(tmp_path / "c.json", store, run_name="backups", steps_to_train=8, save_every=4, backup_every=3, step_log=1))
+    trainer = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions())
+    train_step = trainer._train_step
+
+    def stopped_after_step_3(batches):
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return train_step(batches)
+
+    trainer._train_step = stopped_after_step_3
+    with pytest.raises(CancelledError, match="the checkpoint of step 3 "):
+        trainer.fit()
+    ckpts = tmp_path / "runs" / "backups" / "checkpoints"
+    assert checkpoint.load(ckpts / "latest.pt")["step"] == 3 and (ckpts / "step_00000003.pt").exists()

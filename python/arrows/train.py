@@ -592,7 +592,9 @@ class Trainer:
         if last or step % t.save_every == 0:
             due.add("save")
         if t.backup_every and step % t.backup_every == 0:
-            due.add("backup")
+            # latest.pt too: it is what a resume continues from, and must never be older than a
+            # backup (backup_every 1500 with save_every 1000 resumed from step 1000, not 1500).
+            due.update(("save", "backup"))
         return due
 
     def _after_step(self, step: int, result: "_StepResult") -> None:
