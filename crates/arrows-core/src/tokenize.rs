@@ -167,6 +167,20 @@ fn check_options(opts: &TokenizeOptions) -> Result<()> {
     if opts.resume && opts.force {
         return Err(Error::Input("--resume and --force contradict each other: --resume continues the folder, --force starts it over".into()));
     }
+    // A --bos that no tokenizer of this kind can have is refused before anything is read or
+    // written; for a trained one, before the training (minutes on a large sample), which was the
+    // first time its tokens were known. The trained BPE starts as the bytes-only one: its
+    // <|endoftext|> and 256 bytes, then merges.
+    if let Some(name) = &opts.bos {
+        let learnable = match opts.tokenizer {
+            TokenizerSpec::Train { vocab_size, .. } => crate::train::could_learn(name, vocab_size),
+            TokenizerSpec::Bytes => false,
+            TokenizerSpec::File(_) => true, // checked once the file is read
+        };
+        if !learnable {
+            Tokenizer::from_bpe(&ByteBpe::bytes_only()).token_id_for_bos(name)?;
+        }
+    }
     Ok(())
 }
 
@@ -204,13 +218,10 @@ fn run(opts: &TokenizeOptions, corpus: &Corpus, progress: &Progress, started: In
         TokenizerSpec::File(path) => Some(Tokenizer::from_file(path)?),
         _ => None,
     };
-    // A --bos that names no token of a tokenizer known now is said before anything is written
-    // (a trained tokenizer's tokens are known once it is trained).
+    // A --bos that names no token of a given tokenizer is said before anything is written (the
+    // other kinds were checked in `check_options`; a trained one's merges, once it is trained).
     if let (Some(name), Some(t)) = (&opts.bos, &given) {
         t.token_id_for_bos(name)?;
-    }
-    if let (Some(name), TokenizerSpec::Bytes) = (&opts.bos, &opts.tokenizer) {
-        Tokenizer::from_bpe(&ByteBpe::bytes_only()).token_id_for_bos(name)?;
     }
     let mut notes = Vec::new();
     let mut train_seconds = None;

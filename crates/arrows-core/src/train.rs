@@ -123,6 +123,26 @@ impl WordCounts {
     }
 }
 
+/// Whether a BPE trained by `train_bpe` with `vocab_size` ids could learn the token written
+/// `token` in tokenizer.json (the byte-level alphabet). Known before training, so that a `--bos`
+/// that no training can produce is refused at once, not after minutes of training.
+///
+/// A learned token is two bytes or more of one pre-token: merges never cross a pre-token's end.
+/// Alone, such a piece is one pre-token again (a run of one class, with perhaps its leading space;
+/// whitespace; a contraction), except the starts of the contractions `'re`, `'ve`, `'ll`, which
+/// the pre-tokenizer splits when alone. Bytes that are not UTF-8 (part of a character) are not
+/// judged: they may be learned.
+pub fn could_learn(token: &str, vocab_size: usize) -> bool {
+    let Some(bytes) = bytelevel::decode(token) else { return false };
+    if bytes.len() < 2 || vocab_size <= 257 {
+        return false; // the bytes themselves are ids 1..=256; there are no merges
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => crate::pretokenize::pretokens(text).len() == 1 || matches!(text, "'r" | "'v" | "'l"),
+        Err(_) => true,
+    }
+}
+
 // -----------------------------------------------------------------------------------------------
 // Training.
 
@@ -780,5 +800,29 @@ mod tests {
             .collect();
         assert!(ours.len() > 1000, "only {} merges", ours.len());
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn could_learn_every_token_training_learns_and_not_what_it_cannot() {
+        // Sound: every merged token of a real training is said to be learnable (contractions,
+        // `'ll` included, in the text below).
+        let mut counts = WordCounts::new();
+        counts.add_text(&corpus());
+        counts.add_text(&"you'll we're they've it's I'd don't ".repeat(50));
+        let bpe = train(&counts, 3000, 2);
+        let learned: Vec<String> = bpe.tokens[257..].iter().map(|t| bytelevel::encode(t)).collect();
+        assert!(learned.len() > 1000 && learned.iter().any(|t| t == "'l" || t == "'ll"));
+        for t in &learned {
+            assert!(could_learn(t, 3000), "{t:?} was learned");
+        }
+        for t in ["Ġthe", "the", "'l", "'re", "ĊĊ", "ĠĠĠ", "Ã©", "Ã§a", "Ġ42", "!!"] {
+            assert!(could_learn(t, 50257), "{t:?}");
+        }
+        // Never a merge: a piece of several pre-tokens, text outside the byte-level alphabet (as
+        // tokenizer.json writes a byte), one byte (ids 1..=256, not learned), or no merges at all.
+        for t in ["<s>", "[BOS]", "<bos>", "theĠ", "a1", "日本", "a", "Ġ"] {
+            assert!(!could_learn(t, 50257), "{t:?}");
+        }
+        assert!(!could_learn("Ġthe", 257));
     }
 }

@@ -171,6 +171,33 @@ fn refusals_say_what_to_do() {
 }
 
 #[test]
+fn a_bos_that_training_cannot_produce_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(4, 20_000).into_bytes()]);
+    let out = tmp.path().join("out");
+    for name in ["<s>", "[BOS]", "日本"] {
+        let mut o = options(inputs.clone(), &out);
+        o.bos = Some(name.into());
+        let progress = Progress::default();
+        let msg = tokenize(&o, &progress).unwrap_err().to_string();
+        assert!(msg.contains(&format!("--bos {name:?}: not a token of the tokenizer")) && msg.contains("\"<|endoftext|>\""), "{msg}");
+        assert_eq!(progress.phase.load(std::sync::atomic::Ordering::Relaxed), 0, "refused before sampling or training");
+        assert!(!out.exists(), "nothing is written before the refusal");
+    }
+    // What training may produce is trained, then looked up: a merge, <|endoftext|>, a byte.
+    for (name, id) in [("Ġthe", None), ("<|endoftext|>", Some(0)), ("a", Some(98))] {
+        let mut o = options(inputs.clone(), &out);
+        o.bos = Some(name.into());
+        o.force = true;
+        run(&o).unwrap();
+        let tokenizer = Tokenizer::from_file(&out.join("tokenizer.json")).unwrap();
+        let expected = id.unwrap_or_else(|| tokenizer.token_id_for_bos(name).unwrap());
+        assert!(expected > 256 || id.is_some(), "Ġthe is a merge");
+        assert_eq!(Manifest::read(&out).unwrap().tokenizer.bos_id, Some(expected), "{name}");
+    }
+}
+
+#[test]
 fn a_second_job_on_a_locked_folder_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = write_corpus(tmp.path(), &[random_text(5, 3000).into_bytes()]);
