@@ -562,3 +562,39 @@ def test_latest_is_never_older_than_a_backup(tmp_path, store):
         trainer.fit()
     ckpts = tmp_path / "runs" / "backups" / "checkpoints"
     assert checkpoint.load(ckpts / "latest.pt")["step"] == 3 and (ckpts / "step_00000003.pt").exists()
+
+
+def test_generate_begins_with_the_bos_of_training_when_the_data_is_gone(tmp_path, monkeypatch):
+    # The run records its windows' BOS. Without it, a run whose data was moved away (its config
+    # pointed at a copy of the tokenizer, as the error asks) began generation with the tokenizer's
+    # <|endoftext|> instead of the --bos its store was made with, building the whole Rust
+    # tokenizer to learn that (seconds for a vocabulary of 100k+).
+    import shutil
+
+    import arrows.generate as generate
+
+    (tmp_path / "t.txt").write_text(random_text(5, 40_000), encoding="utf-8")
+    arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "s", "--tokenizer", "bytes", "--bos", "a")
+    model = {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16}
+    cfg = write_config(tmp_path / "c.json", tmp_path / "s", model=model, run_name="bos", steps_to_train=2, sample_every=0)
+    arrows("train", cfg, "--device", "cpu")
+    run = tmp_path / "runs" / "bos"
+    shutil.copy(tmp_path / "s" / "tokenizer.json", run / "tokenizer.json")
+    shutil.rmtree(tmp_path / "s")
+    config = json.loads((run / "config.json").read_text())
+    config["training_params"]["tokenizer_path"] = str(run / "tokenizer.json")
+    (run / "config.json").write_text(json.dumps(config))
+
+    starts = []
+    real_load_run = generate.load_run
+
+    def recording(run_dir):
+        model, cfg, tok = real_load_run(run_dir)
+        real = model.generate
+        model.generate = lambda start, *a, **kw: (starts.append(start[0].tolist()), real(start, *a, **kw))[1]
+        return model, cfg, tok
+
+    monkeypatch.setattr(generate, "load_run", recording)
+    monkeypatch.setattr("arrows._arrows.tokenizer_bos_id", lambda json: pytest.fail("built the tokenizer to learn its BOS"))
+    generate.generate_text(run, "b", tokens=2)
+    assert starts == [[ord("a") + 1, ord("b") + 1]]  # bytes: id = byte + 1

@@ -31,11 +31,13 @@ def load_run(run: str | Path):
 
 
 def training_bos_id(dataset_folder: str | Path, tok) -> int:
-    """The id every training window of the run began with: the one `WindowLoader` takes from the
-    data (a token store's manifest, the `bos_id` that `arrows tokenize --h5` records, 0 for a
-    reference .h5), whatever the tokenizer's own is. Without the data (a run folder used elsewhere
-    with `tokenizer_path`): 0 for an .h5, else the BOS a store made with the tokenizer records
-    (`<|endoftext|>`, else the tokenizer's own), else 0."""
+    """For a checkpoint that does not record it (`bos_id`, recorded since 2026-11-29): the id every
+    training window of the run began with, the one `WindowLoader` takes from the data (a token
+    store's manifest, the `bos_id` that `arrows tokenize --h5` records, 0 for a reference .h5),
+    whatever the tokenizer's own is. Without the data (a run folder used elsewhere with
+    `tokenizer_path`): 0 for an .h5, else the BOS a store made with the tokenizer records
+    (`<|endoftext|>`, else the tokenizer's own), else 0; a store made with `--bos` is not told
+    apart, and the Rust tokenizer is built to learn it (seconds for a vocabulary of 100k+)."""
     from arrows import _arrows
     from arrows.errors import ArrowsError
     from arrows.loader import open_source
@@ -57,12 +59,17 @@ def generate_text(run: str | Path, prompt: str, *, tokens: int, temperature: flo
     draw repeatable. Bad settings raise InputError."""
     import torch
 
+    from arrows import checkpoint
+
     model, cfg, tok = load_run(run)
     t = cfg["training_params"]
     backward = bool(t.get("backwards"))
     if t.get("permutation"):
         raise InputError("sampling from a model trained on a permuted window order has no reading order; use a forward or backward run")
-    bos = training_bos_id(t["dataset_folder"], tok)
+    # The checkpoint records it (it is the data's, and the data may be gone); older ones do not.
+    bos = checkpoint.saved_bos_id(Path(run) / "checkpoints" / checkpoint.LATEST)
+    if bos is None:
+        bos = training_bos_id(t["dataset_folder"], tok)
     # The ids as the token store holds them: without what a post-processor adds ([CLS] ... [SEP],
     # <s>), which the model never saw inside a text.
     ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []

@@ -758,6 +758,10 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "per_rank": gathered,  # each process's loader position and random states
                 "config": self.config.to_dict(),
+                # The id every training window began with, which sampling must begin with too: the
+                # data's (a store made with --bos records its own), which the run folder alone
+                # cannot tell once the data is gone.
+                "bos_id": self.train_loader.bos_id,
             }
             checkpoint.save(self.ckpt_dir / name, payload)
         if self.world.distributed:
