@@ -234,3 +234,30 @@ def test_studies_named_alike_are_told_apart_by_their_parents(tmp_path):
     result = sweep([tmp_path / "fr" / "medium", tmp_path / "en" / "medium"])
     assert [r["study"] for r in result["studies"]] == ["fr/medium", "en/medium"]  # no axis: the order given
     assert result["varying"] == ["training_params.dataset_folder"] and result["axis"] is None
+
+
+def test_the_figure_tells_the_kinds_of_interval_apart_and_hides_none(tmp_path, monkeypatch):
+    """A study with one seed beside one with two: one legend entry named both kinds of interval
+    ("evaluation noise only; training + evaluation noise") on one marker, and the legend, placed
+    among the points, hid the top of the long interval."""
+    from arrows import sweep as sweep_module
+
+    drawn = {}
+    real_finish = sweep_module.finish_figure
+
+    def finish(plt, fig, ax, path, *args, **kwargs):
+        real_finish(plt, fig, ax, path, *args, **kwargs)
+        drawn[path.name] = (fig, ax)
+
+    monkeypatch.setattr(sweep_module, "finish_figure", finish)
+    rows = [{"study": "s32", "x": 32.0, "delta": -0.0007, "low": -0.0011, "high": -0.0002, "interval": "evaluation noise only"},
+            {"study": "st", "x": 64.0, "delta": -0.0004, "low": -0.0095, "high": 0.0088, "interval": "training + evaluation noise"}]
+    sweep_module._plot({"studies": rows, "axis": "attn_length", "second": "backward"}, tmp_path / "sweep.png")
+    fig, ax = drawn["sweep.png"]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["95% interval: evaluation noise only", "95% interval: training + evaluation noise"]
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    for r in rows:  # no interval's arm passes under the legend
+        (x, low), (_, high) = ax.transData.transform([(r["x"], 100 * r["low"]), (r["x"], 100 * r["high"])])
+        assert not (box.x0 <= x <= box.x1 and max(low, box.y0) <= min(high, box.y1)), (r["study"], box, low, high)

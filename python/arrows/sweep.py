@@ -335,12 +335,25 @@ def _plot(result: dict, path: Path) -> None:
     else:
         x = np.arange(len(rows))
         ax.set_xticks(x, [r["study"] for r in rows], rotation=20 if len(rows) > 4 else 0)
+    # Each kind of interval its own marker: one legend entry naming both kinds left the reader to
+    # guess which study's interval covered training noise.
     kinds = sorted({r["interval"] for r in rows})
-    ax.errorbar(x, d, yerr=err, fmt="o", color="black", capsize=5, label="95% interval: " + "; ".join(kinds))
+    for kind in kinds:
+        mine = np.array([r["interval"] == kind for r in rows])
+        ax.errorbar(x[mine], d[mine], yerr=err[:, mine], capsize=5, label=f"95% interval: {kind}", **_INTERVAL_STYLES.get(kind, {"fmt": "o", "color": "black"}))
     ax.axhline(0, color="grey", lw=1)
+    # A band above the highest interval for the legend: placed among the points, it hid the ends of
+    # long intervals (matplotlib's "best" place does not see error bars).
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.15 * len(kinds) * (high - low))
+    ax.legend(loc="upper left", fontsize="small")
     sym, name, _ = _words(result)
     finish_figure(plt, fig, ax, path, axis, f"δ = (L_{sym} − L_fw) / L_fw  (%)\n> 0: {name} worse" + (" (forward arrow)" if sym == "bw" else ""),
-                  f"Arrow of time by {axis or 'study'}")
+                  f"Arrow of time by {axis or 'study'}", legend=False)
+
+
+_INTERVAL_STYLES = {"evaluation noise only": {"fmt": "o", "color": "black"},
+                    "training + evaluation noise": {"fmt": "D", "color": "tab:red"}}
 
 
 def print_sweep(result: dict) -> None:
