@@ -598,3 +598,43 @@ def test_generate_begins_with_the_bos_of_training_when_the_data_is_gone(tmp_path
     monkeypatch.setattr("arrows._arrows.tokenizer_bos_id", lambda json: pytest.fail("built the tokenizer to learn its BOS"))
     generate.generate_text(run, "b", tokens=2)
     assert starts == [[ord("a") + 1, ord("b") + 1]]  # bytes: id = byte + 1
+
+
+def test_more_run_interrupted_and_given_again_ends_where_it_would_have(tmp_path, store):
+    # --more N counted from each new checkpoint: a --more run killed (or preempted, and requeued with
+    # the same command) trained N beyond wherever it had saved, its schedule laid over another total.
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer, TrainOptions
+
+    def run(name, more, stop_at=None):
+        path = write_config(tmp_path / "c.json", store, run_name=name, steps_to_train=2, save_every=2, step_log=1, valid_every=100)
+        cfg = json.loads(path.read_text())
+        cfg["optim_params"]["oscil_steps"] = None  # the cosine spans the whole run: its total matters
+        path.write_text(json.dumps(cfg))
+        config = load_config(path)
+        trainer = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(more=more))
+        if stop_at is not None:
+            train_step = trainer._train_step
+
+            def stopped(batches):
+                if trainer.step == stop_at:
+                    raise KeyboardInterrupt
+                return train_step(batches)
+
+            trainer._train_step = stopped
+        return trainer
+
+    for name in ("whole", "stopped"):
+        run(name, None).fit()
+    assert run("whole", 4).fit()["steps"] == 6
+    with pytest.raises(CancelledError, match="the checkpoint of step 4 .*run the same command to continue"):
+        run("stopped", 4, stop_at=5).fit()
+    again = run("stopped", 4)
+    assert again.total_steps == 6
+    assert again.fit()["steps"] == 6
+    assert losses(tmp_path / "runs" / "stopped") == losses(tmp_path / "runs" / "whole")
+    assert run("stopped", 4).total_steps == 10  # once finished, --more N is N beyond
+    dry = arrows("train", tmp_path / "c.json", "--device", "cpu", "--more", "4", "--dry-run").stdout
+    assert "plan         10 steps" in dry, dry

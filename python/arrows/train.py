@@ -179,6 +179,17 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
     return changed
 
 
+def more_target(more: int, step: int, payload: dict | None) -> int:
+    """The step that `--more N` trains to, resuming at `step` from checkpoint `payload` (None: no
+    checkpoint): N steps beyond it, unless a `--more N` run that had not reached its end wrote it
+    (killed, preempted, Ctrl-C): the same command then finishes that run, at the step it planned, as
+    any interrupted run resumes (counted from each new checkpoint, every interruption lengthened
+    the run and laid its schedule over another total). `--steps` sets any other end."""
+    if payload is not None and payload.get("more") == more and step < int(payload.get("total_steps") or step):
+        return int(payload["total_steps"])
+    return step + more
+
+
 def _with_loader_stride(config: dict) -> dict:
     """A copy of a resolved config dict whose `stride` is the one the loader uses (null means
     `(attn_length − 1) // 2`), so that null and that number are the same setting."""
@@ -448,6 +459,7 @@ class Trainer:
         checkpoint.set_rng_state(mine_rank["rng"])
         self.resumed_from = self.step
         self.step_saved = self.step
+        self.resumed_plan = {k: payload.get(k) for k in ("more", "total_steps")}  # see more_target
 
     def _choose_attention(self) -> str | None:
         """With `attention: "auto"` on CUDA, measure the kernels at this run's shape and switch the
@@ -471,7 +483,7 @@ class Trainer:
 
     def _planned_steps(self) -> int:
         if self.opts.more is not None:
-            return self.step + self.opts.more
+            return more_target(self.opts.more, self.step, getattr(self, "resumed_plan", None))
         if self.t.steps_to_train is not None:
             return int(self.t.steps_to_train)
         return self.steps_per_epoch  # steps_to_train null: one epoch
@@ -758,6 +770,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "per_rank": gathered,  # each process's loader position and random states
                 "config": self.config.to_dict(),
+                "more": self.opts.more,  # the --more N it trains under (see more_target)
                 # The id every training window began with, which sampling must begin with too: the
                 # data's (a store made with --bos records its own), which the run folder alone
                 # cannot tell once the data is gone.
@@ -841,14 +854,14 @@ def dry_run(config, opts: TrainOptions) -> dict:
     loader, _ = make_loaders(config, 0, nprocs)
     steps_per_epoch = len(loader) // t.aggregate
     planned = t.steps_to_train or steps_per_epoch
-    start, changed = 0, []
+    start, changed, payload = 0, [], None
     path = resume_point(opts, run_dir_of(config))
     if path is not None:
         payload = checkpoint.load(path)
         changed = check_resumable(path, payload, config, nprocs)
         start = int(payload["step"])
     if opts.more is not None:
-        planned = start + opts.more
+        planned = more_target(opts.more, start, payload)
     return {
         "model_type": config.model.model_type,
         "parameters": count_parameters(config.model_dict()),
