@@ -271,13 +271,20 @@ def test_rnn_generate_steps_the_state_like_a_full_rerun(model_type):
     assert torch.equal(stepped, idx)
 
 
-def test_gpt_generate_uses_the_last_attn_length_tokens():
+def test_gpt_generate_reads_a_long_context_as_a_training_window():
+    # The BOS, then the last attn_length - 1 tokens, as every training window: cut to the last
+    # attn_length tokens, the context began with a token that no training window began with.
     torch.manual_seed(0)
-    model = build_model(tiny("gpt", window=8)).eval()
-    long_prompt = torch.randint(0, 64, (1, 30))
-    out = model.generate(long_prompt, 1, temperature=0)
-    expected = model(long_prompt[:, -8:])[0][:, -1].argmax(-1)
-    assert out[0, -1] == expected[0]
+    for window in (8, 1):
+        model = build_model(tiny("gpt", window=window)).eval()
+        read, logits = [], model.logits
+        model.logits = lambda idx: (read.append(idx[0].tolist()), logits(idx))[1]
+        prompt = torch.arange(1, 31).unsqueeze(0)  # the BOS is 1 here
+        out = model.generate(prompt, 3, temperature=0)[0].tolist()
+        assert len(read) == 3
+        for i, context in enumerate(read):
+            seq = out[:30 + i]  # what the step extends
+            assert context == [1] + seq[len(seq) - (window - 1):], (window, i, context)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -246,12 +246,16 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in; the context is
-        cropped to the last attn_length tokens. temperature=0 picks the most likely token.
-        Call model.eval() first (dropout)."""
+        """Extend idx (B, T), which begins with the BOS, by max_new_tokens sampled tokens, feeding
+        each back in. A context longer than attn_length is read as a training window: the BOS, then
+        the last attn_length − 1 tokens (every window the model trained on began with the BOS: cut
+        to its last attn_length tokens, the context began with a token it never saw first).
+        temperature=0 picks the most likely token. Call model.eval() first (dropout)."""
         check_sampling(idx, max_new_tokens, temperature, top_k)
         for _ in range(max_new_tokens):
-            logits = self.logits(idx[:, -self.attn_length:])
+            T = idx.shape[1]
+            context = idx if T <= self.attn_length else torch.cat((idx[:, :1], idx[:, T - (self.attn_length - 1):]), dim=1)
+            logits = self.logits(context)
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
