@@ -62,6 +62,10 @@ impl Corpus {
         }
         let mut files = Vec::with_capacity(paths.len());
         let mut total = 0u64;
+        // Each file once: a file given twice (itself and its folder, or through a symlink) would
+        // repeat its text, and the validation split, the end of the corpus, would then be text
+        // trained on.
+        let mut given_as: HashMap<PathBuf, PathBuf> = HashMap::new();
         for path in paths {
             // Open now so an unreadable file is reported before any work starts.
             let f = File::open(&path).at(&path)?;
@@ -70,7 +74,16 @@ impl Corpus {
             let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
             // The real path: the manifest identifies an input by it, so `corpus/a.txt` given from
             // one folder and `../corpus/a.txt` from another (or through a symlink) are one file.
-            let path = path.canonicalize().at(&path)?;
+            let real = path.canonicalize().at(&path)?;
+            if let Some(first) = given_as.insert(real.clone(), path.clone()) {
+                let how = if first == path { format!("as {}", path.display()) } else { format!("as {} and as {}", first.display(), path.display()) };
+                return Err(Error::Input(format!(
+                    "{} is among the inputs twice ({how}): its text would be in the corpus twice, and the validation split (the \
+                     corpus's end) would repeat text trained on; give each file once",
+                    real.display()
+                )));
+            }
+            let path = real;
             files.push(InputFile { path, size, start: total, modified });
             total += size;
         }
@@ -256,6 +269,31 @@ mod tests {
         assert_eq!(corpus.locate(0), (0, 0));
         assert_eq!(corpus.locate(2), (1, 1));
         assert_eq!(corpus.locate(5), (2, 2));
+    }
+
+    #[test]
+    fn a_file_given_twice_is_refused_however_it_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a.txt"), "a").unwrap();
+        std::fs::write(d.join("b.txt"), "b").unwrap();
+        let twice = |inputs: &[PathBuf]| match Corpus::open(inputs) {
+            Err(Error::Input(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let a = d.join("sub/a.txt");
+        let m = twice(&[a.clone(), d.join("b.txt"), a.clone()]);
+        assert!(m.starts_with(&format!("{} is among the inputs twice (as {})", a.display(), a.display())) && m.contains("give each file once"), "{m}");
+        // Itself and its folder: both ways it was reached are named.
+        let m = twice(&[d.join("sub"), d.join("sub/../sub/a.txt")]);
+        assert!(m.contains(&format!("(as {} and as {})", a.display(), d.join("sub/../sub/a.txt").display())), "{m}");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&a, d.join("sub/link.txt")).unwrap();
+            let m = twice(&[d.join("sub")]);
+            assert!(m.contains("link.txt") && m.contains("among the inputs twice"), "{m}");
+        }
     }
 
     #[test]
