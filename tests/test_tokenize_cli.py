@@ -339,6 +339,28 @@ def test_corrupted_manifest_is_named(tmp_path):
     assert proc.returncode == 1 and "manifest.json" in proc.stderr and "--force" in proc.stderr
 
 
+def test_a_missing_or_damaged_tokenizer_is_named_without_a_traceback(tmp_path):
+    """The tokenizers library's error is a bare Exception naming no file: inspect, TokenStore and
+    generate used to end with it, as a traceback."""
+    from arrows.errors import TokenizerError
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(16, 5_000))
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes")
+    tokenizer = out / "tokenizer.json"
+    tokenizer.unlink()
+    proc = arrows("inspect", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and f"{tokenizer}: No such file or directory" in proc.stderr, proc.stderr
+    tokenizer.write_text('{"version": "1.0", "trunc')  # cut
+    for args in ((out,), (out, "--verify")):
+        proc = arrows("inspect", *args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{tokenizer}: the tokenizer of the token store {out} cannot be loaded" in " ".join(proc.stderr.split()), proc.stderr
+    with pytest.raises(TokenizerError, match="damaged or cut"):
+        TokenStore(out).tokenizer
+
+
 def test_force_with_the_folders_own_tokenizer(tmp_path):
     """--force clears the folder, but a --tokenizer file inside it is read first."""
     corpus = tmp_path / "t.txt"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from arrows import _arrows
-from arrows.errors import InputError
+from arrows.errors import InputError, TokenizerError
 
 _NUMPY_DTYPE = {"u16": np.dtype("<u2"), "u32": np.dtype("<u4")}
 
@@ -98,9 +98,7 @@ class TokenStore:
     @cached_property
     def tokenizer(self):
         """The store's tokenizer as a `tokenizers.Tokenizer`."""
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(self.path / self.manifest["tokenizer"]["file"]))
+        return load_tokenizer(self.path / self.manifest["tokenizer"]["file"], f"the tokenizer of the token store {self.path}")
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids (a list, a tensor, `store[a:b]`), special tokens kept (the
@@ -121,19 +119,30 @@ class TokenStore:
         return f"TokenStore({str(self.path)!r}, tokens={len(self)}, vocab_size={self.vocab_size})"
 
 
+def load_tokenizer(path: str | Path, what: str = "a tokenizer"):
+    """The `tokenizers.Tokenizer` of the file `path`. A missing file is an OSError naming it; a
+    file the library cannot load is a TokenizerError naming it: the library's own exception is
+    a bare Exception without the file's name ("expected value at line 1 column 1")."""
+    from tokenizers import Tokenizer
+
+    data = Path(path).read_bytes()  # an OSError names the file
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as e:
+        raise TokenizerError(f"{path}: {what} cannot be loaded by the tokenizers library ({e}); is the file damaged or cut?") from None
+
+
 def find_tokenizer(dataset_folder: str | Path, tokenizer_path: str | Path | None = None):
     """The tokenizer that decodes a dataset: `tokenizer_path` (a tokenizer.json, or a folder
     holding one) if given, else the token store's own, else for an .h5 file the tokenizer.json
     beside it (where `arrows tokenize --h5` puts it); None when there is none."""
-    from tokenizers import Tokenizer
-
     candidates = [Path(tokenizer_path)] if tokenizer_path else []
     dataset = Path(dataset_folder)
     candidates += [dataset, dataset.parent] if dataset.is_file() else [dataset]
     for c in candidates:
         f = c / "tokenizer.json" if c.is_dir() else c
         if f.is_file() and f.suffix == ".json":
-            return Tokenizer.from_file(str(f))
+            return load_tokenizer(f)
     return None
 
 
