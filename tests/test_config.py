@@ -253,6 +253,9 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
         ("training_params", "cooldown_finish", 0, "must be in (0, 1)"),
         ("training_params", "threads", 0, "must be > 0"),
         ("training_params", "seed", -1, "must be ≥ 0"),
+        # the loader refused it deep inside: "seed must be an integer of at least 0", no key, no file
+        ("training_params", "seed", 2**64 - 1, "expected an integer below 2^63"),
+        ("training_params", "batch_size", 2**63, "expected an integer below 2^63"),
         ("model_params", "dropout", -0.1, "must be in [0, 1)"),
         ("model_params", "embd_dropout", 1, "must be in [0, 1)"),
         ("model_params", "n_heads", 3, "3 does not divide embed_dim 16"),

@@ -411,6 +411,8 @@ def _convert(v: Any, kind: str) -> tuple[Any, str | None]:
         return _BAD, f"expected {want}, got {_show(v)} (a boolean)"
     elif kind == "int":
         if isinstance(v, int):
+            if abs(v) >= 2**63:  # the data loader's core and torch's seeds take 64-bit integers
+                return _BAD, f"expected an integer below 2^63 (9.2e18), got {v}"
             return v, None
         if isinstance(v, float) and math.isfinite(v) and v.is_integer():
             return _BAD, f"expected an integer, got {_show(v)} (write {int(v)})"
