@@ -251,7 +251,8 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
         ("training_params", "valid_fraction", 0, "must be in (0, 1)"),
         ("training_params", "cooldown_finish", 1.0, "must be in (0, 1)"),
         ("training_params", "cooldown_finish", 0, "must be in (0, 1)"),
-        ("training_params", "threads", 0, "must be > 0"),
+        ("training_params", "threads", 0, "must be in 1..1024"),
+        ("training_params", "threads", 40_000, "must be in 1..1024"),  # a traceback: the loader's threads could not start
         ("training_params", "seed", -1, "must be ≥ 0"),
         # the loader refused it deep inside: "seed must be an integer of at least 0", no key, no file
         ("training_params", "seed", 2**64 - 1, "expected an integer below 2^63"),

@@ -56,7 +56,7 @@ meaning is given for it. Every cadence counts optimizer steps (one step = `aggre
 | `valid_fraction` *(new)* | `0.01` | fraction of the token stream held out for validation, in (0, 1) |
 | `sample_every` *(new)* | the validation cadence | print a generated sample every so many steps; 0 = never |
 | `sample_tokens` *(new)* | `64` | tokens per generated sample |
-| `threads` *(new)* | `2` | data-loader threads (per process) |
+| `threads` *(new)* | `2` | data-loader threads (per process), 1 to 1024 |
 | `stride` *(new)* | `null` = `(attn_length − 1) // 2` | tokens between the starts of consecutive windows (the reference's overlap by default). For text of fixed-length lines, the line length makes every window start at a line start |
 
 `optim_params`
@@ -284,6 +284,11 @@ def _non_negative(v) -> str | None:
     return None if v >= 0 else f"must be ≥ 0, not {_show(v)}"
 
 
+def _threads(v) -> str | None:
+    # As tokenize's --threads: tens of thousands made the loader's thread start fail with a panic.
+    return None if 0 < v <= 1024 else f"must be in 1..1024, not {_show(v)}"
+
+
 def _dropout(v) -> str | None:
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), not {_show(v)}"
 
@@ -348,7 +353,7 @@ _TRAINING_KEYS = (
     _Key("save_loc", "str", "runs", check=_non_empty, aliases=("state_save_loc",), wins_over_aliases=True),
     _Key("run_name", "str", None, nullable=True, check=_name),
     _Key("seed", "int", 0, check=_non_negative),
-    _Key("threads", "int", 2, check=_positive),
+    _Key("threads", "int", 2, check=_threads),
     _Key("stride", "int", None, nullable=True, check=_positive),
     _Key("fast_scrambling", "bool", False),
     _Key("cooldown_finish", "float", None, nullable=True, check=_open_unit),
