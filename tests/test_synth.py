@@ -119,6 +119,18 @@ def test_bad_synth_parameters(tmp_path):
     assert proc.returncode != 0 and "does not take --bits" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_no_invertible_matrix_says_what_finds_one(tmp_path):
+    """The advice was "use an odd --row-weight or more --bits" whatever the cause: wrong for an even
+    weight on many bits (more bits make it worse) and for an odd weight near --bits."""
+    for bits, row_weight in ((24, 2), (24, 23), (5, 5)):
+        with pytest.raises(InputError, match="no invertible") as caught:
+            write_language("sparse-linear", tmp_path / "s.txt", 10, bits=bits, row_weight=row_weight)
+        assert "more --bits" not in str(caught.value) and "use --row-weight 3" in str(caught.value)
+        write_language("sparse-linear", tmp_path / "s.txt", 10, bits=bits, row_weight=3)  # and it does
+    with pytest.raises(InputError, match="use more --bits"):  # 3 bits: no weight gives a matrix with an arrow
+        write_language("sparse-linear", tmp_path / "s.txt", 10, bits=3, row_weight=3)
+
+
 def test_synth_cli(tmp_path):
     out = arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "100", "--bits", "8", "--row-weight", "3").stdout
     assert "expected     forward arrow" in out and "hard bits" in out
