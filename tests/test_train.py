@@ -638,3 +638,32 @@ def test_more_run_interrupted_and_given_again_ends_where_it_would_have(tmp_path,
     assert run("stopped", 4).total_steps == 10  # once finished, --more N is N beyond
     dry = arrows("train", tmp_path / "c.json", "--device", "cpu", "--more", "4", "--dry-run").stdout
     assert "plan         10 steps" in dry, dry
+
+
+def test_the_config_trained_under_is_kept_when_a_changed_resume_is_resumed_again(tmp_path, store):
+    # A resume under a new lr that stopped before its next save, then resumed again: config.json
+    # (already the new one) was moved over config.until_step_N.json, and the lr the run had trained
+    # under until step N was lost.
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer, TrainOptions
+
+    path = write_config(tmp_path / "c.json", store, run_name="kept", steps_to_train=2, save_every=2)
+    Trainer(load_config(path), World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    run = tmp_path / "runs" / "kept"
+    trained_under = (run / "config.json").read_text()
+    changed = json.loads(path.read_text())
+    changed["optim_params"]["lr"] = 1e-3
+    path.write_text(json.dumps(changed))
+    stopped = Trainer(load_config(path), World(0, 1, 0, "cpu"), TrainOptions(more=4))
+
+    def interrupted(batches):
+        raise KeyboardInterrupt
+
+    stopped._train_step = interrupted
+    with pytest.raises(CancelledError):
+        stopped.fit()
+    Trainer(load_config(path), World(0, 1, 0, "cpu"), TrainOptions(more=4)).fit()
+    assert (run / "config.until_step_2.json").read_text() == trained_under
+    assert json.loads((run / "config.json").read_text())["optim_params"]["lr"] == 1e-3

@@ -460,6 +460,7 @@ class Trainer:
         self.resumed_from = self.step
         self.step_saved = self.step
         self.resumed_plan = {k: payload.get(k) for k in ("more", "total_steps")}  # see more_target
+        self.resumed_config = payload["config"]  # what it trained under until now (see _write_config)
 
     def _choose_attention(self) -> str | None:
         """With `attention: "auto"` on CUDA, measure the kernels at this run's shape and switch the
@@ -586,8 +587,10 @@ class Trainer:
         as config.until_step_N.json, and the change is said and logged."""
         path = self.run_dir / "config.json"
         if self.changed_settings:
-            if path.exists():
-                path.replace(self.run_dir / f"config.until_step_{self.step}.json")
+            # The checkpoint's config, not config.json: that is already the changed one when a resume
+            # under these changes stopped before its next save (and was moved over the true one).
+            until = self.run_dir / f"config.until_step_{self.step}.json"
+            until.write_text(json.dumps(self.resumed_config, indent=2) + "\n")
             said = "; ".join(self.changed_settings)
             print(f"note: continuing from step {self.step} with changed settings: {said}", file=sys.stderr, flush=True)
         path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
