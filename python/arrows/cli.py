@@ -191,7 +191,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on CPU (gloo), for data parallelism without GPUs."),
     model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm: the model type, for configs that have no model_type key (GRU/LSTM configs)."),
-    resume: str = typer.Option("auto", "--resume", help="auto: continue from the run's latest checkpoint if there is one; never: start over; or a checkpoint path."),
+    resume: str = typer.Option("auto", "--resume", help="auto: continue from the run's latest checkpoint if there is one; never: start over (the earlier run's checkpoints and logs in the run folder are removed); or a checkpoint path."),
     more: Optional[int] = typer.Option(None, "--more", min=1, help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Override training_params.run_name (the run folder's name under save_loc)."),
