@@ -192,7 +192,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on CPU (gloo), for data parallelism without GPUs."),
     model: Optional[str] = typer.Option(None, "--model", help="gpt, gru or lstm: the model type, for configs that have no model_type key (GRU/LSTM configs)."),
     resume: str = typer.Option("auto", "--resume", help="auto: continue from the run's latest checkpoint if there is one; never: start over (the earlier run's checkpoints and logs in the run folder are removed); or a checkpoint path."),
-    more: Optional[int] = typer.Option(None, "--more", min=1, help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s)."),
+    more: Optional[int] = typer.Option(None, "--more", min=1, help="Train this many steps beyond the checkpoint, instead of up to steps_to_train (the reference's -s). Given again to a run that the same --more left unfinished (interrupted, killed), it finishes that run."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override training_params.steps_to_train."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Override training_params.run_name (the run folder's name under save_loc)."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Do not torch.compile the model on CUDA."),
