@@ -707,7 +707,16 @@ fn encode_corpus(opts: &TokenizeOptions, corpus: &Corpus, tokenizer: &Tokenizer,
                     }
                 }
             }
-            let encoded: Encoded = chunks.par_iter().map(|&c| (c, encode_chunk(c, corpus, tokenizer, opts.strict_utf8, &buffers))).collect();
+            // After a cancel (Ctrl-C) the chunks not yet begun are skipped: a batch is 16 chunks
+            // per thread, which a slow tokenizer takes many seconds to encode, and a tokenizer that
+            // cannot cut takes whole files. The writer stops at the first skipped one.
+            let encoded: Encoded = chunks
+                .par_iter()
+                .map(|&c| {
+                    let ids = progress.check_cancel().and_then(|()| encode_chunk(c, corpus, tokenizer, opts.strict_utf8, &buffers));
+                    (c, ids)
+                })
+                .collect();
             if send.send(encoded).is_err() {
                 break; // the writer stopped on an error, which it returns
             }

@@ -227,6 +227,44 @@ fn cancelling_leaves_a_resumable_folder() {
     assert_eq!(stream(&out), expected);
 }
 
+#[test]
+fn a_cancel_skips_the_chunks_of_the_batch_not_yet_begun() {
+    // A batch holds 16 chunks per thread; with a slow tokenizer (here one that encodes each file
+    // whole, having no pre-tokenizer) encoding them all took many seconds after Ctrl-C.
+    let tmp = tempfile::tempdir().unwrap();
+    let texts: Vec<Vec<u8>> = (0..20).map(|i| random_text(20 + i, 600_000).into_bytes()).collect();
+    let inputs = write_corpus(tmp.path(), &texts);
+    let base = tmp.path().join("base");
+    run(&options(inputs[..1].to_vec(), &base)).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
+    json["pre_tokenizer"] = serde_json::Value::Null;
+    let whole_files = tmp.path().join("whole_files.json");
+    std::fs::write(&whole_files, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let out = tmp.path().join("out");
+    let mut o = options(inputs, &out);
+    o.tokenizer = TokenizerSpec::File(whole_files);
+    o.threads = 1;
+    o.shard_bytes = 1000; // a shard per file
+    let progress = Progress::default();
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while progress.phase.load(std::sync::atomic::Ordering::Relaxed) != 3 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            progress.cancel.store(true, std::sync::atomic::Ordering::Relaxed); // Ctrl-C as encoding begins
+        });
+        tokenize(&o, &progress)
+    });
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    let shards = Manifest::read(&out).unwrap().shards.len();
+    // The file being encoded when the cancel came may be finished; not the 15 after it.
+    assert!(shards < 8, "{shards} files encoded after the cancel");
+    o.resume = true;
+    run(&o).unwrap();
+    assert_eq!(Manifest::read(&out).unwrap().shards.len(), 20);
+}
+
 /// The states a crash can leave, built from a finished run: the manifest as it was after shard
 /// `k`, optionally shard `k`'s file already renamed but not yet listed, optionally a torn `.tmp`.
 fn crash_state(finished: &Path, dir: &Path, k: usize, renamed_next: bool, torn_tmp: Option<usize>) {
