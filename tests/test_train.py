@@ -667,3 +667,27 @@ def test_the_config_trained_under_is_kept_when_a_changed_resume_is_resumed_again
     Trainer(load_config(path), World(0, 1, 0, "cpu"), TrainOptions(more=4)).fit()
     assert (run / "config.until_step_2.json").read_text() == trained_under
     assert json.loads((run / "config.json").read_text())["optim_params"]["lr"] == 1e-3
+
+
+def test_a_run_resumed_from_a_backup_continues_from_it_after_an_interruption(tmp_path, store):
+    # --resume step_N.pt drops the records after step N; the newer latest.pt stayed, and the next
+    # `arrows train` (after an interruption before the next save) continued from it, past them.
+    from arrows import checkpoint
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer, TrainOptions, resume_point
+
+    config = load_config(write_config(tmp_path / "c.json", store, run_name="back", steps_to_train=6, save_every=2, backup_every=2, step_log=1))
+    Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    run = tmp_path / "runs" / "back"
+    trainer = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(resume=str(run / "checkpoints" / "step_00000002.pt")))
+
+    def interrupted(batches):
+        raise KeyboardInterrupt
+
+    trainer._train_step = interrupted
+    with pytest.raises(CancelledError, match="the checkpoint of step 2 "):
+        trainer.fit()
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert checkpoint.load(resume_point(TrainOptions(), run))["step"] == 2

@@ -74,6 +74,28 @@ def save(path: str | Path, payload: dict) -> None:
         os.close(dir_fd)
 
 
+def copy(src: str | Path, dst: str | Path) -> None:
+    """Copy checkpoint `src` to `dst` atomically, as `save` writes one."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def load(path: str | Path) -> dict:
     """Read a checkpoint, first checking the CRC of every record of its zip archive (torch.load
     alone would load flipped bytes silently)."""

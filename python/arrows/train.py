@@ -461,6 +461,7 @@ class Trainer:
         self.step_saved = self.step
         self.resumed_plan = {k: payload.get(k) for k in ("more", "total_steps")}  # see more_target
         self.resumed_config = payload["config"]  # what it trained under until now (see _write_config)
+        self.resumed_path = path
 
     def _choose_attention(self) -> str | None:
         """With `attention: "auto"` on CUDA, measure the kernels at this run's shape and switch the
@@ -512,6 +513,8 @@ class Trainer:
             checkpoint.remove_partial(self.ckpt_dir)
             if resumed is None:
                 self._start_over()
+            else:
+                self._adopt_resume_point()
             self._write_config()
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
             if self.changed_settings:
@@ -580,6 +583,16 @@ class Trainer:
                 removed.append(p.name)
         if removed:
             print(f"note: starting over in {self.run_dir}: removed the earlier run's {', '.join(removed)}", file=sys.stderr, flush=True)
+
+    def _adopt_resume_point(self) -> None:
+        """A run resumed from another checkpoint than its latest.pt (`--resume step_N.pt`) makes it
+        its latest.pt at once: the records after step N are dropped (Metrics), and a newer latest.pt
+        left in place was what the next `--resume auto` continued from (after an interruption before
+        the next save), past the dropped records."""
+        latest = self.ckpt_dir / checkpoint.LATEST
+        if latest.exists() and latest.samefile(self.resumed_path):
+            return
+        checkpoint.copy(self.resumed_path, latest)
 
     def _write_config(self) -> None:
         """config.json: the resolved config the run trains under. When a resumed run continues under
