@@ -398,6 +398,25 @@ def test_study_refuses_a_study_record_it_cannot_read_before_it_trains(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{tmp_path / 'study' / 'study.json'}: not a study record arrows can read" in message, message
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["study.json"]  # nothing trained
+    # compare and sweep read it the same way (a cut file ended in a JSONDecodeError traceback).
+    (tmp_path / "study" / "study.json").write_text("{")
+    for command in (["compare", tmp_path / "study"], ["sweep", tmp_path / "study", tmp_path / "study", "--out", tmp_path / "sweep"]):
+        proc = arrows(*command, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and "not a study record arrows can read" in proc.stderr, proc.stderr
+
+
+def test_compare_of_an_unfinished_study_says_how_to_finish_it(tmp_path):
+    """A study stopped before a run's first checkpoint: compare named that run "not a run folder
+    ... give folders written by arrows train or arrows study" (it is one), or said "train it first"."""
+    study = tmp_path / "my study"
+    (study / "fw" / "checkpoints").mkdir(parents=True)
+    (study / "fw" / "checkpoints" / "latest.pt").write_bytes(b"")
+    (study / "study.json").write_text(json.dumps({"config": str(tmp_path / "cfg.json"), "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}))
+    proc = arrows("compare", study, check=False)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"the study is unfinished: {study / 'bw'} has no checkpoint yet" in message, message
+    assert f"finish it with `arrows study {tmp_path / 'cfg.json'} --out '{study}'`" in message, message
 
 
 def test_study_refuses_a_directed_config(tmp_path):

@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -311,11 +312,21 @@ def training_differences(fw: Run, bw: Run, steps_fw: int, steps_bw: int) -> list
 def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
     """`RUN` (a study folder) → its pairs; `FW BW [FW BW ...]` → those pairs."""
     if len(paths) == 1:
-        study = Path(paths[0]) / STUDY_FILE
-        if not study.is_file():
-            raise InputError(f"{paths[0]}: not a study folder (no {STUDY_FILE}); give a study folder, or FW BW run folders in pairs")
-        pairs = json.loads(study.read_text())["pairs"]
-        return [(Path(paths[0]) / p["fw"], Path(paths[0]) / p["bw"]) for p in pairs]
+        from arrows.study import read_study_record
+
+        folder = Path(paths[0])
+        record = read_study_record(folder)
+        if record is None:
+            raise InputError(f"{folder}: not a study folder (no {STUDY_FILE}); give a study folder, or FW BW run folders in pairs")
+        pairs = [(folder / fw, folder / bw) for fw, bw in record["pairs"]]
+        # A study stopped before some run's first checkpoint: said as such, with the command that
+        # finishes it (each such run was named "not a run folder" or "train it first").
+        unfinished = [str(run) for pair in pairs for run in pair if not (run / "checkpoints" / "latest.pt").is_file()]
+        if unfinished:
+            config = shlex.quote(record["config"]) if record["config"] else "CONFIG"
+            raise InputError(f"{folder}: the study is unfinished: {', '.join(unfinished)} {'has' if len(unfinished) == 1 else 'have'} no "
+                             f"checkpoint yet; finish it with `arrows study {config} --out {shlex.quote(str(folder))}` (it compares at the end)")
+        return pairs
     if len(paths) % 2:
         raise InputError(f"give a study folder, or forward and backward (or permuted) run folders in pairs (FW BW FW BW ...); got {len(paths)} paths")
     return [(Path(paths[i]), Path(paths[i + 1])) for i in range(0, len(paths), 2)]

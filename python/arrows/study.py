@@ -61,19 +61,21 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
 
 
 def read_study_record(study_dir: Path) -> dict | None:
-    """The study record (`study.json`) in `study_dir`, checked: its seed count (`seeds`) and the
-    folder names of its pairs' second runs (`second_runs`: {"bw"} or {"perm"}). None: no study
-    there yet."""
+    """The study record (`study.json`) in `study_dir`, checked: its seed count (`seeds`), its
+    pairs' run folders inside the study (`pairs`: [("fw", "bw"), ...]), the folder names of their
+    second runs (`second_runs`: {"bw"} or {"perm"}) and the config it was started with (`config`,
+    None if not recorded). None: no study there yet."""
     study = Path(study_dir) / STUDY_FILE
     if not study.is_file():
         return None
     try:
         record = json.loads(study.read_text())
         seeds = int(record.get("seeds", len(record["pairs"])))
-        second_runs = {Path(p["bw"]).name for p in record["pairs"]}
+        pairs = [(str(p["fw"]), str(p["bw"])) for p in record["pairs"]]
+        config = record.get("config")
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise CorruptDataError(f"{study}: not a study record arrows can read; give another --out, or delete it to start the study over") from None
-    return {"seeds": seeds, "second_runs": second_runs}
+        raise CorruptDataError(f"{study}: not a study record arrows can read (damaged, or edited by hand): restore it, or start the study over in another folder") from None
+    return {"seeds": seeds, "pairs": pairs, "second_runs": {Path(bw).name for _, bw in pairs}, "config": config}
 
 
 def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str = "auto", gpus: list[int] | None = None,

@@ -42,14 +42,14 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
     """(report.json, the run folders it was computed from, in its pairs' order (fw, bw, fw, ...),
     what to run to redo it) for an argument: a study folder, a report folder (compare's --out) or
     a report.json."""
-    from arrows.study import STUDY_FILE
+    from arrows.study import read_study_record
 
     path = Path(path)
     if path.is_file() and path.name == "report.json":
         path = path.parent
-    if (path / STUDY_FILE).is_file():
-        pairs = json.loads((path / STUDY_FILE).read_text())["pairs"]
-        runs = [path / p[d] for p in pairs for d in ("fw", "bw")]
+    record = read_study_record(path)
+    if record is not None:
+        runs = [path / run for pair in record["pairs"] for run in pair]
         return path / "report" / "report.json", runs, f"arrows compare {shlex.quote(str(path))}"
     if (path / "report.json").is_file():
         report = json.loads((path / "report.json").read_text())
@@ -94,13 +94,12 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
     run's checkpoint is at another step than the one it evaluated (trained further since): the
     steps, not the files' times, which a copy of the folder changes."""
     from arrows.checkpoint import LATEST, saved_step
-    from arrows.study import STUDY_FILE
+    from arrows.study import read_study_record
 
     if not report_path.is_file():
         study = report_path.parent.parent
-        try:
-            config = json.loads((study / STUDY_FILE).read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError):
+        config = read_study_record(study)["config"]
+        if config is None:
             return f"{study}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
         return (f"{study}: no report yet (the study is unfinished, or was not compared): run `arrows study {shlex.quote(str(config))} "
                 f"--out {shlex.quote(str(study))}` to finish it (it compares at the end), or `{redo}` to compare its runs as they are")
