@@ -627,3 +627,11 @@ def test_synthetic_verdict_is_not_conclusive_when_the_easy_direction_learned_not
         assert "NOT the expected" not in verdict
     verdict, _ = _synthetic_verdict(sidecar, learned, chance, {"delta": -0.0093, "low": -0.0094, "high": -0.0092})
     assert verdict.startswith("Measured: a backward arrow, NOT the expected one")  # the easy direction learned: a real surprise
+    # A reversible language: no arrow is what untrained models show too (`arrows demo --steps 1`).
+    walks = {"fields": ["walk"], "expected_arrow": "none"}
+    pairs = [{"fields": {"forward": {"walk": 5.5}, "backward": {"walk": 5.5}}}]
+    summary = {"delta": 0.0002, "low": -0.0001, "high": 0.0005}
+    verdict, _ = _synthetic_verdict(walks, pairs, {"walk": 1.9}, summary, frequencies_only=True)
+    assert "within ±1%, but not conclusive: a run has not learned beyond token frequencies" in verdict and "should be" not in verdict
+    verdict, _ = _synthetic_verdict(walks, pairs, {"walk": 1.9}, summary, frequencies_only=False)
+    assert verdict == "Measured δ = +0.02%: within ±1%, as a reversible language should be."

@@ -488,9 +488,11 @@ def _curves(run: Run) -> dict:
     }
 
 
-def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float], summary: dict) -> tuple[str, list[str]]:
+def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float], summary: dict,
+                       frequencies_only: bool = False) -> tuple[str, list[str]]:
     """What the run shows against what the language is built to show, and notes on any field
-    that a direction should have computed but did not learn."""
+    that a direction should have computed but did not learn. `frequencies_only`: a run has not
+    learned beyond token frequencies (its loss is at their entropy)."""
     notes, states = [], {}  # states: direction → (the field it reads last, how far it learned it)
     names = sidecar["fields"]
     if len(names) >= 2:
@@ -520,7 +522,12 @@ def _synthetic_verdict(sidecar: dict, pairs: list[dict], chance: dict[str, float
     measured = "forward" if lo > 0 else "backward" if hi < 0 else "none"
     if expected == "none":
         ok = abs(summary["delta"]) < 0.01
+        # Models that learned nothing from context have no arrow whatever the language: within ±1%
+        # then confirms nothing (one step of training was "as a reversible language should be").
         verdict = (
+            f"Measured δ = {100 * summary['delta']:+.2f}%: within ±1%, but not conclusive: a run has not learned beyond token "
+            "frequencies (see the notes), and models that learned nothing show no arrow whatever the language; train longer."
+            if ok and frequencies_only else
             f"Measured δ = {100 * summary['delta']:+.2f}%: within ±1%, as a reversible language should be." if ok else
             f"Measured δ = {100 * summary['delta']:+.2f}%: OUTSIDE ±1%, though a reversible language has no arrow; "
             f"the runs are probably not trained far enough (compare their curves)."
@@ -599,9 +606,11 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
             entry["fields"] = {"forward": stream.losses(f), second_order(bw)["label"]: stream.losses(b)}
         entries.append(entry)
     unigram = unigram_entropy(runs[0][0])
+    frequencies_only = False
     for e in entries:
         for direction, key, path in (("forward", "loss_fw", "fw"), (second_order(runs[0][1])["label"], "loss_bw", "bw")):
             if e[key] >= 0.99 * unigram:
+                frequencies_only = True
                 notes.append(f"the {direction} run {e[path]} has not learned beyond token frequencies: loss {e[key]:.4f} ≥ {unigram:.4f}, the entropy of the validation tokens' frequencies")
     deltas = np.array([e["delta"] for e in entries])
     summary = {
@@ -635,7 +644,7 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
         report["synthetic"] = {"kind": sidecar["kind"], "expected_arrow": None, "ideal": sidecar.get("nats_per_token", {}).get("ideal"),
                                "chance_by_field": chance, "verdict": "No expected arrow against a permuted order: the loss of each field shows what each order learned."}
     elif sidecar is not None:
-        verdict, field_notes = _synthetic_verdict(sidecar, entries, chance, summary)
+        verdict, field_notes = _synthetic_verdict(sidecar, entries, chance, summary, frequencies_only)
         report["synthetic"] = {"kind": sidecar["kind"], "expected_arrow": sidecar["expected_arrow"], "verdict": verdict,
                                "ideal": sidecar.get("nats_per_token", {}).get("ideal"), "chance_by_field": chance}
         report["notes"] = field_notes + notes
