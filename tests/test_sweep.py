@@ -202,6 +202,10 @@ def test_the_axis_of_a_size_sweep_is_the_parameter_count_and_a_language_sweep_ha
     varying = varying_settings([small, large])
     assert varying == ["model_params.n_layers", "model_params.embed_dim", "training_params.batch_size"]
     assert sweep_axis([small, large], varying) == ("parameters", [1000.0, 9000.0])
+    # A GPT beside a GRU: two architectures, not a size sweep (they were set along the parameter count).
+    small.settings["model_params.model_type"], large.settings["model_params.model_type"] = "gpt", "gru"
+    assert sweep_axis([small, large], varying_settings([small, large])) is None
+    del small.settings["model_params.model_type"], large.settings["model_params.model_type"]
     # Sizes on other windows too: no single axis.
     small.settings["model_params.attn_length"], large.settings["model_params.attn_length"] = 64, 256
     assert sweep_axis([small, large], varying_settings([small, large])) is None

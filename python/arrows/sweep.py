@@ -199,14 +199,16 @@ def _mark_orders(studies: list[Study]) -> None:
 
 def sweep_axis(studies: list[Study], varying: list[str]) -> tuple[str, list[float]] | None:
     """What δ is drawn against: the one numeric setting that varies (a context length); else the
-    parameter count when the models differ in size on the same data and window (a model-size
-    sweep, whose batch and learning rate may change with the size); None: the studies themselves,
-    side by side (languages, or several settings at once)."""
+    parameter count when the models differ in size on the same data and window, of one kind (a
+    model-size sweep, whose batch and learning rate may change with the size: a GPT beside a GRU
+    is two architectures, not two sizes); None: the studies themselves, side by side (languages,
+    architectures, or several settings at once)."""
     if len(varying) == 1 and all(_number(s.settings.get(varying[0])) for s in studies):
         return varying[0].split(".", 1)[1], [float(s.settings[varying[0]]) for s in studies]
-    same_data_and_window = not {"training_params.dataset_folder", "model_params.attn_length", "model_params.desired_attn_length", ORDER_KEY} & set(varying)
+    same_data_window_and_kind = not {"training_params.dataset_folder", "model_params.attn_length", "model_params.desired_attn_length",
+                                     "model_params.model_type", ORDER_KEY} & set(varying)
     sizes = [s.parameters for s in studies]
-    if same_data_and_window and all(sizes) and len(set(sizes)) == len(sizes):
+    if same_data_window_and_kind and all(sizes) and len(set(sizes)) == len(sizes):
         return "parameters", [float(n) for n in sizes]
     return None
 
