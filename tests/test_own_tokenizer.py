@@ -234,6 +234,15 @@ def test_bos_chosen_by_its_text(tmp_path):
     # An ordinary token by its vocabulary text, with the bytes tokenizer: "a" is byte 97, id 98.
     arrows("tokenize", files[1], "--out", tmp_path / "bytes", "--tokenizer", "bytes", "--bos", "a")
     assert TokenStore(tmp_path / "bytes").bos_id == 98
+    # The trained BPE: a name no training can give is refused before the training, as above (it
+    # was refused only once trained, minutes on a large corpus); one it gives is looked up after.
+    trained = tmp_path / "trained"
+    wrong = arrows("tokenize", *files, "--out", trained, "--vocab-size", "400", "--bos", "<s>", check=False)
+    message = " ".join(wrong.stderr.split())
+    assert wrong.returncode == 1 and '--bos "<s>": not a token of the tokenizer' in message and '"<|endoftext|>"' in message, message
+    assert not trained.exists() and "learning merges" not in wrong.stderr
+    arrows("tokenize", *files, "--out", trained, "--vocab-size", "400", "--bos", "Ġthe")
+    assert TokenStore(trained).bos_id == TokenStore(trained).tokenizer.token_to_id("Ġthe") > 256
 
 
 def test_a_folder_given_for_the_tokenizer_names_the_file_inside(tmp_path):
