@@ -14,6 +14,7 @@ from conftest import ARROWS, arrows, random_text
 from tokenizers import Tokenizer
 
 from arrows.data import TokenStore
+from arrows.h5 import h5_tokens
 
 
 def hf_ids(tokenizer_json: Path, texts: list[str]) -> list[int]:
@@ -325,6 +326,29 @@ def test_full_disk_is_a_clear_error_and_resumable(tmp_path):
     arrows("tokenize", corpus, "--out", out, *common, "--resume")
     for p in reference.glob("shard_*.bin"):
         assert (out / p.name).read_bytes() == p.read_bytes()
+
+
+def test_h5_that_does_not_fit_is_a_clear_error_and_resumable(tmp_path):
+    """--h5 past a file-size limit (a full disk): h5py's close then fails with a RuntimeError that
+    hid the write's OSError, a traceback, and tokens.h5.tmp stayed, holding the space."""
+    import resource
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(17, 1_000_000), encoding="utf-8")
+    out = tmp_path / "out"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))  # the 2 MB shard fits, not the 4 MB tokens.h5
+
+    common = ["--tokenizer", "bytes", "--h5"]
+    proc = subprocess.run([str(ARROWS), "tokenize", str(corpus), "--out", str(out), *common], capture_output=True, text=True, preexec_fn=limit)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{out / 'tokens.h5'}: File too large; the token store is complete and kept" in message and "with --resume" in message, message
+    assert sorted(p.name for p in out.iterdir()) == [".arrows.lock", "manifest.json", "shard_000000.bin", "tokenizer.json"]
+    arrows("tokenize", corpus, "--out", out, *common, "--resume")
+    assert np.array_equal(h5_tokens(out / "tokens.h5"), TokenStore(out)[:])
 
 
 def test_corrupted_manifest_is_named(tmp_path):

@@ -21,22 +21,38 @@ def write_h5(store_dir: str | Path, reporter=None) -> Path:
     path = Path(store_dir) / H5_NAME
     tmp = path.with_name(H5_NAME + ".tmp")
     n = len(store)
-    with h5py.File(tmp, "w") as f:
-        # No chunks, no compression: the reference code (and our loader) can memory-map it.
-        ds = f.create_dataset("tokens", shape=(n,), dtype="<i4")
-        ds.attrs["tokenizer_hash"] = store.manifest["tokenizer"]["hash"]
-        # The id training windows begin with, so that the file trains as its store does (a
-        # reference .h5 has no such attribute: 0, its <|endoftext|>).
-        ds.attrs["bos_id"] = store.window_bos_id
-        for a in range(0, n, _BLOCK):
-            b = min(a + _BLOCK, n)
-            ds[a:b] = store[a:b].astype(np.int32)
-            if reporter is not None:
-                reporter.update("writing tokens.h5", b, n, "tokens")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    try:
+        with h5py.File(tmp, "w") as f:
+            # No chunks, no compression: the reference code (and our loader) can memory-map it.
+            ds = f.create_dataset("tokens", shape=(n,), dtype="<i4")
+            ds.attrs["tokenizer_hash"] = store.manifest["tokenizer"]["hash"]
+            # The id training windows begin with, so that the file trains as its store does (a
+            # reference .h5 has no such attribute: 0, its <|endoftext|>).
+            ds.attrs["bos_id"] = store.window_bos_id
+            for a in range(0, n, _BLOCK):
+                b = min(a + _BLOCK, n)
+                ds[a:b] = store[a:b].astype(np.int32)
+                if reporter is not None:
+                    reporter.update("writing tokens.h5", b, n, "tokens")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # a partial file would keep the space that a retry needs
+        # A failed write (a full disk) makes h5py's close fail too, with a RuntimeError that
+        # replaces the OSError saying why: raise that one, with its errno and the file's name.
+        cause = next((c for c in _causes(e) if isinstance(c, OSError)), None)
+        if isinstance(e, Exception) and cause is not None and cause.errno is not None:
+            raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from e
+        raise
     os.replace(tmp, path)
     return path
+
+
+def _causes(e: BaseException):
+    """`e` and the exceptions it was raised during or from."""
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def h5_tokens(path: str | Path) -> np.ndarray:

@@ -94,8 +94,14 @@ def tokenize(
         mb = summary["input_bytes"]
         reporter.update("encoding", mb, mb, "bytes", f"{summary['tokens']:,} tokens", final=True)
     if h5:
-        from arrows.h5 import write_h5
+        from arrows.h5 import H5_NAME, write_h5
 
-        summary["h5"] = str(write_h5(out, reporter=reporter))
+        try:
+            summary["h5"] = str(write_h5(out, reporter=reporter))
+        except OSError as e:
+            if e.errno in _NO_ROOM:
+                raise OSError(e.errno, f"{e.strerror}; the token store is complete and kept: free some space, then run the same command "
+                              f"with --resume to write {H5_NAME}", e.filename) from None
+            raise
     return summary
 
