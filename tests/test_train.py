@@ -691,3 +691,29 @@ def test_a_run_resumed_from_a_backup_continues_from_it_after_an_interruption(tmp
         trainer.fit()
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
     assert checkpoint.load(resume_point(TrainOptions(), run))["step"] == 2
+
+
+def test_a_run_resumes_from_its_data_moved_elsewhere(tmp_path, store):
+    # The checkpoint named its data by path alone: data moved (or copied to a node's local disk, at
+    # another path each job) could not be resumed from. Another store is still refused.
+    import shutil
+
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.errors import InputError
+    from arrows.train import Trainer, TrainOptions
+
+    shutil.copytree(store, tmp_path / "here")
+    path = write_config(tmp_path / "c.json", tmp_path / "here", run_name="moved", steps_to_train=2, save_every=2)
+    Trainer(load_config(path), World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    (tmp_path / "here").rename(tmp_path / "there")
+    moved = write_config(tmp_path / "c.json", tmp_path / "there", run_name="moved", steps_to_train=4, save_every=2)
+    trainer = Trainer(load_config(moved), World(0, 1, 0, "cpu"), TrainOptions())
+    assert trainer.step == 2 and any(c.startswith("training_params.dataset_folder: ") for c in trainer.changed_settings)
+    assert trainer.fit()["steps"] == 4
+
+    (tmp_path / "o.txt").write_text(random_text(7, 100_000), encoding="utf-8")
+    arrows("tokenize", tmp_path / "o.txt", "--out", tmp_path / "other", "--vocab-size", "512")
+    other = write_config(tmp_path / "c.json", tmp_path / "other", run_name="moved", steps_to_train=6, save_every=2)
+    with pytest.raises(InputError, match=r"dataset_folder: .*\(not the data it trained on\)"):
+        Trainer(load_config(other), World(0, 1, 0, "cpu"), TrainOptions())

@@ -154,6 +154,8 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
     # in the data counts batches of those windows, and the loader refuses another set of them.
     refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed",
                                                           "stride", "valid_fraction")}
+    # The same token store at another path (moved, or copied to a node's local disk) is the same data.
+    moved = payload.get("data") is not None and payload["data"] == data_identity(mine["training_params"]["dataset_folder"])
     diffs, changed = [], []
     for sec, values in mine.items():
         if not isinstance(values, dict):
@@ -162,8 +164,10 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
         for k, v in values.items():
             if saved.get(sec, {}).get(k) == v:
                 continue
-            if (keys is None or k in keys) and k not in compute_only:
-                diffs.append(f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}")
+            if (keys is None or k in keys) and k not in compute_only and not (k == "dataset_folder" and moved):
+                why = "" if k != "dataset_folder" else (" (not the data it trained on)" if payload.get("data") is not None
+                                                         else " (this checkpoint does not record its data, only the path)")
+                diffs.append(f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}{why}")
             elif k not in ("run_name", "save_loc", "state_save_loc"):  # where the run is, not how it trains
                 changed.append(f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} → {v!r}")
     if diffs:
@@ -188,6 +192,20 @@ def more_target(more: int, step: int, payload: dict | None) -> int:
     if payload is not None and payload.get("more") == more and step < int(payload.get("total_steps") or step):
         return int(payload["total_steps"])
     return step + more
+
+
+def data_identity(dataset_folder: str | Path) -> str | None:
+    """What a run trains on, wherever it lies: a hash of a token store's tokenizer (hash, BOS), id
+    type, and every shard's checksum and length, as its manifest records them (`verify_data` checks
+    them against the shards before training). None for an .h5 file, which only its path identifies."""
+    import hashlib
+
+    try:
+        m = json.loads((Path(dataset_folder) / "manifest.json").read_bytes())
+        what = [m["tokenizer"]["hash"], m["tokenizer"].get("bos_id"), m["dtype"], [[s["checksum"], s["tokens"]] for s in m["shards"]]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 def _with_loader_stride(config: dict) -> dict:
@@ -414,6 +432,7 @@ class Trainer:
         self.train_loader, self.valid_loader = make_loaders(config, world.rank, world.world_size, world.device)
         self.steps_per_epoch = len(self.train_loader) // t.aggregate
         self.tokens_per_step = t.batch_size * t.aggregate * L  # all processes together
+        self.data_identity = data_identity(t.dataset_folder)
 
         # The same initial weights in every process (DDP also broadcasts rank 0's).
         torch.manual_seed(t.seed)
@@ -791,6 +810,7 @@ class Trainer:
                 # data's (a store made with --bos records its own), which the run folder alone
                 # cannot tell once the data is gone.
                 "bos_id": self.train_loader.bos_id,
+                "data": self.data_identity,  # a resume may find the data moved (check_resumable)
             }
             checkpoint.save(self.ckpt_dir / name, payload)
         if self.world.distributed:
