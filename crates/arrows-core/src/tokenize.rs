@@ -364,7 +364,12 @@ fn check_same_job(manifest: &Manifest, settings: &Settings, inputs: &[InputEntry
             diffs.push(format!("{name} was {was}, now {now}"));
         }
     };
-    setting("--tokenizer", a.tokenizer.clone(), b.tokenizer.clone());
+    // A tokenizer file is known by its content: the same file moved, or the store's own copy of it
+    // (OUT/tokenizer.json, the only one left once the original is gone), resumes.
+    let was_a_file = !matches!(a.tokenizer.as_str(), "train" | "bytes");
+    if !(was_a_file && given.is_some_and(|t| hex(t.hash) == manifest.tokenizer.hash)) {
+        setting("--tokenizer", a.tokenizer.clone(), b.tokenizer.clone());
+    }
     // Options that only apply when a tokenizer is trained: "unset" otherwise, not Rust's `None`.
     let shown = |v: Option<u64>| v.map_or("unset".to_string(), |v| v.to_string());
     setting("--vocab-size", shown(a.vocab_size.map(|v| v as u64)), shown(b.vocab_size.map(|v| v as u64)));

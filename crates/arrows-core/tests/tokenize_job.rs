@@ -482,6 +482,45 @@ fn resume_knows_the_inputs_by_their_real_paths_and_lists_few_differences() {
 }
 
 #[test]
+fn a_tokenizer_file_moved_or_gone_resumes_with_a_copy_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_corpus(tmp.path(), &[random_text(30, 20_000).into_bytes()]);
+    let trained = tmp.path().join("trained");
+    run(&options(inputs.clone(), &trained)).unwrap();
+    let original = tmp.path().join("original.json");
+    std::fs::copy(trained.join("tokenizer.json"), &original).unwrap();
+
+    // A store made with it, and the same store interrupted after 3 shards.
+    let finished = tmp.path().join("finished");
+    let mut o = options(inputs.clone(), &finished);
+    o.tokenizer = TokenizerSpec::File(original.clone());
+    run(&o).unwrap();
+    let expected = snapshot(&finished);
+    let out = tmp.path().join("out");
+    crash_state(&finished, &out, 3, false, None);
+    o.out = out.clone();
+    o.resume = true;
+    // The original is gone: the store's own copy, or a copy elsewhere, is the same tokenizer.
+    let moved = tmp.path().join("moved.json");
+    std::fs::rename(&original, &moved).unwrap();
+    for copy in [out.join("tokenizer.json"), moved] {
+        o.tokenizer = TokenizerSpec::File(copy.clone());
+        run(&o).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+        assert_eq!(snapshot(&out), expected, "the store made with the original");
+    }
+    // Another tokenizer at any path is still refused.
+    let mut other: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("tokenizer.json")).unwrap()).unwrap();
+    other["model"]["merges"].as_array_mut().unwrap().pop();
+    let other_path = tmp.path().join("other.json");
+    std::fs::write(&other_path, serde_json::to_vec(&other).unwrap()).unwrap();
+    o.tokenizer = TokenizerSpec::File(other_path);
+    match run(&o).unwrap_err() {
+        Error::ResumeMismatch(m) => assert!(m.contains("--tokenizer was") && m.contains("is not the tokenizer the folder was started with"), "{m}"),
+        e => panic!("expected ResumeMismatch, got {e}"),
+    }
+}
+
+#[test]
 fn resume_refuses_an_input_edited_where_the_fingerprint_does_not_look() {
     let tmp = tempfile::tempdir().unwrap();
     let mut text = random_text(9, 4_000_000).into_bytes();
