@@ -135,6 +135,11 @@ def test_a_compare_report_finds_its_runs_from_any_folder(context_sweep, tmp_path
     result = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert result["varying"] == ["model_params.attn_length"] and result["axis"] == "attn_length"
     assert result["studies"][1]["parameters"] > 0 and result["studies"][1]["runs_found"] and "not found" not in proc.stdout
+    # sweep names the reports it read so too, given relatively (they were recorded as given).
+    arrows("sweep", "ctx8", tmp_path / "rel", "--out", tmp_path / "s2", cwd=tmp)
+    result = json.loads((tmp_path / "s2" / "sweep.json").read_text())
+    assert [r["report"] for r in result["studies"]] == [str(tmp / "ctx8" / "report" / "report.json"), str(tmp_path / "rel" / "report.json")]
+    assert f"`{tmp / 'ctx8' / 'report' / 'report.md'}`" in (tmp_path / "s2" / "sweep.md").read_text() or not result["studies"][0]["notes"]
     # A report and its runs moved together (a project folder renamed): found beside the report.
     tree = tmp_path / "project"
     shutil.copytree(tmp / "ctx32", tree / "runs" / "ctx32")

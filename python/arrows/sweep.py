@@ -233,7 +233,8 @@ def sweep(paths: list[Path]) -> dict:
         summary = s.report["summary"]
         low, high, noise = interval(summary)
         rows.append({
-            "study": s.name, "report": str(s.report_path), "settings": {key: s.settings.get(key) for key in varying},
+            # Absolute, as compare records its runs: sweep.json and sweep.md are read from elsewhere.
+            "study": s.name, "report": os.path.abspath(s.report_path), "settings": {key: s.settings.get(key) for key in varying},
             "parameters": s.parameters, "x": axis[1][k] if axis else None, "data": s.report["data"],
             "windows": summary["windows"], "seeds": summary.get("seeds", len(s.report.get("pairs", [])) or 1),
             "loss_fw": summary["loss_fw"], "loss_bw": summary["loss_bw"], "delta": summary["delta"],
