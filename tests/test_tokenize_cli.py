@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -398,6 +399,25 @@ def test_force_with_the_folders_own_tokenizer(tmp_path):
     assert np.array_equal(TokenStore(out)[:], before)
     assert (out / "tokenizer.json").read_bytes() == kept.read_bytes()
 
+
+
+def test_resume_when_the_tokenizer_file_is_gone(tmp_path):
+    """The store keeps a copy of its tokenizer: once the file it was started with is gone, the
+    refusal of the missing file points to that copy, which resumes."""
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(random_text(18, 50_000))
+    arrows("tokenize", corpus, "--out", tmp_path / "trained", "--vocab-size", "400")
+    original = tmp_path / "original.json"
+    original.write_bytes((tmp_path / "trained" / "tokenizer.json").read_bytes())
+    out = tmp_path / "out"
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", original, "--shard-bytes", "10KB")
+    original.unlink()
+    proc = arrows("tokenize", corpus, "--out", out, "--tokenizer", original, "--shard-bytes", "10KB", "--resume", check=False,
+                  env={"COLUMNS": "500"})  # the path whole on one line of typer's box
+    message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", proc.stderr).split())
+    copy = out / "tokenizer.json"
+    assert proc.returncode == 2 and f"to resume, the store's own copy will do: --tokenizer {copy}" in message, proc.stderr
+    arrows("tokenize", corpus, "--out", out, "--tokenizer", copy, "--shard-bytes", "10KB", "--resume")
 
 
 def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):

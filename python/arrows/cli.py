@@ -101,7 +101,9 @@ def tokenize(
         hint = f"give {inside}" if inside.is_file() else "give the tokenizer.json file"
         raise typer.BadParameter(f"{spec}: a folder, not a tokenizer file ({hint}, or 'bytes')", param_hint="--tokenizer")
     if spec not in ("train", "bytes") and not Path(spec).is_file():
-        raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes')", param_hint="--tokenizer")
+        copy = out / "tokenizer.json"  # a store keeps a copy of the tokenizer it was started with
+        hint = f"; to resume, the store's own copy will do: --tokenizer {copy}" if resume and copy.is_file() else ""
+        raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes'){hint}", param_hint="--tokenizer")
     if tokenizer is not None and vocab_size is not None:
         raise typer.BadParameter("--vocab-size applies only when training a tokenizer; drop it or drop --tokenizer", param_hint="--vocab-size")
     with Reporter.from_env() as reporter:
