@@ -492,6 +492,31 @@ def test_curves_tell_the_seeds_apart(tmp_path, monkeypatch):
     assert (tmp_path / "two.png").stat().st_size > 0
 
 
+def test_curves_legend_of_several_seeds_stays_whole_and_off_the_curves(tmp_path, monkeypatch):
+    """An entry per curve (4 per seed) covered the curves, and from 4 seeds on ran off the figure's
+    bottom (seed 4's entries were cut off): the legend names directions, kinds and seeds once each,
+    beside the axes."""
+    from arrows import report as report_module
+
+    drawn = {}
+    real_finish = report_module.finish_figure
+
+    def finish(plt, fig, ax, path, *args, **kwargs):
+        real_finish(plt, fig, ax, path, *args, **kwargs)
+        drawn[path.name] = (fig, ax)
+
+    monkeypatch.setattr(report_module, "finish_figure", finish)
+    curve = {"train": [(1, 3.0), (2, 2.5)], "valid": [(2, 2.6)]}
+    pairs = [{"seed": s, "curves": {"forward": curve, "backward": curve}} for s in range(5)]
+    report_module._plot_curves({"pairs": pairs}, tmp_path / "five.png")
+    fig, ax = drawn["five.png"]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["forward", "backward", "training", "validation", *(f"seed {s}" for s in range(5))]
+    fig.canvas.draw()
+    box, axes, whole = legend.get_window_extent(), ax.get_window_extent(), fig.bbox
+    assert box.x0 >= axes.x1 and whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1
+
+
 # ---- a study that trains its runs side by side, stopped from outside ---------------------------
 def _locked(run_dir) -> bool:
     """Whether a process holds the run folder's lock (an `arrows train` still in it)."""

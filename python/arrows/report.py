@@ -186,7 +186,16 @@ def _plot_curves(report: dict, path: Path) -> None:
             if c["valid"]:
                 steps, losses = zip(*c["valid"])
                 ax.plot(steps, losses, color=COLOURS[direction], ls=style, marker="o", lw=2, label=f"{direction}{seed} (validation)")
-    finish_figure(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss")
+    if len(pairs) > 1:
+        # One entry per direction, kind of curve and seed, beside the axes: an entry per curve (4 per
+        # seed) covered the curves, and from 4 seeds on ran off the bottom of the figure.
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=COLOURS[d], lw=2, label=d) for d in ("forward", second(report)["label"])]
+        handles += [Line2D([], [], color="grey", lw=1, alpha=0.5, label="training"), Line2D([], [], color="grey", lw=2, marker="o", label="validation")]
+        handles += [Line2D([], [], color="grey", ls=("-", "--", ":", "-.")[i % 4], label=f"seed {p['seed']}") for i, p in enumerate(pairs)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    finish_figure(plt, fig, ax, path, "optimizer step", "loss (nats/token)", "Training and validation loss", legend=len(pairs) == 1)
 
 
 def _plot_positions(report: dict, path: Path) -> None:
