@@ -43,8 +43,21 @@ def cheapest_parities(inverse_rows: list[int], n: int) -> list[int]:
         for c in range(i + 1, n):
             s = np.concatenate([s, s ^ np.uint64(inverse_rows[c])])
             known = np.concatenate([known, known + 1])
-        costs.append(int((np.bitwise_count(s).astype(np.int64) + known).min()))
+        costs.append(int((popcount(s) + known).min()))
     return costs
+
+
+def popcount(v: np.ndarray) -> np.ndarray:
+    """The number of set bits of each uint64 in `v`, as int64. numpy ≥ 2.0 has it built in
+    (np.bitwise_count); the project supports numpy 1.26, where `arrows synth sparse-linear` (and so
+    `arrows demo`) ended in an AttributeError: there the bits are summed in parallel (SWAR)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(v).astype(np.int64)
+    v = v.astype(np.uint64)
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return ((v * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)  # the product wraps modulo 2^64, as wanted
 
 
 def apply(rows: list[int], x: np.ndarray) -> np.ndarray:
