@@ -395,6 +395,16 @@ def test_bad_json_and_duplicate_keys(tmp_path):
         load_config(tmp_path / "absent.json")
 
 
+def test_a_config_saved_by_a_windows_editor(tmp_path):
+    # UTF-8 with a byte-order mark loads; UTF-16 is named (it ended in a UnicodeDecodeError traceback).
+    path = tmp_path / "c.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(small()).encode())
+    assert load_config(path).training.batch_size == 4
+    path.write_bytes(json.dumps(small()).encode("utf-16"))
+    with pytest.raises(ConfigError, match="not UTF-8 text: byte 0xff at offset 0 \\(it looks like UTF-16\\); save it as UTF-8"):
+        load_config(path)
+
+
 def test_error_pickles():
     import pickle
 

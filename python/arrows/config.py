@@ -753,7 +753,13 @@ def load_config(
     `FileNotFoundError` (an `OSError`) when the file cannot be read. The dataset's existence is
     not checked here: see `check_paths`."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        # utf-8-sig: a UTF-8 file may begin with a byte-order mark (Windows editors write one).
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        utf16 = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError.from_problems(path, [f"not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}{utf16}; save it as UTF-8"]) from None
     try:
         d = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as e:
@@ -797,7 +803,7 @@ def dataset_problems(path: str | Path) -> list[str]:
     dataset is found or the file cannot say (no such key, not JSON)."""
     path = Path(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["training_params"]["dataset_folder"]
+        value = json.loads(path.read_text(encoding="utf-8-sig"))["training_params"]["dataset_folder"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     if not isinstance(value, str):
