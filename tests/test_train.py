@@ -717,3 +717,16 @@ def test_a_run_resumes_from_its_data_moved_elsewhere(tmp_path, store):
     other = write_config(tmp_path / "c.json", tmp_path / "other", run_name="moved", steps_to_train=6, save_every=2)
     with pytest.raises(InputError, match=r"dataset_folder: .*\(not the data it trained on\)"):
         Trainer(load_config(other), World(0, 1, 0, "cpu"), TrainOptions())
+
+
+def test_generate_names_a_damaged_run_config(tmp_path):
+    # config.json is where generate's own error asks to set tokenizer_path: edited by hand, or cut,
+    # it ended in a JSONDecodeError traceback, or in problems of "config (from a dict)".
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_bytes(b"")  # never read: the config is checked first
+    for text, needle in (('{"model_params": {"vocab_size": 5', "not valid JSON"), ('{"model_params": {}}', "training_params: missing section")):
+        (run / "config.json").write_text(text)
+        proc = arrows("generate", run, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{run / 'config.json'}: " in proc.stderr and needle in proc.stderr, proc.stderr

@@ -4,7 +4,6 @@ order before decoding."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from arrows.errors import InputError
@@ -13,6 +12,7 @@ from arrows.errors import InputError
 def load_run(run: str | Path):
     """The model of a run folder (latest checkpoint), its resolved config dict, and its tokenizer."""
     from arrows import checkpoint
+    from arrows.config import load_config
     from arrows.data import find_tokenizer
 
     run = Path(run)
@@ -21,7 +21,9 @@ def load_run(run: str | Path):
         raise FileNotFoundError(2, "No such run folder", str(run))
     if not cfg_path.is_file() or not ckpt.is_file():
         raise InputError(f"{run}: not a trained run (needs config.json and checkpoints/{checkpoint.LATEST})")
-    cfg = json.loads(cfg_path.read_text())
+    # Checked as `arrows train` checks a config: a damaged or hand-edited config.json (where the
+    # tokenizer_path the error below asks for is set) is named with its problems, not a traceback.
+    cfg = load_config(cfg_path).to_dict()
     model = checkpoint.load_model(cfg, ckpt)
     t = cfg["training_params"]
     tok = find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
