@@ -522,6 +522,8 @@ def test_a_run_started_over_leaves_nothing_of_the_earlier_one_to_resume(tmp_path
     Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "step_00000002.pt", "step_00000004.pt"]
 
+    dry = arrows("train", tmp_path / "c.json", "--device", "cpu", "--resume", "never", "--dry-run").stdout
+    assert "start over   removes the earlier run's latest.pt, step_00000002.pt, step_00000004.pt" in dry, dry
     again = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
 
     def killed(batches):

@@ -237,6 +237,8 @@ def train(
             print(f"resume       from step {start:,} ({result['resume_from']}): {todo}")
             for change in result["changed_settings"]:
                 print(f"changed      {change}")
+        if result["removes"]:
+            print(f"start over   removes the earlier run's {', '.join(result['removes'])}")
         print(f"devices      {', '.join(result['devices'])}")
         print(f"run folder   {result['run_dir']}")
         return

@@ -892,6 +892,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
     planned = t.steps_to_train or steps_per_epoch
     start, changed, payload = 0, [], None
     path = resume_point(opts, run_dir_of(config))
+    ckpts = run_dir_of(config) / "checkpoints"
     if path is not None:
         payload = checkpoint.load(path)
         changed = check_resumable(path, payload, config, nprocs)
@@ -911,4 +912,6 @@ def dry_run(config, opts: TrainOptions) -> dict:
         "planned_steps": planned,
         "tokens_per_step": t.batch_size * t.aggregate * config.model.attn_length,
         "run_dir": str(run_dir_of(config)),
+        # what starting over (no checkpoint to resume) removes (Trainer._start_over)
+        "removes": [] if path is not None else sorted(p.name for p in [ckpts / checkpoint.LATEST, *ckpts.glob("step_*.pt")] if p.is_file()),
     }
