@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -417,6 +418,22 @@ def test_compare_of_an_unfinished_study_says_how_to_finish_it(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"the study is unfinished: {study / 'bw'} has no checkpoint yet" in message, message
     assert f"finish it with `arrows study {tmp_path / 'cfg.json'} --out '{study}'`" in message, message
+
+
+def test_the_study_run_configs_name_their_folders_from_anywhere(tmp_path, monkeypatch):
+    """A study given --out relatively wrote save_loc relative to the folder it ran in into its run
+    configs: `arrows train STUDY/configs/bw.json --more N` from anywhere else started a new run
+    there instead of continuing the study's."""
+    from arrows.config import config_from_dict
+    from arrows.study import plan_study
+
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    config = config_from_dict(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5), source_path=tmp_path / "cfg.json")
+    monkeypatch.chdir(tmp_path)
+    runs = plan_study(config, Path("my/study"), 2)
+    assert [(r.name, r.config.training.save_loc) for r in runs] == [
+        (f"seed{s}/{d}", str(tmp_path / "my" / "study" / f"seed{s}")) for s in (0, 1) for d in ("fw", "bw")]
 
 
 def test_study_refuses_a_directed_config(tmp_path):

@@ -55,7 +55,10 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
         seed = first + k
         prefix = study_dir if seeds == 1 else study_dir / f"seed{seed}"
         for name, order in (("fw", dict(backwards=False, permutation=None)), second):
-            training = replace(config.training, seed=seed, save_loc=str(prefix), run_name=name, **order)
+            # save_loc absolute: the run configs (STUDY/configs/, each run's config.json) are given to
+            # `arrows train` later (`--more N`, as compare's note on unequal steps advises), from any
+            # folder; relative to the folder the study ran in, they trained a new run elsewhere.
+            training = replace(config.training, seed=seed, save_loc=os.path.abspath(prefix), run_name=name, **order)
             runs.append(StudyRun(str(Path(prefix.relative_to(study_dir)) / name) if seeds > 1 else name, replace(config, training=training)))
     return runs
 
