@@ -135,6 +135,14 @@ pub fn tokenize(opts: &TokenizeOptions, progress: &Progress) -> Result<Summary> 
         )));
     }
     let out = opts.out.as_path();
+    if out.exists() && !out.is_dir() {
+        // create_dir_all's own error says only "File exists".
+        return Err(Error::Input(format!(
+            "{}: File exists and is not a folder; --out names the folder of the token store (its shards, manifest.json and \
+             tokenizer.json): choose another",
+            out.display()
+        )));
+    }
     std::fs::create_dir_all(out).at(out)?;
     let _lock = lock_folder(out)?;
     let pool = rayon::ThreadPoolBuilder::new()

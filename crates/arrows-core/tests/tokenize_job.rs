@@ -163,11 +163,15 @@ fn refusals_say_what_to_do() {
     // Shards so small that rewriting the manifest after each one would dominate the job.
     let big = tmp.path().join("big.txt");
     std::fs::write(&big, random_text(6, 30_000)).unwrap();
-    let mut o = options(vec![big], &tmp.path().join("tiny"));
+    let mut o = options(vec![big.clone()], &tmp.path().join("tiny"));
     o.shard_bytes = 1;
     let msg = run(&o).unwrap_err().to_string();
     assert!(msg.contains("--shard-bytes 1 would cut the") && msg.contains("give at least"), "{msg}");
     assert!(!tmp.path().join("tiny").exists(), "nothing is written before the refusal");
+
+    // An output that is a file.
+    let msg = run(&options(vec![big.clone()], &big)).unwrap_err().to_string();
+    assert!(msg.contains("File exists and is not a folder; --out names the folder of the token store"), "{msg}");
 }
 
 #[test]
