@@ -647,6 +647,21 @@ def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, monkeyp
     assert seen["one.png"][0] == ["seed 0"]
 
 
+def test_compare_notes_runs_trained_with_different_seeds(tmp_path):
+    """Two runs trained apart (not by one study) with different seeds: δ includes the noise of the
+    seed (other initial weights, another window order); the report gave the forward seed alone."""
+    from arrows.compare import Run, training_differences
+
+    def run(seed, backwards):
+        config = {"model_params": {"n_layers": 1}, "optim_params": {"lr": 1e-3},
+                  "training_params": {"batch_size": 8, "aggregate": 1, "seed": seed, "backwards": backwards}}
+        return Run(tmp_path / f"s{seed}", config, tmp_path / "latest.pt")
+
+    assert training_differences(run(0, False), run(0, True), 10, 10) == []
+    notes = training_differences(run(0, False), run(1, True), 10, 10)
+    assert len(notes) == 1 and "training_params.seed 0 forward, 1 backward" in notes[0], notes
+
+
 def test_synthetic_verdict_is_not_conclusive_when_the_easy_direction_learned_nothing():
     """sparse-linear: the forward arrow comes from the forward model computing y. A δ > 0 measured
     while it has not learned y (both models guess it) is not the language's arrow: not "as expected"."""

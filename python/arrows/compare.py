@@ -298,7 +298,10 @@ def training_differences(fw: Run, bw: Run, steps_fw: int, steps_bw: int) -> list
         found.append(f"trained {steps_fw:,} steps forward and {steps_bw:,} {other}")
     sections = [("model_params", k) for k in fw.model if k not in _KERNEL_KEYS]
     sections += [("optim_params", k) for k in fw.config.get("optim_params", {})]
-    sections += [("training_params", k) for k in ("batch_size", "aggregate")]
+    # The seed too: a study gives both directions one (the same initial weights and window order);
+    # runs trained apart with two seeds differ by that noise as well, and the report named the
+    # pair by the forward run's seed alone.
+    sections += [("training_params", k) for k in ("batch_size", "aggregate", "seed")]
     for section, key in sections:
         u, v = fw.config[section].get(key), bw.config[section].get(key)
         if u != v:
