@@ -406,6 +406,26 @@ def test_study_refuses_a_study_record_it_cannot_read_before_it_trains(tmp_path):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr and "not a study record arrows can read" in proc.stderr, proc.stderr
 
 
+def test_study_refuses_a_folder_that_holds_something_else(tmp_path):
+    """A non-empty --out without study.json (a folder of runs, a token store) was written into,
+    and a run already there named fw/ would have been resumed as the study's forward run."""
+    arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
+    arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5)))
+    (tmp_path / "runs" / "fw").mkdir(parents=True)
+    (tmp_path / "runs" / "fw" / "config.json").write_text("{}")
+    for folder in (tmp_path / "runs", tmp_path / "tokens"):
+        before = sorted(p.name for p in folder.iterdir())
+        proc = arrows("study", tmp_path / "cfg.json", "--out", folder, check=False)
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{folder}: not a study folder (no study.json) and not empty (it holds {', '.join(before[:5])})" in message, message
+        assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+    # compare of a folder that is not there says so, not "not a run folder".
+    proc = arrows("compare", tmp_path / "gone_fw", tmp_path / "runs" / "fw", check=False)
+    assert proc.returncode == 1 and f"{tmp_path / 'gone_fw'}: no such folder" in " ".join(proc.stderr.split()), proc.stderr
+
+
 def test_compare_of_an_unfinished_study_says_how_to_finish_it(tmp_path):
     """A study stopped before a run's first checkpoint: compare named that run "not a run folder
     ... give folders written by arrows train or arrows study" (it is one), or said "train it first"."""

@@ -210,6 +210,8 @@ class Run:
 def load_run(path: Path) -> Run:
     path = Path(path)
     config_file = path / "config.json"
+    if not path.exists():
+        raise InputError(f"{path}: no such folder; give folders written by `arrows train` or `arrows study`")
     if not config_file.is_file():
         raise InputError(f"{path}: not a run folder (no config.json); give folders written by `arrows train` or `arrows study`")
     checkpoint = path / "checkpoints" / "latest.pt"

@@ -115,6 +115,14 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
                 f"{config.source_path} {'has a permutation' if config.training.permutation is not None else 'has none'}; "
                 "resume the study with the config it was started with, or give another --out for this one"
             )
+    # A folder that holds something else (runs of its own, a token store) is not written into: a
+    # run already there named fw/ or bw/ would be resumed as if it were the study's.
+    if record is None and study_dir.is_dir() and any(study_dir.iterdir()):
+        held = ", ".join(sorted(p.name for p in study_dir.iterdir())[:5])
+        raise InputError(
+            f"{study_dir}: not a study folder (no {STUDY_FILE}) and not empty (it holds {held}); "
+            "give a new or empty folder with --out"
+        )
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / STUDY_FILE).write_text(json.dumps({"config": str(config.source_path), "seeds": seeds, "pairs": pairs}, indent=2) + "\n")
     config_dir = study_dir / "configs"
