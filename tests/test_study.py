@@ -357,8 +357,12 @@ def test_study_with_seeds_side_by_side(tmp_path):
     }
     md = (tmp_path / "study" / "report" / "report.md").read_text()
     assert "Over 2 seeds" in md and "sparse-linear" in md and "95% interval with training and evaluation noise" in md
-    # Running the study again resumes: nothing left to train, same report.
-    arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--out", tmp_path / "study")
+    # Running the study again resumes: nothing left to train, same report; each run's log keeps
+    # the first attempt's lines after the second's are added.
+    first_log = (tmp_path / "study" / "seed4_bw.log").read_text()
+    arrows("study", tmp_path / "cfg.json", "--seeds", "2", "--parallel", "--out", tmp_path / "study")
+    log = (tmp_path / "study" / "seed4_bw.log").read_text()
+    assert log.startswith(first_log) and log.count("── ") == first_log.count("── ") + 1 and len(log) > len(first_log), log
     again = json.loads((tmp_path / "study" / "report" / "report.json").read_text())
     assert again["summary"]["delta"] == report["summary"]["delta"]
     # Without --seeds, the folder's own count: the same two pairs resumed, no new run beside them.

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,11 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // len(runs))))
         where = f"GPU {','.join(map(str, r.devices))}" if r.devices else device
         print(f"── {r.name}: training on {where}, log in {log}", file=sys.stderr, flush=True)
-        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        # Appended to: running the study again (to resume a failed run) kept only the new attempt's
+        # log, and lost what said why the first one failed.
+        with open(log, "a") as out:  # the child keeps its own copy of the descriptor
+            out.write(f"── {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+            out.flush()
             procs.append((r, log, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                                    preexec_fn=_die_with_parent(os.getpid()))))
     try:
