@@ -386,6 +386,9 @@ def test_bad_json_and_duplicate_keys(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(str(path)) and "line 1" in str(info.value)
+    path.write_text('{"model_params": {"n_layers": "2')
+    with pytest.raises(ConfigError, match="not valid JSON: Unterminated string starting at line 1, column 31"):  # not "at at"
+        load_config(path)
     text = json.dumps(small())
     path.write_text(text.replace('"batch_size": 4', '"batch_size": 4, "batch_size": 8'))
     with pytest.raises(ConfigError) as info:

@@ -763,7 +763,8 @@ def load_config(
     try:
         d = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as e:
-        raise ConfigError.from_problems(path, [f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"]) from None
+        # Some of json's messages end with "at" ("Unterminated string starting at"): the place follows.
+        raise ConfigError.from_problems(path, [f"not valid JSON: {e.msg.removesuffix(' at')} at line {e.lineno}, column {e.colno}"]) from None
     return config_from_dict(d, model_type=model_type, overrides=overrides, source_path=path)
 
 
