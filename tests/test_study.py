@@ -99,6 +99,17 @@ def _report(seeds=(0,), deltas=None, steps=(100, 100)) -> dict:
     return {"data": "tokens", "attn_length": 8, "summary": summary, "pairs": pairs, "notes": []}
 
 
+def test_loss_by_position_ticks_are_whole_positions(tmp_path, monkeypatch):
+    """A short window's figure had ticks at 0.5, 1.5, 2.5: positions that do not exist."""
+    import arrows.report as report_module
+
+    seen = {}
+    monkeypatch.setattr(report_module, "finish_figure", lambda plt, fig, ax, *a, **k: seen.update(ticks=list(ax.get_xticks())))
+    report = {"pairs": [{"position_loss_fw": [2.0, 1.5, 1.2, 1.1, 1.0], "position_loss_bw": [2.0, 1.6, 1.3, 1.2, 1.1]}]}
+    report_module._plot_positions(report, tmp_path / "p.png")
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"]), seen
+
+
 def test_report_refuses_a_file_as_its_folder(tmp_path):
     from arrows.report import write_report
 

@@ -207,6 +207,9 @@ def _plot_positions(report: dict, path: Path) -> None:
     for direction, key, order in (("forward", "position_loss_fw", "from the window's start"), (other, "position_loss_bw", other_order)):
         curve = np.mean([p[key] for p in report["pairs"]], axis=0)
         ax.plot(np.arange(len(curve)), curve, color=COLOURS[direction], label=f"{direction} (reads {order})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # positions are whole: a short window had ticks at 2.5
     seeds = len(report["pairs"])
     finish_figure(plt, fig, ax, path, "position in the window, in the model's reading order (tokens of context before it)", "validation loss (nats/token)",
             "Loss by position" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
