@@ -732,3 +732,22 @@ def test_generate_names_a_damaged_run_config(tmp_path):
         proc = arrows("generate", run, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert f"{run / 'config.json'}: " in proc.stderr and needle in proc.stderr, proc.stderr
+
+
+def test_a_cooldown_schedule_that_does_not_fit_one_epoch_is_refused(tmp_path, store):
+    # The config checks warmup + cooldown against steps_to_train; with steps_to_train null (one
+    # epoch) or --more the run trained its whole length in the warmup, silently.
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import TrainOptions, train
+
+    path = write_config(tmp_path / "c.json", store, run_name="cool", steps_to_train=None, cooldown_finish=0.2)
+    cfg = json.loads(path.read_text())
+    cfg["optim_params"]["warmup_steps"] = 100_000  # one epoch is about 2,000 steps
+    path.write_text(json.dumps(cfg))
+    for opts in (TrainOptions(device="cpu", dry_run=True), TrainOptions(device="cpu", dry_run=True, more=10)):
+        with pytest.raises(InputError, match=r"optim_params.warmup_steps: 100000 warmup steps and a cooldown of \d+ steps .*do not fit"):
+            train(load_config(path), opts)
+    with pytest.raises(InputError, match="do not fit"):
+        train(load_config(path), TrainOptions(device="cpu"))
+    assert not (tmp_path / "runs" / "cool" / "checkpoints").exists()

@@ -208,6 +208,20 @@ def data_identity(dataset_folder: str | Path) -> str | None:
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
+def check_schedule_fits(config, total_steps: int) -> None:
+    """The check the config makes of warmup + cooldown against steps_to_train, for a total it
+    could not know: one epoch (steps_to_train null) or `--more N`. The schedule is otherwise laid
+    over a run too short for it (the learning rate never reached its peak, and the run ended
+    without a cooldown)."""
+    t, o = config.training, config.optim
+    if t.cooldown_finish is None:
+        return
+    cool = math.ceil(t.cooldown_finish * total_steps)
+    if o.warmup_steps + cool > total_steps:
+        raise InputError(f"optim_params.warmup_steps: {o.warmup_steps} warmup steps and a cooldown of {cool} steps (cooldown_finish) "
+                         f"do not fit in the {total_steps} steps this run trains; lower warmup_steps, or train more steps")
+
+
 def _with_loader_stride(config: dict) -> dict:
     """A copy of a resolved config dict whose `stride` is the one the loader uses (null means
     `(attn_length − 1) // 2`), so that null and that number are the same setting."""
@@ -450,6 +464,7 @@ class Trainer:
             # Seeded per rank after init: dropout differs between ranks, as independent batches would.
             torch.manual_seed(t.seed + 1000 * world.rank)
         self.total_steps = self._planned_steps()
+        check_schedule_fits(config, self.total_steps)
         self.attention_choice = self._choose_attention()
         self.net = self.model
         if world.distributed:
@@ -899,6 +914,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
         start = int(payload["step"])
     if opts.more is not None:
         planned = more_target(opts.more, start, payload)
+    check_schedule_fits(config, planned)
     return {
         "model_type": config.model.model_type,
         "parameters": count_parameters(config.model_dict()),
