@@ -602,6 +602,25 @@ def test_generate_begins_with_the_bos_of_training_when_the_data_is_gone(tmp_path
     assert starts == [[ord("a") + 1, ord("b") + 1]]  # bytes: id = byte + 1
 
 
+def test_generate_needs_only_the_run_folder(tmp_path):
+    # A run folder copied off a cluster, or whose data was deleted: generate needed the data or a
+    # tokenizer_path set by hand in config.json; the run now keeps a copy of its tokenizer.
+    import shutil
+
+    (tmp_path / "t.txt").write_text(random_text(6, 40_000), encoding="utf-8")
+    arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "s", "--vocab-size", "300")
+    model = {"vocab_size": 300, "n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16}
+    cfg = write_config(tmp_path / "c.json", tmp_path / "s", model=model, run_name="alone", steps_to_train=2, sample_every=0)
+    arrows("train", cfg, "--device", "cpu")
+    run = tmp_path / "runs" / "alone"
+    with_data = arrows("generate", run, "--prompt", "the", "-n", "20", "--seed", "3").stdout
+    moved = tmp_path / "elsewhere" / "alone"
+    shutil.copytree(run, moved)
+    shutil.rmtree(tmp_path / "s")
+    alone = arrows("generate", moved, "--prompt", "the", "-n", "20", "--seed", "3").stdout
+    assert alone == with_data and len(alone) > len("the")
+
+
 def test_more_run_interrupted_and_given_again_ends_where_it_would_have(tmp_path, store):
     # --more N counted from each new checkpoint: a --more run killed (or preempted, and requeued with
     # the same command) trained N beyond wherever it had saved, its schedule laid over another total.

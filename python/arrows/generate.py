@@ -26,9 +26,10 @@ def load_run(run: str | Path):
     cfg = load_config(cfg_path).to_dict()
     model = checkpoint.load_model(cfg, ckpt)
     t = cfg["training_params"]
-    tok = find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
+    # tokenizer_path when set, else the run's own copy (written by train since 2026-11-29), else the data's.
+    tok = find_tokenizer(run, t.get("tokenizer_path")) or find_tokenizer(t["dataset_folder"])
     if tok is None:
-        raise InputError(f"{run}: no tokenizer found (none in or beside dataset_folder; set training_params.tokenizer_path in {cfg_path})")
+        raise InputError(f"{run}: no tokenizer found (none in the run folder, in or beside dataset_folder; set training_params.tokenizer_path in {cfg_path})")
     return model, cfg, tok
 
 

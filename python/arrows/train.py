@@ -611,6 +611,7 @@ class Trainer:
         left to mix with this run (a start-over killed before its first save was resumed from the
         earlier run's checkpoint)."""
         removed = checkpoint.remove_earlier_run(self.ckpt_dir)
+        (self.run_dir / "tokenizer.json").unlink(missing_ok=True)  # this run writes its own, if its data has one
         for p in [self.run_dir / "summary.json", *self.run_dir.glob("config.until_step_*.json")]:
             if p.is_file():
                 p.unlink()
@@ -641,6 +642,14 @@ class Trainer:
             said = "; ".join(self.changed_settings)
             print(f"note: continuing from step {self.step} with changed settings: {said}", file=sys.stderr, flush=True)
         path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        # A copy of the tokenizer, so that `arrows generate` needs only the run folder (copied off a
+        # cluster, or with its data gone): without it, generate needed the data or a hand-set
+        # tokenizer_path. (A resume keeps the data, whose identity includes its tokenizer's hash.)
+        copy = self.run_dir / "tokenizer.json"
+        if self.tokenizer is not None:
+            aside = copy.with_suffix(".json.tmp")
+            aside.write_text(self.tokenizer.to_str())
+            aside.replace(copy)
 
     def _due(self, step: int) -> set[str]:
         """What runs after `step` besides logging: "validate", "sample", "save", "backup". Each
