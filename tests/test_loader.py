@@ -193,7 +193,9 @@ def test_ids_beyond_the_vocabulary_are_an_error_naming_the_file(tmp_path):
     "kwargs, message",
     [
         ({"attn_length": 5000, "batch_size": 1}, "longer than the training split"),
-        ({"attn_length": 16, "batch_size": 4, "valid_tokens": 10, "split": "valid"}, "longer than the validation split"),
+        ({"attn_length": 16, "batch_size": 4, "valid_tokens": 10, "split": "valid"}, r"longer than the validation split.*a larger validation split \(valid_fraction"),
+        # refused up front: at the first batch with a larger id, the core called a shard damaged
+        ({"attn_length": 16, "batch_size": 4, "vocab_size": 256}, r"vocab_size 256 is smaller than the store's vocabulary \(257 ids"),
         ({"attn_length": 16, "batch_size": 1000}, "fewer than one batch"),
         ({"attn_length": 16, "batch_size": 4, "rank": 2, "world_size": 2}, "rank 2"),
         ({"attn_length": 16, "batch_size": -1}, "batch_size must be an integer of at least 1"),

@@ -24,6 +24,11 @@ def open_source(path: str | Path, vocab_size: int | None = None):
         from arrows.data import TokenStore
 
         store = TokenStore(path)
+        # Said here, not at the first batch holding a larger id (where the core's check called a
+        # shard damaged): the store's vocabulary is known, and training checks models against it.
+        if vocab_size is not None and vocab_size < store.vocab_size:
+            raise InputError(f"{path}: vocab_size {vocab_size} is smaller than the store's vocabulary ({store.vocab_size} ids, "
+                             f"its manifest), so its ids do not all fit; give vocab_size {store.vocab_size} or more")
         return ("store", str(path)), len(store), store.window_bos_id, vocab_size or store.vocab_size
     if path.suffix.lower() in _H5_SUFFIXES and path.is_file():
         import h5py

@@ -84,7 +84,8 @@ impl Sampler {
         };
         let l = o.attn_length as u64;
         if len < l {
-            return input(format!("a window of {l} tokens is longer than the {name} split ({len} tokens of {total}); use a shorter attention length or more data"));
+            let larger = if o.split == Split::Valid { ", a larger validation split (valid_fraction, valid_tokens)" } else { "" };
+            return input(format!("a window of {l} tokens is longer than the {name} split ({len} tokens of {total}); use a shorter attention length{larger} or more data"));
         }
         let windows = (len - l) / o.stride as u64 + 1;
         if o.drop_last && windows < (o.batch_size * o.world_size) as u64 {
