@@ -245,6 +245,17 @@ def test_bos_chosen_by_its_text(tmp_path):
     assert TokenStore(trained).bos_id == TokenStore(trained).tokenizer.token_to_id("Ġthe") > 256
 
 
+def test_text_that_encodes_to_no_tokens_is_said_so(tmp_path):
+    """A WordPiece tokenizer drops whitespace: a file of spaces and newlines gives no tokens, where
+    tokenize and inspect printed 9.00 bytes/token (bytes over max(tokens, 1))."""
+    build("wordpiece", corpus_texts()).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "blank.txt").write_text("  \n\n \n  \n")
+    out = arrows("tokenize", tmp_path / "blank.txt", "--tokenizer", tmp_path / "tokenizer.json", "--out", tmp_path / "s").stdout
+    assert "no tokens (the tokenizer dropped all of it)" in out and "bytes/token" not in out, out
+    shown = arrows("inspect", tmp_path / "s", check=False)
+    assert "bytes/token  – (no tokens)" in shown.stdout and "Traceback" not in shown.stderr, (shown.stdout, shown.stderr)
+
+
 def test_a_folder_given_for_the_tokenizer_names_the_file_inside(tmp_path):
     build("wordpiece", corpus_texts()).save(str(tmp_path / "tokenizer.json"))
     corpus = write_corpus(tmp_path, ["some text\n"])

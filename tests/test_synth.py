@@ -193,6 +193,10 @@ def test_reverse_cli(tmp_path):
     proc = arrows("reverse", src, src, check=False)
     assert proc.returncode == 1 and "overwrite the input" in proc.stderr
     assert src.read_text(encoding="utf-8") == "abc\ndéf\n"
+    # a folder or a device is named as what it is, not "no such file"
+    for given, what in ((tmp_path, "a folder"), ("/dev/null", "not a regular file"), (tmp_path / "gone.txt", "no such file")):
+        proc = arrows("reverse", given, tmp_path / "r.txt", check=False)
+        assert proc.returncode != 0 and f"{given}: {what}; give a text file" in " ".join(proc.stderr.split()), proc.stderr
 
 
 def test_padded_primes_have_one_length(tmp_path):

@@ -122,7 +122,7 @@ def tokenize(
         print(f"note: {note}", file=sys.stderr)
     lines = [
         f"tokens       {tokens:,} in {s['shards']} shard(s) → {s['out']}",
-        f"input        {human_bytes(nbytes)} ({nbytes:,} bytes), {nbytes / max(tokens, 1):.2f} bytes/token",
+        f"input        {human_bytes(nbytes)} ({nbytes:,} bytes), " + (f"{nbytes / tokens:.2f} bytes/token" if tokens else "no tokens (the tokenizer dropped all of it)"),
         f"vocabulary   {s['vocab_size']:,}",
         # A resumed run encoded only what the killed one had not: its rate counts those bytes.
         f"time         {human_seconds(s['seconds'])} ({(nbytes - s['resumed_at']) / 1e6 / max(s['seconds'], 1e-9):.1f} MB/s overall"
@@ -157,7 +157,7 @@ def inspect(
     print(f"store        {st.path}{'' if m['complete'] else '  (UNFINISHED: resume it with arrows tokenize --resume)'}")
     print(f"tokens       {n:,} ({m['dtype']}, {len(m['shards'])} shard(s))")
     print(f"input        {len(m['inputs'])} file(s), {m['total_input_bytes']:,} bytes ({done:,} encoded), {m['replaced_bytes']:,} replaced")
-    print(f"bytes/token  {done / max(n, 1):.3f}")
+    print(f"bytes/token  {done / n:.3f}" if n else "bytes/token  – (no tokens)")
     bos = st.window_bos_id
     named = "no BOS of the tokenizer's own" if st.bos_id is None else repr(st.tokenizer.id_to_token(bos))
     print(f"tokenizer    vocab {st.vocab_size:,}, BOS id {bos} ({named}), hash {m['tokenizer']['hash']}")
@@ -362,7 +362,10 @@ def reverse(
     from arrows.reverse import reverse_file
 
     if not src.is_file():
-        raise typer.BadParameter(f"{src}: no such file", param_hint="SRC")
+        what = "no such file" if not src.exists() else "a folder" if src.is_dir() else "not a regular file"
+        from arrows.errors import InputError
+
+        raise InputError(f"{src}: {what}; give a text file")
     with Reporter.from_env() as reporter:
         n = reverse_file(src, dst, reporter=reporter)
     print(f"reversed     {src} → {dst} ({human_bytes(n)})")
