@@ -117,6 +117,9 @@ def test_strict_utf8_names_file_and_offset(tmp_path):
         (["{text}", "--tokenizer", "{notjson}"], "not a tokenizer.json"),
         (["{text}", "--shard-bytes", "lots"], "not a size"),
         (["{text}", "--resume", "--force"], "contradict"),
+        # the BPE training's options with a given tokenizer: refused, not silently ignored
+        (["{text}", "--tokenizer", "bytes", "--sample-bytes", "10MB"], "--sample-bytes applies only"),
+        (["{text}", "--tokenizer", "bytes", "--seed", "3"], "--seed applies only"),
     ],
 )
 def test_bad_inputs_give_one_clear_message(tmp_path, args, message):

@@ -81,8 +81,8 @@ def tokenize(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: shards, manifest.json, tokenizer.json."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="A tokenizer.json to use, or 'bytes' for plain bytes without merges (id = byte + 1, id 0 = <|endoftext|>). Default: train a byte-level BPE on a sample of the corpus."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=257, max=2**32 - 1, help="Vocabulary size of the trained BPE, <|endoftext|> (id 0, the BOS) and the 256 bytes included. Default 50257."),
-    sample_bytes: str = typer.Option("1GB", "--sample-bytes", help="Train the BPE on at most this much text, drawn from across the whole corpus (memory stays bounded). Accepts 500MB, 2GiB, ..."),
-    seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1, help="Seed of the training sample's draw."),
+    sample_bytes: Optional[str] = typer.Option(None, "--sample-bytes", help="Train the BPE on at most this much text, drawn from across the whole corpus (memory stays bounded). Accepts 500MB, 2GiB, ... Default 1GB."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Seed of the training sample's draw. Default 0."),
     threads: int = typer.Option(0, "--threads", "-j", min=0, max=1024, help="Encoding threads; 0 = every core. The output does not depend on it."),
     shard_bytes: str = typer.Option("128MiB", "--shard-bytes", help="Input bytes per shard; the unit of resumption. The token stream does not depend on it. At most 20,000 shards per corpus (each one rewrites the manifest)."),
     strict_utf8: bool = typer.Option(False, "--strict-utf8", help="Stop at the first invalid UTF-8 byte, naming the file and offset (default: replace with U+FFFD and count)."),
@@ -104,12 +104,14 @@ def tokenize(
         copy = out / "tokenizer.json"  # a store keeps a copy of the tokenizer it was started with
         hint = f"; to resume, the store's own copy will do: --tokenizer {copy}" if resume and copy.is_file() else ""
         raise typer.BadParameter(f"{spec}: no such tokenizer file (give a tokenizer.json, or 'bytes'){hint}", param_hint="--tokenizer")
-    if tokenizer is not None and vocab_size is not None:
-        raise typer.BadParameter("--vocab-size applies only when training a tokenizer; drop it or drop --tokenizer", param_hint="--vocab-size")
+    # Options of the BPE training, which a given tokenizer has no use for: said, not silently ignored.
+    for option, value in (("--vocab-size", vocab_size), ("--sample-bytes", sample_bytes), ("--seed", seed)):
+        if tokenizer is not None and value is not None:
+            raise typer.BadParameter(f"{option} applies only when training a tokenizer; drop it or drop --tokenizer", param_hint=option)
     with Reporter.from_env() as reporter:
         s = run(
-            inputs, out, tokenizer=spec, vocab_size=50257 if vocab_size is None else vocab_size, sample_bytes=parse_size(sample_bytes, "--sample-bytes"),
-            seed=seed, threads=threads, shard_bytes=parse_size(shard_bytes, "--shard-bytes"), strict_utf8=strict_utf8,
+            inputs, out, tokenizer=spec, vocab_size=50257 if vocab_size is None else vocab_size,
+            sample_bytes=parse_size("1GB" if sample_bytes is None else sample_bytes, "--sample-bytes"), seed=seed or 0, threads=threads, shard_bytes=parse_size(shard_bytes, "--shard-bytes"), strict_utf8=strict_utf8,
             resume=resume, force=force, bos=bos, h5=h5, reporter=reporter,
         )
     tokens, nbytes = s["tokens"], s["input_bytes"]
