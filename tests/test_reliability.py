@@ -728,6 +728,20 @@ def test_bad_train_flags(tmp_path, train_store, flags, needles):
     user_error(proc, *needles)
 
 
+def test_a_file_where_the_run_folder_goes_is_named(tmp_path, train_store):
+    # Making the folder failed with a bare "File exists", and --dry-run passed.
+    cfg = train_config(tmp_path / "c.json", train_store, "x", tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    for blocker in (tmp_path / "runs" / "x", tmp_path / "runs"):  # the run folder, then save_loc
+        if blocker.is_dir():
+            blocker.rmdir()
+        blocker.write_text("a file")
+        for dry in ([], ["--dry-run"]):
+            proc = arrows("train", cfg, "--device", "cpu", *dry, check=False, timeout=120)
+            user_error(proc, f"{blocker}: a file, where the run folder", "save_loc or run_name", code=1)
+        blocker.unlink()
+
+
 def test_gpus_without_cuda_is_a_clear_error(tmp_path, train_store):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -86,6 +86,18 @@ def run_dir_of(config) -> Path:
     return Path(t.save_loc) / t.run_name
 
 
+def check_run_folder(config) -> None:
+    """The run folder (save_loc/run_name) can be made: no file stands at it or above it. Said
+    before anything starts (--dry-run too), where making it failed with "File exists"."""
+    run_dir = run_dir_of(config)
+    for p in (run_dir, *run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{p}: a file, where the run folder {run_dir} (training_params.save_loc / run_name) needs a folder; "
+                                 "move the file, or give another save_loc or run_name")
+            return
+
+
 def process_count(opts: TrainOptions) -> int:
     """How many processes train: the external launcher's, one per listed GPU, or --nproc."""
     if launched_externally():
@@ -244,6 +256,7 @@ def train(config, opts: TrainOptions) -> dict:
                          f"sets how many processes train; drop --nproc, or start arrows outside that launcher (outside srun, "
                          f"or without those variables)")
     check_batch_split(config, process_count(opts))
+    check_run_folder(config)
     if opts.dry_run:
         verify_data(config)
         return dry_run(config, opts)
