@@ -738,6 +738,12 @@ def test_a_run_resumes_from_its_data_moved_elsewhere(tmp_path, store):
     other = write_config(tmp_path / "c.json", tmp_path / "other", run_name="moved", steps_to_train=6, save_every=2)
     with pytest.raises(InputError, match=r"dataset_folder: .*\(not the data it trained on\)"):
         Trainer(load_config(other), World(0, 1, 0, "cpu"), TrainOptions())
+    # Other data at the run's own path (tokenized again with --force) is refused too: the path alone
+    # matched, and the run continued on data it had not trained on.
+    arrows("tokenize", tmp_path / "o.txt", "--out", tmp_path / "there", "--vocab-size", "512", "--force")
+    again = write_config(tmp_path / "c.json", tmp_path / "there", run_name="moved", steps_to_train=6, save_every=2)
+    with pytest.raises(InputError, match=r"dataset_folder: .*there' holds other data than it trained on"):
+        Trainer(load_config(again), World(0, 1, 0, "cpu"), TrainOptions())
 
 
 def test_generate_names_a_damaged_run_config(tmp_path):

@@ -166,9 +166,14 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
     # in the data counts batches of those windows, and the loader refuses another set of them.
     refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed",
                                                           "stride", "valid_fraction")}
-    # The same token store at another path (moved, or copied to a node's local disk) is the same data.
-    moved = payload.get("data") is not None and payload["data"] == data_identity(mine["training_params"]["dataset_folder"])
+    # The same token store at another path (moved, or copied to a node's local disk) is the same data;
+    # another store at the same path (tokenized again with --force) is not.
+    recorded, now = payload.get("data"), data_identity(mine["training_params"]["dataset_folder"])
+    moved = recorded is not None and recorded == now
     diffs, changed = [], []
+    if recorded is not None and now is not None and recorded != now and saved["training_params"].get("dataset_folder") == mine["training_params"]["dataset_folder"]:
+        diffs.append(f"training_params.dataset_folder: {mine['training_params']['dataset_folder']!r} holds other data than it trained on "
+                     "(tokenized again since?)")
     for sec, values in mine.items():
         if not isinstance(values, dict):
             continue
