@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from arrows.errors import ArrowsError, CancelledError
+from arrows.errors import ArrowsError, CancelledError, InputError
 
 
 @dataclass
@@ -53,6 +53,7 @@ def launcher_description() -> str:
 def external_world(gpus: list[int] | None, device: str = "auto") -> World:
     """The world described by torchrun's or SLURM's environment variables; each process takes
     the GPU of its local rank (or from `gpus`), or the CPU with `device="cpu"` or without CUDA."""
+    launcher = launcher_description()  # before RANK and WORLD_SIZE are set below from SLURM's variables
     if "RANK" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
@@ -64,7 +65,32 @@ def external_world(gpus: list[int] | None, device: str = "auto") -> World:
         if "MASTER_ADDR" not in os.environ:
             raise SystemExit("under SLURM, set MASTER_ADDR and MASTER_PORT in the job script (see cli/launch/slurm.sh)")
     use_cuda = gpus is not None or (device != "cpu" and _cuda())
-    return World(rank, world, local, f"cuda:{gpus[local] if gpus else local}" if use_cuda else "cpu")
+    return World(rank, world, local, f"cuda:{_gpu_of(local, gpus, launcher)}" if use_cuda else "cpu")
+
+
+def _gpu_of(local: int, gpus: list[int] | None, launcher: str) -> int:
+    """The CUDA device of the launched process of local rank `local`.
+
+    Usually every GPU of the machine is visible to every process and the local rank picks one. A
+    launcher that binds one GPU to each task (SLURM's --gpus-per-task=1 or --gpu-bind) leaves each
+    process a single visible GPU, device 0, whatever its local rank: cuda:<local rank> would fail
+    inside torch ("invalid device ordinal")."""
+    if gpus:
+        if local >= len(gpus):
+            raise InputError(f"--gpus {','.join(map(str, gpus))}: this process has local rank {local} "
+                             f"({launcher}), but only {len(gpus)} GPU(s) are listed; list one per "
+                             f"process of the machine, or leave --gpus out to take the GPU of the local rank")
+        return gpus[local]
+    import torch
+
+    count = torch.cuda.device_count()
+    if local < count:
+        return local
+    if count == 1:
+        return 0
+    raise InputError(f"this process has local rank {local} ({launcher}), but only {count} CUDA "
+                     f"device(s) are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
+                     f"start at most {count} processes per machine")
 
 
 def free_port() -> int:
