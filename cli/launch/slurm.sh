@@ -14,6 +14,6 @@ export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 # --kill-on-bad-exit: a task that fails or is killed (out of memory) ends the others, which would
 # otherwise wait for it inside a collective until NCCL's or gloo's timeout (10 to 30 minutes).
-# --cpus-per-task again: srun does not take it from the job in every Slurm version (22.05 on read
+# --cpus-per-task again: srun does not take it from the job in every Slurm version (Slurm 22.05 reads
 # SRUN_CPUS_PER_TASK instead), and each task, its loader threads included, would get one core.
 srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} arrows train "$CONFIG" "$@"
