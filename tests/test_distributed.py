@@ -262,6 +262,33 @@ def test_two_torchrun_scripts_on_one_machine_at_once(tmp_path, store):  # noqa: 
         assert proc.returncode == 0, f"{name}: {err[-3000:]}"
 
 
+@pytest.mark.parametrize("visible, procs", [(None, "8"), ("2,3", "2"), ("", None)])
+def test_torchrun_script_starts_one_process_per_gpu_the_job_may_use(tmp_path, visible, procs):
+    """cli/launch/torchrun.sh with stand-ins for nvidia-smi (8 GPUs, one split into MIG instances)
+    and torchrun. nvidia-smi ignores CUDA_VISIBLE_DEVICES: on a machine shared with
+    CUDA_VISIBLE_DEVICES=2,3 the script started 8 processes, 6 of them without a GPU, and a MIG
+    instance's line counted as one more GPU."""
+    from conftest import ROOT
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    gpus = "".join(f"GPU {i}: NVIDIA H200 (UUID: GPU-{i})\\n" for i in range(8))
+    (bin_ / "nvidia-smi").write_text(f'#!/bin/sh\nprintf "{gpus}  MIG 3g.71gb Device 0: (UUID: MIG-0)\\n"\n')
+    (bin_ / "torchrun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUS_PER_NODE", "NNODES", "MASTER_PORT", "CUDA_VISIBLE_DEVICES")}
+    env |= {"PATH": f"{bin_}{os.pathsep}{env['PATH']}"} | ({} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})
+    proc = subprocess.run(["bash", str(ROOT / "cli" / "launch" / "torchrun.sh"), "cfg.json"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    if procs is None:
+        assert proc.returncode == 2 and "no GPU found (CUDA_VISIBLE_DEVICES='' names none)" in proc.stderr, proc.stderr
+    else:
+        args = proc.stdout.splitlines()
+        assert proc.returncode == 0, proc.stderr
+        assert args[args.index("--nproc_per_node") + 1] == procs, args
+
+
 def test_resuming_under_another_process_count_says_why_and_how(tmp_path, store):  # noqa: F811
     """A two-process run resumed with one process (or the reverse) is refused, saying the flags that
     resume it and why the count must stay: the checkpoint holds each process's loader position and
