@@ -302,6 +302,11 @@ def test_resuming_under_another_process_count_says_why_and_how(tmp_path, store):
         assert proc.returncode == 1 and "Traceback" not in message, message
         assert "written by 2 process(es); resume with the same number (now 1): --nproc 2 on the CPU" in message, message
         assert "each process's place in the data and random state" in message, message
+    # Finished, it is left as it is under any count (it was refused: a study trained on several GPUs
+    # could not be given again on one machine to compare again).
+    for flags, says in (([], "nothing to do: the run is already at step 3"), (["--dry-run"], "from step 3 (")):
+        proc = subprocess.run([str(ARROWS), "train", str(cfg), "--device", "cpu", *flags], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and says in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
 def test_any_process_that_stops_first_names_the_intact_checkpoint(tmp_path, store):  # noqa: F811

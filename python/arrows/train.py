@@ -155,10 +155,11 @@ def resume_point(opts: TrainOptions, run_dir: Path) -> Path | None:
     return None
 
 
-def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[str]:
+def check_resumable(path: Path, payload: dict, config, world_size: int, finished: bool = False) -> list[str]:
     """Refuses a checkpoint written with another setup (weights, data or batch) or by another
-    number of processes. Returns the settings that changed without mattering to the weights
-    ("section.key: old → new"): the run continues under the new ones, and says so."""
+    number of processes, unless `finished` (the run has nothing left to train, so no process's
+    place in the data is continued). Returns the settings that changed without mattering to the
+    weights ("section.key: old → new"): the run continues under the new ones, and says so."""
     saved, mine = _with_loader_stride(payload["config"]), _with_loader_stride(config.to_dict())
     # How attention and the loss are computed changes no weight: a run may resume under another kernel.
     compute_only = {"attention", "head_loss"}
@@ -191,13 +192,22 @@ def check_resumable(path: Path, payload: dict, config, world_size: int) -> list[
         raise InputError(f"{path} was written with another setup; resume with the same config, or start over (arrows train: --resume never; "
                          f"arrows study: another --out):\n  " + "\n  ".join(diffs))
     ranks = len(payload["per_rank"])
-    if ranks != world_size:
+    if ranks != world_size and not finished:
         how = f"--nproc {ranks} on the CPU, --gpus with {ranks} GPUs, or {ranks} processes under torchrun or SLURM" if ranks > 1 else \
             "no --nproc, one GPU, or one process under torchrun or SLURM"
         raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size}): {how}. "
                          f"It holds each process's place in the data and random state, which another number of processes "
                          f"cannot continue exactly")
     return changed
+
+
+def finished_at(payload: dict, config, more: int | None, steps_per_epoch: int) -> bool:
+    """Whether the checkpoint's run is already at the step this command would train to: then it is
+    left as it is ("nothing to do"), whatever number of processes is given now (a study trained on
+    four GPUs, given again on one machine to compare again)."""
+    if more is not None:
+        return False
+    return int(payload["step"]) >= (config.training.steps_to_train or steps_per_epoch)
 
 
 def more_target(more: int, step: int, payload: dict | None) -> int:
@@ -499,16 +509,18 @@ class Trainer:
     # ---- setup helpers -------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         payload = checkpoint.load(path)
-        self.changed_settings = check_resumable(path, payload, self.config, self.world.world_size)
+        finished = finished_at(payload, self.config, self.opts.more, self.steps_per_epoch)
+        self.changed_settings = check_resumable(path, payload, self.config, self.world.world_size, finished)
         ranks = payload["per_rank"]
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint of an earlier arrows may carry the unfused setting
             group.update(fused=True, foreach=None)
         self.step = int(payload["step"])
-        mine_rank = ranks[self.world.rank]
-        self.train_loader.load_state_dict(mine_rank["loader"])
-        checkpoint.set_rng_state(mine_rank["rng"])
+        if len(ranks) == self.world.world_size:  # else finished: nothing of the data is read again
+            mine_rank = ranks[self.world.rank]
+            self.train_loader.load_state_dict(mine_rank["loader"])
+            checkpoint.set_rng_state(mine_rank["rng"])
         self.resumed_from = self.step
         self.step_saved = self.step
         self.resumed_plan = {k: payload.get(k) for k in ("more", "total_steps")}  # see more_target
@@ -937,7 +949,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
     ckpts = run_dir_of(config) / "checkpoints"
     if path is not None:
         payload = checkpoint.load(path)
-        changed = check_resumable(path, payload, config, nprocs)
+        changed = check_resumable(path, payload, config, nprocs, finished_at(payload, config, opts.more, steps_per_epoch))
         start = int(payload["step"])
     if opts.more is not None:
         planned = more_target(opts.more, start, payload)
