@@ -319,13 +319,14 @@ def test_any_process_that_stops_first_names_the_intact_checkpoint(tmp_path, stor
     assert "interrupted at step 8; the checkpoint of step 6 in" in err and "is intact" in err, err
 
 
-@pytest.mark.parametrize("visible, gpus, expect", [
-    (8, None, "cuda:3"),     # every GPU of the machine visible: the local rank picks one
-    (1, None, "cuda:0"),     # SLURM's --gpus-per-task=1 / --gpu-bind: the task's own GPU is device 0
-    (2, None, "only 2 CUDA device(s) are visible"),
-    (8, [4, 5], "only 2 GPU(s) are listed"),
+@pytest.mark.parametrize("launcher, visible, gpus, expect", [
+    ("slurm", 8, None, "cuda:3"),     # every GPU of the machine visible: the local rank picks one
+    ("slurm", 1, None, "cuda:0"),     # SLURM's --gpus-per-task=1 / --gpu-bind: the task's own GPU is device 0
+    ("slurm", 2, None, "only 2 CUDA device(s) are visible"),
+    ("slurm", 8, [4, 5], "only 2 GPU(s) are listed"),
+    ("torchrun", 1, None, "only 1 CUDA device(s) are visible"),  # torchrun binds no GPU: 4 processes, 1 GPU
 ])
-def test_a_launched_process_takes_a_gpu_it_can_see(monkeypatch, visible, gpus, expect):
+def test_a_launched_process_takes_a_gpu_it_can_see(monkeypatch, launcher, visible, gpus, expect):
     """Under SLURM with one GPU bound to each task, SLURM_LOCALID 3 sees a single GPU: cuda:3 failed
     inside torch ("invalid device ordinal"), and so did a --gpus list shorter than the machine's tasks
     (an IndexError)."""
@@ -338,14 +339,19 @@ def test_a_launched_process_takes_a_gpu_it_can_see(monkeypatch, visible, gpus, e
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SLURM_PROCID", "3")
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    monkeypatch.setenv("SLURM_LOCALID", "3")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    if launcher == "slurm":
+        monkeypatch.setenv("SLURM_PROCID", "3")
+        monkeypatch.setenv("SLURM_NTASKS", "4")
+        monkeypatch.setenv("SLURM_LOCALID", "3")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    else:
+        monkeypatch.setenv("RANK", "3")
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(distributed, "_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     if expect.startswith("cuda:"):
         assert distributed.external_world(gpus, "auto").device == expect
     else:
-        with pytest.raises(InputError, match=r"local rank 3 \(SLURM \(SLURM_PROCID=3.*" + re.escape(expect)):
+        with pytest.raises(InputError, match=r"local rank 3 \((SLURM \(SLURM_PROCID|torchrun \(RANK)=3.*" + re.escape(expect)):
             distributed.external_world(gpus, "auto")

@@ -65,16 +65,16 @@ def external_world(gpus: list[int] | None, device: str = "auto") -> World:
         if "MASTER_ADDR" not in os.environ:
             raise SystemExit("under SLURM, set MASTER_ADDR and MASTER_PORT in the job script (see cli/launch/slurm.sh)")
     use_cuda = gpus is not None or (device != "cpu" and _cuda())
-    return World(rank, world, local, f"cuda:{_gpu_of(local, gpus, launcher)}" if use_cuda else "cpu")
+    return World(rank, world, local, f"cuda:{_gpu_of(local, gpus, launcher, slurm=launcher.startswith('SLURM'))}" if use_cuda else "cpu")
 
 
-def _gpu_of(local: int, gpus: list[int] | None, launcher: str) -> int:
+def _gpu_of(local: int, gpus: list[int] | None, launcher: str, slurm: bool) -> int:
     """The CUDA device of the launched process of local rank `local`.
 
-    Usually every GPU of the machine is visible to every process and the local rank picks one. A
-    launcher that binds one GPU to each task (SLURM's --gpus-per-task=1 or --gpu-bind) leaves each
-    process a single visible GPU, device 0, whatever its local rank: cuda:<local rank> would fail
-    inside torch ("invalid device ordinal")."""
+    Usually every GPU of the machine is visible to every process and the local rank picks one. SLURM
+    can bind one GPU to each task (--gpus-per-task=1, --gpu-bind), leaving each process a single
+    visible GPU, device 0, whatever its local rank: cuda:<local rank> would fail inside torch
+    ("invalid device ordinal"). torchrun binds none: there, more processes than GPUs is a mistake."""
     if gpus:
         if local >= len(gpus):
             raise InputError(f"--gpus {','.join(map(str, gpus))}: this process has local rank {local} "
@@ -86,7 +86,7 @@ def _gpu_of(local: int, gpus: list[int] | None, launcher: str) -> int:
     count = torch.cuda.device_count()
     if local < count:
         return local
-    if count == 1:
+    if count == 1 and slurm:
         return 0
     raise InputError(f"this process has local rank {local} ({launcher}), but only {count} CUDA "
                      f"device(s) are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
