@@ -532,6 +532,14 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command's own handling (e.g. while starting up)
         _err("interrupted")
         sys.exit(130)
+    finally:
+        # The command has done its work (or said why not): a Ctrl-C from here on, during the
+        # interpreter's shutdown, where Python's handler is gone, killed the process by the signal
+        # without a word, so that a finished job looked interrupted. Ignored, the job's own exit
+        # status stands.
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
