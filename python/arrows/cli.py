@@ -240,7 +240,7 @@ def train(
             for change in result["changed_settings"]:
                 print(f"changed      {change}")
         if result["removes"]:
-            print(f"start over   removes the earlier run's {', '.join(result['removes'])}")
+            print(f"start over   removes the earlier run's {', '.join(result['removes'])}, and its logs and summary")
         print(f"devices      {', '.join(result['devices'])}")
         print(f"run folder   {result['run_dir']}")
         return
@@ -330,7 +330,7 @@ def synth(
     bits: Optional[int] = typer.Option(None, "--bits", help="sparse-linear: length of x and of y (default 8)."),
     row_weight: Optional[int] = typer.Option(None, "--row-weight", help="sparse-linear: x bits that each y bit is the parity of (default 2)."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="reversible: nodes of the graph, written as letters a, b, ... (default 8)."),
-    walk_length: Optional[int] = typer.Option(None, "--walk-length", help="reversible: steps of each walk, i.e. letters per line (default 16)."),
+    walk_length: Optional[int] = typer.Option(None, "--walk-length", help="reversible: letters per line, the nodes a walk visits (default 16: 15 steps)."),
     edges_per_node: Optional[float] = typer.Option(None, "--edges-per-node", help="reversible: average edges per node of the random graph (default 2)."),
     max_prime: Optional[int] = typer.Option(None, "--max-prime", help="primes: the primes are below this (default 1000)."),
     pad: Optional[bool] = typer.Option(None, "--pad/--no-pad", help="primes: zero-pad the numbers so that every line has the same length (default: no)."),
