@@ -66,6 +66,11 @@ def save(path: str | Path, payload: dict) -> None:
         if isinstance(cause, OSError):
             raise OSError(cause.errno, f"{cause.strerror}; the previous checkpoint (if any) is intact", str(tmp)) from None
         raise
+    _replace_durably(tmp, path)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """Rename the synced file `tmp` to `path`, then sync the folder so that the rename survives a crash."""
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -88,12 +93,7 @@ def copy(src: str | Path, dst: str | Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _replace_durably(tmp, dst)
 
 
 def load(path: str | Path) -> dict:
