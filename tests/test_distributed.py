@@ -337,6 +337,10 @@ def test_a_launched_process_takes_a_gpu_it_can_see(monkeypatch, launcher, visibl
     from arrows import distributed
     from arrows.errors import InputError
 
+    # A private copy of the environment: under SLURM external_world sets RANK and WORLD_SIZE itself
+    # (for torch's rendezvous), which left in this process made every later `arrows train` of the
+    # test session take itself for a launched process of 4.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     if launcher == "slurm":
