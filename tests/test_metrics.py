@@ -122,3 +122,22 @@ def test_progress_shows_a_phase_complete_when_the_next_one_starts():
         r.update("encoding", 1, 10)
         tasks = {t.description: t for t in r._bar.tasks}
     assert tasks["sampling"].completed == 100 and tasks["encoding"].completed == 1
+
+
+def test_a_second_resume_from_one_step_keeps_one_note_of_its_changed_settings(tmp_path):
+    """Resumed with a new lr, interrupted before its next save, resumed again from the same
+    checkpoint: the file says once what changed at that step, and keeps the step's own record."""
+    m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
+    for step in (1, 2):
+        m.log({"step": step, "loss": 5.0 - step})
+    m.close()
+    for _ in range(2):
+        m = Metrics(tmp_path, resume_step=2, config={}, wandb_project=None)
+        m.log({"step": 2, "changed_settings": "optim_params.lr: 0.003 → 0.001"})
+        m.log({"step": 2, "attention": "attention: sdpa"})
+        m.log({"step": 3, "loss": 1.5})  # then interrupted
+        m.close()
+    records = read(tmp_path)
+    assert records == [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.0},
+                       {"step": 2, "changed_settings": "optim_params.lr: 0.003 → 0.001"}, {"step": 2, "attention": "attention: sdpa"},
+                       {"step": 3, "loss": 1.5}], records

@@ -72,16 +72,24 @@ def _wandb_id(run_dir: Path, *, resuming: bool) -> str:
     return run_id
 
 
+# Records a run logs as it starts (resumed at the step they carry), not for a step it trained.
+START_NOTES = ("changed_settings", "attention")
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged for
-    them, so the file reads like one uninterrupted run."""
+    them, so the file reads like one uninterrupted run. The notes of an earlier start at that very
+    step go too: this start logs its own (resumed twice from one checkpoint, each start had logged
+    its changed settings)."""
     if not path.exists():
         return
     keep = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                if json.loads(line).get("step", 0) <= step:
+                record = json.loads(line)
+                at = record.get("step", 0)
+                if at < step or (at == step and not any(k in record for k in START_NOTES)):
                     keep.append(line if line.endswith("\n") else line + "\n")
             except json.JSONDecodeError:
                 break  # a line torn by the crash
