@@ -456,6 +456,21 @@ def test_a_finished_run_is_left_as_it_is_and_changed_settings_are_kept(tmp_path,
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
 
 
+def test_a_group_that_failed_after_its_last_save_is_said_to_be_complete(tmp_path):
+    """A process lost after the last checkpoint of a `--more N` run: "run the same command" would
+    have trained N steps more, so the message says the run is whole instead."""
+    from arrows import checkpoint
+    from arrows.train import _where_it_stands
+
+    latest = tmp_path / "latest.pt"
+    assert "No checkpoint was written yet" in _where_it_stands(latest)
+    checkpoint.save(latest, {"step": 6, "total_steps": 10, "more": 2})
+    assert _where_it_stands(latest) == f"The checkpoint {latest} is intact: run the same command to continue from it."
+    checkpoint.save(latest, {"step": 10, "total_steps": 10, "more": 2})
+    said = _where_it_stands(latest)
+    assert "reached its end" in said and "of its last step, 10, is intact and complete" in said and "same command" not in said, said
+
+
 def test_dry_run_checks_the_validation_split(tmp_path, store):
     cfg = write_config(tmp_path / "c.json", store, run_name="tiny_valid", valid_fraction=0.0001)
     proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)

@@ -124,18 +124,19 @@ def saved_step(path: str | Path) -> int | None:
     """The step checkpoint `path` was saved at, read without its tensors (memory-mapped, not
     read: milliseconds for a checkpoint of gigabytes) and without `load`'s CRC check; None when
     it cannot be read."""
-    step = _saved_entry(path, "step")
+    step = saved_entry(path, "step")
     return None if step is None else int(step)
 
 
 def saved_bos_id(path: str | Path) -> int | None:
     """The id the training windows of checkpoint `path` began with, read as `saved_step` reads the
     step; None when it cannot be read, or for a checkpoint of an arrows that did not record it."""
-    bos = _saved_entry(path, "bos_id")
+    bos = saved_entry(path, "bos_id")
     return None if bos is None else int(bos)
 
 
-def _saved_entry(path: str | Path, key: str):
+def saved_entry(path: str | Path, key: str):
+    """Entry `key` of checkpoint `path`, read as `saved_step` reads the step (None: unreadable or absent)."""
     import torch
 
     try:

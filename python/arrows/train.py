@@ -414,9 +414,16 @@ def _device(opts: TrainOptions, local_rank: int) -> str:
 
 def _where_it_stands(latest: Path) -> str:
     """What a user of a multi-process run that ended early can do next (read once its processes have ended)."""
-    if latest.exists():
-        return f"The checkpoint {latest} is intact: run the same command to continue from it."
-    return "No checkpoint was written yet: run the same command to start again."
+    if not latest.exists():
+        return "No checkpoint was written yet: run the same command to start again."
+    step, total = checkpoint.saved_step(latest), checkpoint.saved_entry(latest, "total_steps")
+    if step is not None and total is not None and step >= int(total):
+        # A process lost after the last save: the run is whole. "Run the same command" would have
+        # trained N steps more after a `--more N` run (the same command finishes only a run that
+        # had not reached its end: more_target).
+        return (f"The run had reached its end: the checkpoint {latest} of its last step, {step}, is intact and complete; "
+                f"nothing is left to train (--more N would train N steps beyond it).")
+    return f"The checkpoint {latest} is intact: run the same command to continue from it."
 
 
 def _stop_before_training(signum, frame):
