@@ -57,6 +57,27 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """`drawn_figures(module)`: from then on, each figure that `module`'s plotting finishes (its
+    `finish_figure`, which saves the PNG) is recorded by file name, as its figure, axes and y label,
+    to be inspected after it was drawn."""
+    from types import SimpleNamespace
+
+    def watch(module) -> dict:
+        drawn = {}
+        real_finish = module.finish_figure
+
+        def finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs):
+            real_finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs)
+            drawn[path.name] = SimpleNamespace(fig=fig, ax=ax, ylabel=ylabel)
+
+        monkeypatch.setattr(module, "finish_figure", finish)
+        return drawn
+
+    return watch
+
+
 def arrows(*args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
     """Run the installed `arrows` command as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -99,15 +99,15 @@ def _report(seeds=(0,), deltas=None, steps=(100, 100)) -> dict:
     return {"data": "tokens", "attn_length": 8, "summary": summary, "pairs": pairs, "notes": []}
 
 
-def test_loss_by_position_ticks_are_whole_positions(tmp_path, monkeypatch):
+def test_loss_by_position_ticks_are_whole_positions(tmp_path, drawn_figures):
     """A short window's figure had ticks at 0.5, 1.5, 2.5: positions that do not exist."""
     import arrows.report as report_module
 
-    seen = {}
-    monkeypatch.setattr(report_module, "finish_figure", lambda plt, fig, ax, *a, **k: seen.update(ticks=list(ax.get_xticks())))
+    drawn = drawn_figures(report_module)
     report = {"pairs": [{"position_loss_fw": [2.0, 1.5, 1.2, 1.1, 1.0], "position_loss_bw": [2.0, 1.6, 1.3, 1.2, 1.1]}]}
     report_module._plot_positions(report, tmp_path / "p.png")
-    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"]), seen
+    ticks = list(drawn["p.png"].ax.get_xticks())
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_report_refuses_a_file_as_its_folder(tmp_path):
@@ -524,44 +524,31 @@ def test_study_on_a_reference_h5_file(tmp_path):
     assert h5["summary"]["delta"] == pytest.approx(store["summary"]["delta"], abs=1e-6)
 
 
-def test_curves_tell_the_seeds_apart(tmp_path, monkeypatch):
+def test_curves_tell_the_seeds_apart(tmp_path, drawn_figures):
     from arrows import report as report_module
 
-    labels = {}
-    real_finish = report_module.finish_figure
-
-    def finish(plt, fig, ax, path, *args, **kwargs):
-        labels[path.name] = ax.get_legend_handles_labels()[1]
-        real_finish(plt, fig, ax, path, *args, **kwargs)
-
-    monkeypatch.setattr(report_module, "finish_figure", finish)
+    drawn = drawn_figures(report_module)
     curve = {"train": [(1, 3.0), (2, 2.5)], "valid": [(2, 2.6)]}
     pairs = [{"seed": s, "curves": {"forward": curve, "backward": curve}} for s in (4, 5)]
     report_module._plot_curves({"pairs": pairs}, tmp_path / "two.png")
     report_module._plot_curves({"pairs": pairs[:1]}, tmp_path / "one.png")
+    labels = {name: figure.ax.get_legend_handles_labels()[1] for name, figure in drawn.items()}
     assert "forward, seed 5 (validation)" in labels["two.png"] and "backward, seed 4 (training)" in labels["two.png"]
     assert labels["one.png"] == ["forward (training)", "forward (validation)", "backward (training)", "backward (validation)"]
     assert (tmp_path / "two.png").stat().st_size > 0
 
 
-def test_curves_legend_of_several_seeds_stays_whole_and_off_the_curves(tmp_path, monkeypatch):
+def test_curves_legend_of_several_seeds_stays_whole_and_off_the_curves(tmp_path, drawn_figures):
     """An entry per curve (4 per seed) covered the curves, and from 4 seeds on ran off the figure's
     bottom (seed 4's entries were cut off): the legend names directions, kinds and seeds once each,
     beside the axes."""
     from arrows import report as report_module
 
-    drawn = {}
-    real_finish = report_module.finish_figure
-
-    def finish(plt, fig, ax, path, *args, **kwargs):
-        real_finish(plt, fig, ax, path, *args, **kwargs)
-        drawn[path.name] = (fig, ax)
-
-    monkeypatch.setattr(report_module, "finish_figure", finish)
+    drawn = drawn_figures(report_module)
     curve = {"train": [(1, 3.0), (2, 2.5)], "valid": [(2, 2.6)]}
     pairs = [{"seed": s, "curves": {"forward": curve, "backward": curve}} for s in range(5)]
     report_module._plot_curves({"pairs": pairs}, tmp_path / "five.png")
-    fig, ax = drawn["five.png"]
+    fig, ax = drawn["five.png"].fig, drawn["five.png"].ax
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["forward", "backward", "training", "validation", *(f"seed {s}" for s in range(5))]
     fig.canvas.draw()
@@ -655,31 +642,24 @@ def test_parallel_study_interrupted_stops_its_runs_first(tmp_path):
         _end_stray_runs(tmp_path)
 
 
-def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, monkeypatch):
+def test_delta_figure_shows_the_seeds_mean_with_training_noise(tmp_path, drawn_figures):
     """With several seeds the headline is their mean with the interval that includes training noise;
     the figure draws it beside the seeds (their narrow intervals alone read as a settled arrow)."""
     from arrows import report as report_module
 
-    seen = {}
-    real_finish = report_module.finish_figure
-
-    def finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs):
-        seen[path.name] = ([t.get_text() for t in ax.get_xticklabels()], ylabel,
-                           [line.get_ydata() for line in ax.get_lines()], ax.get_legend_handles_labels()[1])
-        real_finish(plt, fig, ax, path, xlabel, ylabel, *args, **kwargs)
-
-    monkeypatch.setattr(report_module, "finish_figure", finish)
+    drawn = drawn_figures(report_module)
     report = _report(seeds=(4, 5), deltas=[0.01, 0.05])
     s = report["summary"]
     report_module._plot_delta(report, tmp_path / "two.png")
-    ticks, ylabel, lines, legend = seen["two.png"]
+    ax, ylabel = drawn["two.png"].ax, drawn["two.png"].ylabel
+    ticks, lines, legend = [t.get_text() for t in ax.get_xticklabels()], [line.get_ydata() for line in ax.get_lines()], ax.get_legend_handles_labels()[1]
     assert ticks == ["seed 4", "seed 5", "mean of 2 seeds"] and "> 0: backward worse" in ylabel
     assert any("training noise" in label for label in legend)
     # The mean's error bar runs from seed_low to seed_high (in %).
     ends = sorted(float(y) for ys in lines for y in np.atleast_1d(ys))
     assert any(abs(e - 100 * s["seed_low"]) < 1e-9 for e in ends) and any(abs(e - 100 * s["seed_high"]) < 1e-9 for e in ends)
     report_module._plot_delta(_report(), tmp_path / "one.png")
-    assert seen["one.png"][0] == ["seed 0"]
+    assert [t.get_text() for t in drawn["one.png"].ax.get_xticklabels()] == ["seed 0"]
 
 
 def test_compare_notes_runs_trained_with_different_seeds(tmp_path):
