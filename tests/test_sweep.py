@@ -245,24 +245,17 @@ def test_studies_named_alike_are_told_apart_by_their_parents(tmp_path):
     assert result["varying"] == ["training_params.dataset_folder"] and result["axis"] is None
 
 
-def test_the_figure_tells_the_kinds_of_interval_apart_and_hides_none(tmp_path, monkeypatch):
+def test_the_figure_tells_the_kinds_of_interval_apart_and_hides_none(tmp_path, drawn_figures):
     """A study with one seed beside one with two: one legend entry named both kinds of interval
     ("evaluation noise only; training + evaluation noise") on one marker, and the legend, placed
     among the points, hid the top of the long interval."""
     from arrows import sweep as sweep_module
 
-    drawn = {}
-    real_finish = sweep_module.finish_figure
-
-    def finish(plt, fig, ax, path, *args, **kwargs):
-        real_finish(plt, fig, ax, path, *args, **kwargs)
-        drawn[path.name] = (fig, ax)
-
-    monkeypatch.setattr(sweep_module, "finish_figure", finish)
+    drawn = drawn_figures(sweep_module)
     rows = [{"study": "s32", "x": 32.0, "delta": -0.0007, "low": -0.0011, "high": -0.0002, "interval": "evaluation noise only"},
             {"study": "st", "x": 64.0, "delta": -0.0004, "low": -0.0095, "high": 0.0088, "interval": "training + evaluation noise"}]
     sweep_module._plot({"studies": rows, "axis": "attn_length", "second": "backward"}, tmp_path / "sweep.png")
-    fig, ax = drawn["sweep.png"]
+    fig, ax = drawn["sweep.png"].fig, drawn["sweep.png"].ax
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["95% interval: evaluation noise only", "95% interval: training + evaluation noise"]
     fig.canvas.draw()
@@ -270,3 +263,19 @@ def test_the_figure_tells_the_kinds_of_interval_apart_and_hides_none(tmp_path, m
     for r in rows:  # no interval's arm passes under the legend
         (x, low), (_, high) = ax.transData.transform([(r["x"], 100 * r["low"]), (r["x"], 100 * r["high"])])
         assert not (box.x0 <= x <= box.x1 and max(low, box.y0) <= min(high, box.y1)), (r["study"], box, low, high)
+
+
+def test_slanted_study_names_end_at_their_own_point(tmp_path, drawn_figures):
+    """Five or more studies along no axis get slanted names; centred on the tick, each name's end
+    stood under the next study's point."""
+    from arrows import sweep as sweep_module
+
+    drawn = drawn_figures(sweep_module)
+    rows = [{"study": f"corpus_{i}/medium", "x": None, "delta": 0.01 * i, "low": 0.0, "high": 0.02 * i + 0.01, "interval": "evaluation noise only"}
+            for i in range(5)]
+    sweep_module._plot({"studies": rows, "axis": None, "second": "backward"}, tmp_path / "sweep.png")
+    fig, ax = drawn["sweep.png"].fig, drawn["sweep.png"].ax
+    fig.canvas.draw()
+    for i, label in enumerate(ax.get_xticklabels()):
+        box, tick_x = label.get_window_extent(), ax.transData.transform((i, 0))[0]
+        assert abs(box.x1 - tick_x) < 0.2 * box.width, (label.get_text(), box, tick_x)

@@ -336,7 +336,7 @@ def _plot(result: dict, path: Path) -> None:
             ax.minorticks_off()
     else:
         x = np.arange(len(rows))
-        ax.set_xticks(x, [r["study"] for r in rows], rotation=20 if len(rows) > 4 else 0)
+        ax.set_xticks(x, [r["study"] for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
     # Each kind of interval its own marker: one legend entry naming both kinds left the reader to
     # guess which study's interval covered training noise.
     kinds = sorted({r["interval"] for r in rows})
