@@ -195,3 +195,18 @@ def test_plain_head_runs_over_the_padded_vocabulary():
     assert eager.shape == compiled.shape == (8, 64, 1000) and eager.stride(-2) == 1024
     assert torch.allclose(eager.float(), unpadded.float(), atol=2e-2, rtol=2e-2)
     assert torch.allclose(compiled.float(), unpadded.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_resume_restores_the_rng_of_the_gpus_there_when_the_checkpoint_saw_more():
+    # A checkpoint holds one CUDA RNG state per GPU its process could see: one saved on an 8-GPU
+    # machine, resumed here, restores the GPUs this machine has (their dropout masks go on as
+    # they would have) and leaves out the others (it failed: IndexError, tuple index out of range).
+    from arrows import checkpoint
+
+    torch.cuda.init()
+    torch.cuda.manual_seed_all(3)
+    state = checkpoint.rng_state()
+    expected = torch.rand(4, device="cuda")
+    state["cuda"] = state["cuda"] + [state["cuda"][0]] * (8 - torch.cuda.device_count())
+    checkpoint.set_rng_state(state)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)

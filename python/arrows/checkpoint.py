@@ -39,7 +39,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process could see: resumed where fewer are visible (another
+        # machine, a narrower CUDA_VISIBLE_DEVICES), the GPUs it has take theirs; the others'
+        # states failed inside torch (IndexError: tuple index out of range).
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def save(path: str | Path, payload: dict) -> None:
