@@ -443,6 +443,25 @@ def test_flex_attention_equals_plain_attention_forward():
         build_model({**cfg, "attention_impl": "flex", "dropout": 0.1})
 
 
+def test_a_run_trained_with_triton_attention_is_sampled_on_a_cpu_through_sdpa(tmp_path):
+    # `arrows generate` and `arrows compare` load a run's model on the CPU: one trained on a GPU
+    # with arrows' Triton kernels failed there ("attention 'triton' runs on CUDA, not on cpu"), and
+    # on a machine without Triton could not even be built. The weights are those of any kernel.
+    from arrows import checkpoint
+
+    config = json.loads((CONFIGS / "gpt_nano.json").read_text())
+    config["model_params"].update(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=8, attention="triton")
+    config["training_params"]["dataset_folder"] = str(tmp_path)
+    trained = build_model(dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=8))
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, {"model": trained.state_dict(), "optimizer": {}, "step": 1, "per_rank": [], "config": config})
+    model = checkpoint.load_model(config, path)
+    assert model.config["attention_impl"] == "sdpa"
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], trained.eval()(idx)[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # attention "auto": the kernel chosen at the run's shape
 
