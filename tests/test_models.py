@@ -524,6 +524,19 @@ def test_auto_attention_drops_a_wrong_or_failing_kernel(monkeypatch):
     assert "using sdpa" in attention_choice.describe(name, report, "B=2 H=2 T=16 D=8")
 
 
+def test_auto_attention_measures_without_using_up_the_random_stream():
+    # The trainer measures after a resume has restored the checkpoint's random states: timing the
+    # kernels with dropout drew masks from torch's generator, so a resumed run on CUDA went on with
+    # other dropout masks than the uninterrupted run.
+    from arrows.models.attention_choice import choose_attention
+
+    torch.manual_seed(4)
+    expected = torch.rand(3)
+    torch.manual_seed(4)
+    choose_attention(2, 2, 16, 8, 0.5, "cpu", candidates={"same": _sdpa}, dtype=torch.float32, reps=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("who", ["sdpa", "candidate"])
 def test_auto_attention_out_of_memory_takes_sdpa_unmeasured(monkeypatch, who):
     # A shape too big to measure must not stop the run here: the training step then runs out of

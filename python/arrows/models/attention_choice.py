@@ -58,7 +58,11 @@ def choose_attention(batch: int, heads: int, length: int, head_dim: int, dropout
     if not candidates:
         return "sdpa", {"sdpa": "not measured: no other kernel available"}
     try:
-        return _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps, compiled)
+        # Measuring draws dropout masks and the Triton kernels' seeds from torch's generators: on
+        # forks of them, so that a run resumed from a checkpoint (whose random states it restored
+        # before measuring) goes on with exactly the masks the uninterrupted run would have drawn.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype, reps, compiled)
     except torch.cuda.OutOfMemoryError:
         pass
     # Too big to measure is (about) too big to train: the training step will run out of memory
