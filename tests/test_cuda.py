@@ -210,3 +210,14 @@ def test_resume_restores_the_rng_of_the_gpus_there_when_the_checkpoint_saw_more(
     state["cuda"] = state["cuda"] + [state["cuda"][0]] * (8 - torch.cuda.device_count())
     checkpoint.set_rng_state(state)
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_auto_attention_leaves_the_cuda_random_stream_as_it_found_it():
+    # The trainer measures after a resume restored the checkpoint's random states; the timed
+    # dropout (SDPA's and the Triton kernels' seeds) draws from the CUDA generator.
+    from arrows.models.attention_choice import choose_attention
+
+    torch.cuda.manual_seed(11)
+    state = torch.cuda.get_rng_state()
+    choose_attention(2, 2, 64, 32, 0.1, "cuda", reps=1)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
