@@ -537,6 +537,23 @@ def test_auto_attention_measures_without_using_up_the_random_stream():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_auto_attention_says_in_one_line_why_a_kernel_failed(monkeypatch):
+    # A Triton compilation error quotes the kernel's source first and gives its cause last: the log
+    # line must keep the cause, and stay one line.
+    from arrows.models import attention_choice
+
+    source = "\n".join(f"    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)  # line {i}" for i in range(12))
+
+    def fails_to_compile(q, k, v, p):
+        raise RuntimeError(f"at 41:8:\n{source}\n        ^\nout of resource: shared memory, Required: 262144, Hardware limit: 232448")
+
+    name, report = attention_choice.choose_attention(2, 2, 16, 8, 0.0, "cpu", candidates={"triton": fails_to_compile}, dtype=torch.float32, reps=1)
+    line = attention_choice.describe(name, report, "B=2 H=2 T=16 D=8")
+    assert name == "sdpa" and "\n" not in line
+    assert report["triton"].startswith("dropped: failed to run (RuntimeError: at 41:8:")
+    assert report["triton"].endswith("out of resource: shared memory, Required: 262144, Hardware limit: 232448)")
+
+
 @pytest.mark.parametrize("who", ["sdpa", "candidate"])
 def test_auto_attention_out_of_memory_takes_sdpa_unmeasured(monkeypatch, who):
     # A shape too big to measure must not stop the run here: the training step then runs out of

@@ -104,12 +104,21 @@ def _measure(batch, heads, length, head_dim, dropout, device, candidates, dtype,
         except torch.cuda.OutOfMemoryError:
             raise  # the shape is at the edge of memory: SDPA, unmeasured (choose_attention)
         except Exception as e:  # noqa: BLE001 - any failure of a candidate means: do not use it
-            report[name] = f"dropped: failed to run ({type(e).__name__}: {str(e)[:200]})"
+            report[name] = f"dropped: failed to run ({one_line(e)})"
             continue
         report[name] = round(took, 4)
         if took < best_ms:
             best, best_ms = name, took
     return best, report
+
+
+def one_line(e: Exception, limit: int = 300) -> str:
+    """An exception as one line of the run's log: its type and message, whitespace collapsed; a
+    long one keeps both ends, since a Triton compilation error quotes up to 12 lines of the
+    kernel's source first and says what is wrong last (cut at 200 characters, the log showed only
+    source)."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= limit else f"{text[: limit // 2]} … {text[-limit // 2 :]}"
 
 
 def describe(choice: str, report: dict, shape: str) -> str:
