@@ -197,19 +197,22 @@ def test_plain_head_runs_over_the_padded_vocabulary():
     assert torch.allclose(compiled.float(), unpadded.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_resume_restores_the_rng_of_the_gpus_there_when_the_checkpoint_saw_more():
-    # A checkpoint holds one CUDA RNG state per GPU its process could see: one saved on an 8-GPU
-    # machine, resumed here, restores the GPUs this machine has (their dropout masks go on as
-    # they would have) and leaves out the others (it failed: IndexError, tuple index out of range).
+def test_resume_restores_the_rng_of_the_gpu_it_trains_on():
+    # The checkpoint holds the generator of the GPU its process trained on, restored to the GPU the
+    # resumed process trains on, whatever its number. A checkpoint of an earlier arrows holds one
+    # state per GPU its process could see (8 here): restoring them all failed where fewer are
+    # visible (IndexError, tuple index out of range); the GPU's own number picks its state.
     from arrows import checkpoint
 
-    torch.cuda.init()
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
     torch.cuda.manual_seed_all(3)
-    state = checkpoint.rng_state()
-    expected = torch.rand(4, device="cuda")
-    state["cuda"] = state["cuda"] + [state["cuda"][0]] * (8 - torch.cuda.device_count())
-    checkpoint.set_rng_state(state)
-    assert torch.equal(torch.rand(4, device="cuda"), expected)
+    state = checkpoint.rng_state(device)
+    expected = torch.rand(4, device=device)
+    checkpoint.set_rng_state(state, device)
+    assert torch.equal(torch.rand(4, device=device), expected)
+    state["cuda"] = [state["cuda"]] * 8
+    checkpoint.set_rng_state(state, device)
+    assert torch.equal(torch.rand(4, device=device), expected)
 
 
 def test_auto_attention_leaves_the_cuda_random_stream_as_it_found_it():

@@ -471,6 +471,30 @@ def test_a_group_that_failed_after_its_last_save_is_said_to_be_complete(tmp_path
     assert "reached its end" in said and "of its last step, 10, is intact and complete" in said and "same command" not in said, said
 
 
+def test_the_cuda_generator_is_kept_for_the_gpu_a_process_trains_on(monkeypatch):
+    """Which CUDA generator a checkpoint keeps and restores (the GPU calls faked: no GPU here): the
+    one of the process's own GPU, restored to its GPU now, whatever its number; from an earlier
+    arrows' list of every visible GPU's state, the entry of that GPU's number, or none."""
+    import torch
+
+    from arrows import checkpoint
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", str(device))) or f"state of {device}")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", state, str(device))))
+    state = checkpoint.rng_state("cuda:3")
+    assert state["cuda"] == "state of cuda:3" and calls == [("get", "cuda:3")]
+    checkpoint.set_rng_state(state, "cuda:0")
+    assert calls[-1] == ("set", "state of cuda:3", "cuda:0")
+    legacy = {**state, "cuda": [f"gpu {i}" for i in range(8)]}
+    checkpoint.set_rng_state(legacy, "cuda:5")
+    assert calls[-1] == ("set", "gpu 5", "cuda:5")
+    calls.clear()
+    checkpoint.set_rng_state({**legacy, "cuda": ["gpu 0", "gpu 1"]}, "cuda:5")  # saved where only 2 were visible
+    checkpoint.set_rng_state(state, "cpu")
+    assert calls == [] and "cuda" not in checkpoint.rng_state("cpu")
+
+
 def test_dry_run_checks_the_validation_split(tmp_path, store):
     cfg = write_config(tmp_path / "c.json", store, run_name="tiny_valid", valid_fraction=0.0001)
     proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)

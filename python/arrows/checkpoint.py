@@ -21,28 +21,40 @@ from arrows.errors import CorruptDataError, InputError
 LATEST = "latest.pt"
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
+    """The random generators' states; on a CUDA `device`, that GPU's generator too (the one its
+    dropout draws from)."""
     import numpy as np
     import torch
 
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device=None) -> None:
+    """Restore `rng_state`'s states; the CUDA one to the GPU this process trains on, whichever GPU
+    number it has now (resumed on another node, another --gpus, a narrower CUDA_VISIBLE_DEVICES)."""
     import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        # One state per GPU the saving process could see: resumed where fewer are visible (another
-        # machine, a narrower CUDA_VISIBLE_DEVICES), the GPUs it has take theirs; the others'
-        # states failed inside torch (IndexError: tuple index out of range).
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    device = torch.device(device) if device is not None else None
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        # A checkpoint of an earlier arrows: one state per GPU the saving process could see, taken
+        # by GPU number (restoring them all failed where fewer GPUs are visible: IndexError).
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save(path: str | Path, payload: dict) -> None:

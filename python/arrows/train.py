@@ -527,7 +527,7 @@ class Trainer:
         if len(ranks) == self.world.world_size:  # else finished: nothing of the data is read again
             mine_rank = ranks[self.world.rank]
             self.train_loader.load_state_dict(mine_rank["loader"])
-            checkpoint.set_rng_state(mine_rank["rng"])
+            checkpoint.set_rng_state(mine_rank["rng"], self.device)
         self.resumed_from = self.step
         self.step_saved = self.step
         self.resumed_plan = {k: payload.get(k) for k in ("more", "total_steps")}  # see more_target
@@ -852,7 +852,7 @@ class Trainer:
     def _save(self, name: str) -> None:
         import torch.distributed as dist
 
-        per_rank = {"loader": self.train_loader.state_dict(), "rng": checkpoint.rng_state()}
+        per_rank = {"loader": self.train_loader.state_dict(), "rng": checkpoint.rng_state(self.device)}
         if self.world.distributed:
             gathered = [None] * self.world.world_size
             dist.all_gather_object(gathered, per_rank)
