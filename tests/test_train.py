@@ -264,6 +264,29 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(tmp_path, store, monkeyp
     assert "batch_size 16" in message and "aggregate" in message and 'head_loss to "chunked"' in message
 
 
+def test_cuda_out_of_memory_in_validation_names_val_batch_size(tmp_path, store, monkeypatch):
+    # Validation has its own batch size: the advice to lower batch_size (which fitted) was wrong.
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainingStopped, TrainOptions, Trainer
+
+    config = load_config(write_config(tmp_path / "c.json", store, run_name="oom", steps_to_train=4, save_every=2, valid_every=4, val_batch_size=64))
+    trainer = Trainer(config, World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    forward = trainer.model.forward
+
+    def out_of_memory_when_validating(*args, **kwargs):
+        if not trainer.model.training:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.26 GiB")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", out_of_memory_when_validating)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    assert "validating at step 4, at training_params.val_batch_size 64" in message and "the checkpoint of step 2 is intact" in message, message
+    assert "aggregate" not in message
+
+
 def test_ctrl_c_stops_the_run_between_two_steps(tmp_path, store):
     # Ctrl-C is only noted, and acted on before the next step: it never lands inside a step or a
     # checkpoint write (inside torch.save it became a RuntimeError, and the run exited 1).

@@ -816,14 +816,22 @@ class Trainer:
         self.net.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.valid_loader.set_epoch(0)  # the same spans, in the same order, every time
-        with torch.no_grad():
-            for b, (x, y) in enumerate(self.valid_loader):
-                if self.t.valid_batches is not None and b >= self.t.valid_batches:
-                    break
-                x, y = x.to(self.device), y.to(self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-                    _, loss = self.model(x, y)
-                sums += torch.stack([loss.double() * y.numel(), torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
+        try:
+            with torch.no_grad():
+                for b, (x, y) in enumerate(self.valid_loader):
+                    if self.t.valid_batches is not None and b >= self.t.valid_batches:
+                        break
+                    x, y = x.to(self.device), y.to(self.device)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                        _, loss = self.model(x, y)
+                    sums += torch.stack([loss.double() * y.numel(), torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
+        except torch.cuda.OutOfMemoryError:
+            # Not the training batch (fit's message): validation has its own, val_batch_size.
+            saved = f"the checkpoint of step {self.step_saved} is intact" if self.step_saved is not None else "no checkpoint was written yet"
+            raise TrainingStopped(
+                f"CUDA out of memory validating at step {self.step}, at training_params.val_batch_size {self.t.val_batch_size} "
+                f"(× attn_length {self.L}); lower val_batch_size (the training batch fitted); {saved}."
+            ) from None
         if self.world.distributed:
             import torch.distributed as dist
 
