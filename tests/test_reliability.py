@@ -314,12 +314,15 @@ def test_train_survives_kill_9_and_ctrl_c_at_random_instants(tmp_path, train_sto
 
     ref = train_reference
     rng = random.Random(SEED + 1)
-    # 2 instants in the start-up (imports, model, checkpoint loading), 20 kill -9 and 2 Ctrl-C
-    # spread over steps 0-34 of 40, each at a random point within its step (logging, validation,
-    # sampling, checkpoint writing, the next step's computation).
+    # 2 instants in the start-up (imports, model, checkpoint loading), 10 kill -9 and 2 Ctrl-C
+    # over steps 0-34 of 40, one in each twelfth of that span (spread over the run, whatever the
+    # seed), each at a random point within its step (logging, validation, sampling, checkpoint
+    # writing, the next step's computation). Every attempt starts a process (seconds of imports):
+    # 24 attempts made this the slowest test of CI (100 s).
     plan = [("startup", rng.uniform(0.3, 1.0) * ref["startup"], signal.SIGKILL) for _ in range(2)]
-    steps = sorted(rng.uniform(0, 34) for _ in range(22))  # the run ends at 40: leave it time to be killed
-    sigint_at = set(rng.sample(range(22), 2))
+    span = 34 / 12  # the run ends at 40: leave it time to be killed
+    steps = [rng.uniform(i * span, (i + 1) * span) for i in range(12)]
+    sigint_at = set(rng.sample(range(12), 2))
     plan += [("step", s, signal.SIGINT if i in sigint_at else signal.SIGKILL) for i, s in enumerate(steps)]
     cfg = train_config(tmp_path / "c.json", train_store, "killed", tmp_path / "runs")
     run = tmp_path / "runs" / "killed"
@@ -347,9 +350,9 @@ def test_train_survives_kill_9_and_ctrl_c_at_random_instants(tmp_path, train_sto
         latest = run / "checkpoints" / "latest.pt"
         if latest.exists():
             resumed_from.append(checkpoint.load(latest)["step"])  # never torn
-    assert kills >= 20 and interrupts == 2, (kills, interrupts, outcomes)
+    assert kills >= 10 and interrupts == 2, (kills, interrupts, outcomes)
     killed_at = [o[4] for o in outcomes if isinstance(o, tuple) and o[0] == "step" and o[3]]
-    assert len(set(killed_at)) >= 10 and min(killed_at) <= 5 and max(killed_at) >= 30, killed_at  # spread over the run
+    assert len(set(killed_at)) >= 8 and min(killed_at) <= 5 and max(killed_at) >= 30, killed_at  # spread over the run
     arrows("train", cfg, "--device", "cpu")
     assert logged(run) == ref["logged"]  # losses, learning rates, gradient norms, validation: exact
     assert samples(run) == ref["samples"]
