@@ -194,14 +194,20 @@ def section_gpt(a, anchor: dict, work: Path, results: dict) -> None:
             heads.append("chunked")
         if small and "loader" in a.only and not heads:
             heads.append("plain")
+        # attention "auto" measures the kernels at the first head's trainer; the others take its
+        # choice, which does not depend on the head (measuring again compiled every kernel again,
+        # minutes of a GPU lease).
+        attention = {}
         for head in heads:
             key = f"arrows_{name}" + ("" if head == "plain" else f"_{head}")
             reset_memory()
             with vocab_padding(head != "plain-unpadded"):  # the profile too: leaving it recompiles
-                trainer = make_trainer(key, gpt_model(s, head_loss=head.removesuffix("-unpadded")), s["B"], store, work)
+                trainer = make_trainer(key, gpt_model(s, head_loss=head.removesuffix("-unpadded"), **attention), s["B"], store, work)
+                taken = " (the first head's choice)" if attention else ""
+                attention = {"attention": trainer.model.config["attention_impl"]}
                 mine = measure_step(trainer, a.steps, a.warm)
                 mine["mfu"] = round(mine["tokens_per_s"] * gpt_flops_per_token(trainer, s) / PEAK, 4)
-                mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"]
+                mine["attention"] = trainer.attention_choice or trainer.model.config["attention_impl"] + taken
                 if head == "chunked" and small and "memory" in a.only:
                     mine.update(chunked_loss_check(trainer))
                 results[key] = mine
