@@ -1,6 +1,7 @@
 """Synthetic languages, `arrows reverse`, and the GF(2) hardness check behind sparse-linear."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -263,3 +264,27 @@ def test_demo_never_wipes_a_folder_it_did_not_make(tmp_path):
     (demo / "sparse-linear").mkdir()
     prepare_folder(demo)
     assert sorted(p.name for p in demo.iterdir()) == [MARKER]
+
+
+def _fill_the_disk(*args, **kwargs):
+    """A write that fails as on a full disk: /dev/full answers every write with ENOSPC, an
+    OSError without a file name."""
+    with open("/dev/full", "wb") as f:
+        f.write(b"x")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_names_the_output_file(tmp_path):
+    import errno
+
+    from arrows.output_file import atomic_output
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(OSError) as caught:
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"partial")
+            _fill_the_disk()
+    # Before, the message was "No space left on device", naming no file.
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert not any(tmp_path.iterdir())  # the partial temporary file is gone
+

@@ -38,6 +38,10 @@ def atomic_output(path: Path, *, sync: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         tmp.replace(path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # A failed write (a full disk, a quota) carries no file name: the message was only
+            # "No space left on device". Name the file being written (the temporary one is gone).
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
