@@ -288,3 +288,18 @@ def test_a_full_disk_names_the_output_file(tmp_path):
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
     assert not any(tmp_path.iterdir())  # the partial temporary file is gone
 
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_synth_keeps_the_earlier_text_and_sidecar_together(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    out = tmp_path / "lang.txt"
+    write_language("primes", out, 20, seed=1)
+    before = out.read_bytes(), sidecar_path(out).read_bytes()
+    monkeypatch.setattr(Path, "write_text", _fill_the_disk)  # the sidecar's write fails, the text's does not
+    with pytest.raises(OSError) as caught:
+        write_language("primes", out, 20, seed=2)
+    assert caught.value.filename == str(sidecar_path(out))
+    # The text of seed 2 beside the sidecar of seed 1 would describe it wrongly.
+    assert (out.read_bytes(), sidecar_path(out).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lang.synth.json", "lang.txt"]

@@ -75,10 +75,11 @@ def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) ->
     else:
         text, info = _primes(rng, lines, **settings)
     sidecar = {"kind": kind, "lines": lines, "seed": seed, "params": settings, "file": out.name, "bytes": len(text), **info}
-    with atomic_output(out) as tmp:
-        tmp.write_bytes(text)
-    with atomic_output(sidecar_path(out)) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    # Both files are written before either is renamed into place: a failed write (a full disk)
+    # leaves the earlier pair as it was, never a new text beside the old text's sidecar.
+    with atomic_output(out) as text_tmp, atomic_output(sidecar_path(out)) as sidecar_tmp:
+        text_tmp.write_bytes(text)
+        sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
 
 
