@@ -132,6 +132,22 @@ def test_a_loader_pickles_and_keeps_its_position(tmp_path):
     assert from_child == expected.tolist()
 
 
+def test_a_loader_made_from_a_relative_path_unpickles_in_another_folder(tmp_path, monkeypatch):
+    import pickle
+
+    from arrows.data import WindowLoader
+
+    store = small_store(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    loader = WindowLoader("store", 16, 4, seed=1)
+    expected = next(iter(pickle.loads(pickle.dumps(loader))))[1]
+    # A process working in another folder (a job launcher's, a notebook after os.chdir): the copy
+    # looked for "store" there, and failed with FileNotFoundError.
+    monkeypatch.chdir(tmp_path.parent)
+    elsewhere = pickle.loads(pickle.dumps(loader))
+    assert elsewhere.path == store and torch.equal(next(iter(elsewhere))[1], expected)
+
+
 def test_a_loader_on_a_missing_cuda_device_is_refused_at_once(tmp_path, monkeypatch):
     from arrows.data import WindowLoader
     from arrows.errors import InputError

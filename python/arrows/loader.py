@@ -148,6 +148,9 @@ class WindowLoader:
         # What builds this loader again in another process (see __getstate__); taken first, when
         # the local names are exactly the arguments.
         self._arguments = {name: value for name, value in locals().items() if name not in ("self", "torch")}
+        # The source as opened here: a relative path would name another file (or none) in a
+        # process working elsewhere, or after os.chdir.
+        self._arguments["path"] = Path(path).absolute()
         if split not in ("train", "valid"):
             raise InputError(f"split must be 'train' or 'valid', not {split!r}")
         if permutation is not None and backward:
