@@ -189,6 +189,33 @@ def test_ids_beyond_the_vocabulary_are_an_error_naming_the_file(tmp_path):
             pass
 
 
+
+@pytest.mark.parametrize("bos_id, vocab_size, message", [
+    (300, 257, "'bos_id' attribute of 'tokens' is 300, not an id below vocab_size 257"),
+    (-1, None, "'bos_id' attribute of 'tokens' is -1, not a non-negative integer id"),
+    ("<s>", None, "'bos_id' attribute of 'tokens' is '<s>', not a non-negative integer id"),
+])
+def test_an_h5_bos_outside_the_vocabulary_is_refused_naming_the_file(tmp_path, bos_id, vocab_size, message):
+    import h5py
+
+    h5 = tmp_path / "tokens.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("tokens", data=np.arange(2000, dtype=np.int32) % 200).attrs["bos_id"] = bos_id
+    # Every window begins with the BOS: 300 or -1 reached the model, whose embedding failed at the
+    # first step (IndexError: index out of range in self); '<s>' was a ValueError of int().
+    with pytest.raises(InputError, match=rf"tokens.h5: the {message}"):
+        WindowLoader(h5, 16, 4, vocab_size=vocab_size)
+
+
+def test_an_h5_group_named_tokens_is_refused_naming_the_file(tmp_path):
+    import h5py
+
+    h5 = tmp_path / "tokens.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_group("tokens")
+    with pytest.raises(InputError, match="tokens.h5: 'tokens' is a group, not a dataset"):  # was AttributeError: 'Group' object has no attribute 'dtype'
+        WindowLoader(h5, 16, 4)
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -43,6 +43,8 @@ def open_source(path: str | Path, vocab_size: int | None = None):
             if "tokens" not in f:
                 raise InputError(f"{path}: no 'tokens' dataset (it has: {', '.join(f.keys()) or 'nothing'}); arrows reads the reference format, a 1-D integer dataset named 'tokens'")
             ds = f["tokens"]
+            if not isinstance(ds, h5py.Dataset):
+                raise InputError(f"{path}: 'tokens' is a group, not a dataset; arrows reads the reference format, a 1-D integer dataset named 'tokens'")
             ids = _H5_IDS.get(ds.dtype.str)
             if ds.ndim != 1 or ids is None:
                 raise InputError(f"{path}: 'tokens' is {ds.ndim}-D {ds.dtype}; arrows reads a 1-D dataset of int32, int64, uint16 or uint32 ids")
@@ -50,7 +52,7 @@ def open_source(path: str | Path, vocab_size: int | None = None):
             count = int(ds.shape[0])
             # The BOS of windows: the one `arrows tokenize --h5` recorded, else 0 (the reference's
             # files: <|endoftext|> is id 0 in its GPT-2 style tokenizers).
-            bos_id = int(ds.attrs.get("bos_id", 0))
+            bos_id = _h5_bos_id(path, ds.attrs.get("bos_id", 0), vocab_size)
             if count == 0:
                 offset = 0  # nothing to map: the core then says the source is too short for a window
             elif ds.chunks is None and offset is None:
@@ -65,6 +67,20 @@ def open_source(path: str | Path, vocab_size: int | None = None):
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     raise InputError(f"{path}: not a token source; give a folder written by `arrows tokenize` or a reference .h5 file")
+
+
+def _h5_bos_id(path: Path, bos_id, vocab_size: int | None) -> int:
+    """The `bos_id` attribute of an .h5 file's tokens, refused unless it is an id of the
+    vocabulary: every window begins with it, and a model's embedding failed on it at the first
+    step (IndexError: index out of range in self) without naming the file."""
+    import numpy as np
+
+    if not isinstance(bos_id, (int, np.integer)) or isinstance(bos_id, (bool, np.bool_)) or bos_id < 0 or (vocab_size is not None and bos_id >= vocab_size):
+        within = f"an id below vocab_size {vocab_size}" if vocab_size is not None else "a non-negative integer id"
+        shown = int(bos_id) if isinstance(bos_id, np.integer) else repr(bos_id)
+        raise InputError(f"{path}: the 'bos_id' attribute of 'tokens' is {shown}, not {within}; "
+                         f"set it to the id windows begin with, or delete it (windows then begin with id 0)")
+    return int(bos_id)
 
 
 def _check_count(name: str, value, least: int) -> None:
