@@ -303,3 +303,20 @@ def test_a_failed_synth_keeps_the_earlier_text_and_sidecar_together(tmp_path, mo
     # The text of seed 2 beside the sidecar of seed 1 would describe it wrongly.
     assert (out.read_bytes(), sidecar_path(out).read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lang.synth.json", "lang.txt"]
+
+
+def test_a_language_too_large_for_memory_is_refused_at_once(tmp_path, monkeypatch):
+    from arrows import _arrows, synth
+
+    out = tmp_path / "walks.txt"
+    # A machine with 50 MB free: 1,000,000 walks take about 370 MB to make. Before, numpy raised
+    # MemoryError (a traceback) or the kernel killed the process after minutes of swapping.
+    monkeypatch.setattr(_arrows, "available_memory", lambda: 50_000_000)
+    with pytest.raises(InputError, match=r"1,000,000 lines of reversible take about 369.0 MB .* more than the 50.0 MB available; use at most about 135,501 --lines"):
+        write_language("reversible", out, 1_000_000)
+    write_language("reversible", out, 100_000)  # what fits is made
+    # Where the estimate is low, numpy's MemoryError is the same clear InputError.
+    monkeypatch.setattr(_arrows, "available_memory", lambda: None)
+    monkeypatch.setattr(synth, "_rows_to_text", lambda *a: np.empty(2**62, dtype=np.uint8))
+    with pytest.raises(InputError, match="not enough memory to make 10 lines of reversible"):
+        write_language("reversible", out, 10)

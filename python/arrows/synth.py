@@ -68,12 +68,15 @@ def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) ->
     if unknown:
         raise InputError(f"{kind} takes {', '.join('--' + k.replace('_', '-') for k in DEFAULTS[kind])}; not {', '.join(sorted(unknown))}")
     rng = np.random.default_rng(seed)
-    if kind.startswith("sparse-linear"):
-        text, info = _sparse_linear(rng, lines, seed, reversed_=kind.endswith("reversed"), **settings)
-    elif kind == "reversible":
-        text, info = _reversible(rng, lines, seed, **settings)
-    else:
-        text, info = _primes(rng, lines, **settings)
+    try:
+        if kind.startswith("sparse-linear"):
+            text, info = _sparse_linear(rng, lines, seed, reversed_=kind.endswith("reversed"), **settings)
+        elif kind == "reversible":
+            text, info = _reversible(rng, lines, seed, **settings)
+        else:
+            text, info = _primes(rng, lines, **settings)
+    except MemoryError:  # numpy's "Unable to allocate 74.5 GiB", a traceback, where the estimate was low
+        raise InputError(f"not enough memory to make {lines:,} lines of {kind} (the text is made in memory); use fewer --lines") from None
     sidecar = {"kind": kind, "lines": lines, "seed": seed, "params": settings, "file": out.name, "bytes": len(text), **info}
     # Both files are written before either is renamed into place: a failed write (a full disk)
     # leaves the earlier pair as it was, never a new text beside the old text's sidecar.
@@ -81,6 +84,19 @@ def write_language(kind: str, out: Path, lines: int, seed: int = 0, **params) ->
         text_tmp.write_bytes(text)
         sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
+
+
+def _check_memory(kind: str, lines: int, need: int) -> None:
+    """Refuse at once a text whose making takes more memory (`need` bytes, estimated by each
+    language from measured peaks) than is available: else numpy's MemoryError was a traceback, or
+    the kernel killed the process ("Killed") after minutes of swapping."""
+    from arrows._arrows import available_memory
+    from arrows.progress import human_bytes
+
+    available = available_memory()
+    if available is not None and need > available:
+        raise InputError(f"{lines:,} lines of {kind} take about {human_bytes(need)} of memory to make (the text is made in memory), "
+                         f"more than the {human_bytes(available)} available; use at most about {lines * available // need:,} --lines")
 
 
 def _rows_to_text(fields: list[np.ndarray], separators: list[bytes]) -> bytes:
@@ -136,6 +152,8 @@ def sparse_matrix(bits: int, row_weight: int, seed: int) -> tuple[list[int], lis
 
 def _sparse_linear(rng, lines: int, seed: int, *, reversed_: bool, bits: int, row_weight: int):
     rows, inv, costs = sparse_matrix(bits, row_weight, seed)
+    # x and y, their digits and the joined lines: about 5 bytes per character and 4 per bit.
+    _check_memory("sparse-linear-reversed" if reversed_ else "sparse-linear", lines, lines * (5 * (2 * bits + 2) + 4 * bits))
     x = rng.integers(0, 2, size=(lines, bits), dtype=np.uint8)
     y = gf2.apply(rows, x)
     digits = ord("0")
@@ -206,6 +224,9 @@ def _reversible(rng, lines: int, seed: int, *, nodes: int, walk_length: int, edg
     # At least a spanning tree (nodes − 1 edges), at most every pair and self-loop.
     if not (math.isfinite(edges_per_node) and 0 < edges_per_node <= nodes + 1):
         raise InputError(f"--edges-per-node must be above 0 and at most --nodes + 1 ({nodes + 1}), not {edges_per_node}")
+    # The walks as int64 and their text (17 bytes per letter), and each step's comparison of
+    # every walk with its node's row of the transition matrix (10 bytes per node).
+    _check_memory("reversible", lines, lines * (17 * (walk_length + 1) + 10 * nodes))
     w = random_graph(nodes, edges_per_node, np.random.default_rng(seed))
     strength = w.sum(axis=1)
     stationary = strength / strength.sum()
@@ -249,6 +270,7 @@ def primes_below(limit: int) -> np.ndarray:
 def _primes(rng, lines: int, *, max_prime: int, pad: bool):
     if not 5 <= max_prime <= MAX_PRIME:
         raise InputError(f"--max-prime must be between 5 (two primes, 2 and 3) and {MAX_PRIME:,}, not {max_prime}")
+    _check_memory("primes", lines, lines * 250 + 2 * max_prime)  # a Python string per line, and the sieve
     primes = primes_below(max_prime)
     pairs = np.sort(rng.choice(primes, size=(lines, 2)), axis=1)
     # Padded with zeros, every line has the same length (so windows can start at line starts).
