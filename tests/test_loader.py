@@ -207,6 +207,18 @@ def test_an_h5_bos_outside_the_vocabulary_is_refused_naming_the_file(tmp_path, b
         WindowLoader(h5, 16, 4, vocab_size=vocab_size)
 
 
+@pytest.mark.parametrize("vocab_size", [0, -1, 2.5, True, 2**64])
+def test_a_vocab_size_that_is_no_count_is_refused(tmp_path, vocab_size):
+    import h5py
+
+    h5 = tmp_path / "tokens.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("tokens", data=np.arange(2000, dtype=np.int32) % 200)
+    # Were an OverflowError (2**64), a TypeError (2.5), every id "outside the vocabulary of 1 ids"
+    # of a damaged file (True), and for 0 or -1 a BOS attribute the file does not have.
+    with pytest.raises(InputError, match=f"vocab_size must be an integer of at least 1, not {vocab_size!r}"):
+        WindowLoader(h5, 16, 4, vocab_size=vocab_size)
+
 def test_an_h5_group_named_tokens_is_refused_naming_the_file(tmp_path):
     import h5py
 

@@ -175,7 +175,7 @@ class WindowLoader:
             raise InputError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
         counts = {"attn_length": (attn_length, 1), "batch_size": (batch_size, 1), "stride": (stride, 1), "valid_tokens": (valid_tokens, 0),
                   "seed": (seed, 0), "epoch": (epoch, 0), "rank": (rank, 0), "world_size": (world_size, 1), "threads": (threads, 0),
-                  "prefetch": (prefetch, 1)}
+                  "prefetch": (prefetch, 1), "vocab_size": (vocab_size, 1)}
         for name, (value, least) in counts.items():
             if value is not None:
                 _check_count(name, value, least)
