@@ -243,6 +243,10 @@ def test_an_h5_group_named_tokens_is_refused_naming_the_file(tmp_path):
         ({"attn_length": 16, "batch_size": 4, "seed": 2**64}, "seed must be"),
         ({"attn_length": 16, "batch_size": 4, "epoch": -1}, "epoch must be"),
         ({"attn_length": 16, "batch_size": 4, "device": "bogus"}, "device must be"),
+        # bool("false") is True: these served backward, shuffled, dropping, without a word
+        ({"attn_length": 16, "batch_size": 4, "backward": "false"}, "backward must be True or False, not 'false'"),
+        ({"attn_length": 16, "batch_size": 4, "shuffle": "no"}, "shuffle must be True or False, not 'no'"),
+        ({"attn_length": 16, "batch_size": 4, "drop_last": "0"}, "drop_last must be True or False, not '0'"),
     ],
 )
 def test_impossible_setups_are_clear_errors(tmp_path, kwargs, message):

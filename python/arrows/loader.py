@@ -159,11 +159,12 @@ class WindowLoader:
         device: str = "cpu",
         vocab_size: int | None = None,
     ):
+        import numpy as np
         import torch
 
         # What builds this loader again in another process (see __getstate__); taken first, when
         # the local names are exactly the arguments.
-        self._arguments = {name: value for name, value in locals().items() if name not in ("self", "torch")}
+        self._arguments = {name: value for name, value in locals().items() if name not in ("self", "np", "torch")}
         # The source as opened here: a relative path would name another file (or none) in a
         # process working elsewhere, or after os.chdir.
         self._arguments["path"] = Path(path).absolute()
@@ -179,6 +180,10 @@ class WindowLoader:
         for name, (value, least) in counts.items():
             if value is not None:
                 _check_count(name, value, least)
+        for name, value in {"backward": backward, "shuffle": shuffle, "drop_last": drop_last}.items():
+            # bool("false") is True: a string from a config or the environment read backwards.
+            if value is not None and not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"{name} must be True or False, not {value!r}")
         if rank >= world_size:
             raise InputError(f"rank {rank} is outside world_size {world_size} (ranks 0 to {world_size - 1})")
         source, total, bos_id, vocab = open_source(path, vocab_size)
