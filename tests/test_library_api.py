@@ -280,3 +280,25 @@ def test_token_arrays_are_read_only_whether_or_not_they_cross_shards(tmp_path):
     del store
     gc.collect()
     assert np.array_equal(across, expected) and len(within) == first - 1  # valid after the store is gone
+
+
+def test_a_strided_slice_reads_only_the_tokens_it_takes(tmp_path):
+    import tracemalloc
+
+    from arrows.data import TokenStore
+
+    store = TokenStore(small_store(tmp_path, n_bytes=400_000, shard_bytes="100000"))
+    n = len(store)
+    assert len(store._shards) > 2
+    full = np.concatenate([np.asarray(s) for s in store._shards])
+    for key in (slice(None, None, 1000), slice(7, None, 997), slice(None, None, -1000), slice(n - 3, 5, -1001), slice(5, n, n)):
+        tracemalloc.start()
+        try:
+            ids = store[key]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(ids, full[key]) and not ids.flags.writeable
+        # The whole range was copied (800 kB here) before every 1000th token was taken: a corpus
+        # larger than memory could not be sampled so.
+        assert peak < 50_000, (key, peak)

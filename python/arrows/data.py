@@ -45,12 +45,13 @@ class TokenStore:
     def __getitem__(self, key):
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
-            if step == 1:
-                return self._range(start, stop)
             if step > 0:
-                return self._range(start, stop)[::step]
-            # A negative step runs from `start` down to just above `stop`, as numpy's does.
-            return self._range(stop + 1, start + 1)[::-1][::-step]
+                return self._range(start, stop, step)
+            # A negative step: the same tokens as the positive step from the last one up, reversed.
+            count = len(range(start, stop, step))
+            if count == 0:
+                return np.empty(0, self.dtype)
+            return self._range(start + (count - 1) * step, start + 1, -step)[::-1]
         if not isinstance(key, (int, np.integer)):
             raise TypeError(f"token indices are integers or slices, not {type(key).__name__}")
         i = int(key)
@@ -60,15 +61,18 @@ class TokenStore:
             raise IndexError(f"token index {key} out of range for a store of {len(self)} tokens")
         return self._range(i, i + 1)[0]
 
-    def _range(self, start: int, stop: int) -> np.ndarray:
+    def _range(self, start: int, stop: int, step: int = 1) -> np.ndarray:
+        """Tokens start, start + step, ... below stop. Each shard gives only the tokens taken
+        from it: `store[::1000]` of a corpus larger than memory copied all of it first."""
         if stop <= start:
             return np.empty(0, self.dtype)
         first = int(np.searchsorted(self._starts, start, side="right")) - 1
         last = int(np.searchsorted(self._starts, stop - 1, side="right")) - 1
-        parts = [
-            self._shards[k][max(start - self._starts[k], 0) : min(stop, self._starts[k + 1]) - self._starts[k]]
-            for k in range(first, last + 1)
-        ]
+        parts = []
+        for k in range(first, last + 1):
+            begin = max(start, int(self._starts[k]))
+            begin += (start - begin) % step  # the first index of the sequence within shard k
+            parts.append(self._shards[k][begin - self._starts[k] : min(stop, self._starts[k + 1]) - self._starts[k] : step])
         if len(parts) == 1:
             return parts[0]
         joined = np.concatenate(parts)
