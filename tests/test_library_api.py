@@ -302,3 +302,34 @@ def test_a_strided_slice_reads_only_the_tokens_it_takes(tmp_path):
         # The whole range was copied (800 kB here) before every 1000th token was taken: a corpus
         # larger than memory could not be sampled so.
         assert peak < 50_000, (key, peak)
+
+
+def test_a_store_opened_while_tokenize_writes_it_matches_its_manifest(tmp_path):
+    import subprocess
+
+    from conftest import ARROWS, random_text
+
+    from arrows.data import TokenStore
+    from arrows.errors import ArrowsError
+
+    text = tmp_path / "text.txt"
+    text.write_text(random_text(3, 3_000_000, specials=False), encoding="utf-8")
+    out = tmp_path / "store"
+    writer = subprocess.Popen([str(ARROWS), "tokenize", str(text), "--out", str(out), "--vocab-size", "2000", "--shard-bytes", "20KB",
+                               "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    opened, wrong = 0, []
+    try:
+        while writer.poll() is None:
+            try:
+                store = TokenStore(out, allow_incomplete=True)
+            except (OSError, ArrowsError):  # not written yet (no manifest, no tokenizer)
+                continue
+            opened += 1
+            listed = store.manifest["shards"]
+            # The manifest was read a second time after the shards: tokenize replaces it after each
+            # shard, so it listed shards (and tokens) that the store did not serve.
+            if len(listed) != len(store._shards) or sum(s["tokens"] for s in listed) != len(store):
+                wrong.append((len(listed), len(store._shards)))
+    finally:
+        assert writer.wait(timeout=300) == 0, writer.stderr.read()
+    assert opened and not wrong, f"{len(wrong)} of {opened} opens disagreed with their manifest: {wrong[:5]}"

@@ -128,7 +128,10 @@ type OpenedStore = (String, String, Vec<(String, u64)>);
 #[pyo3(signature = (dir, allow_incomplete=false))]
 fn open_store(py: Python<'_>, dir: PathBuf, allow_incomplete: bool) -> PyResult<OpenedStore> {
     let store = core(py, py.detach(|| Store::open(&dir, allow_incomplete)))?;
-    let manifest = std::fs::read_to_string(dir.join(arrows_core::manifest::FILE_NAME)).map_err(|e| to_py(py, Error::io(&dir, e)))?;
+    // The manifest the shards were checked against, not the file read again: `arrows tokenize`
+    // replaces it after every shard, and a second read listed shards (or a completion) that the
+    // shards returned did not have (1 open in 16 while a store was being written).
+    let manifest = serde_json::to_string(&store.manifest).expect("a manifest serializes");
     let shards = store.shards.iter().map(|s| (s.path.display().to_string(), s.header.count)).collect();
     Ok((manifest, store.dtype.name().to_string(), shards))
 }
