@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// One buffer: inputs then targets, `2 × batch_size × L` i64, allocated once.
+/// One buffer: inputs then targets, `2 × rows × L` i64 (rows: the largest batch), allocated once.
 struct Buffer(Box<[i64]>);
 
 struct State {
@@ -98,7 +98,9 @@ impl Prefetcher {
     /// workers and `buffers` buffers (so up to `buffers` batches are prepared ahead).
     pub fn start(sampler: Arc<Sampler>, epoch: u64, first_batch: u64, threads: usize, buffers: usize) -> Prefetcher {
         let end = sampler.batches_per_epoch().saturating_sub(first_batch);
-        let buffer_len = 2 * sampler.opts.batch_size * sampler.opts.attn_length;
+        // Sized for the largest batch served, not the batch size asked for: a batch size beyond
+        // the split's windows allocated (and zeroed) memory no batch would use, terabytes for 2^33.
+        let buffer_len = 2 * sampler.max_batch_len() * sampler.opts.attn_length;
         let buffers = buffers.max(1);
         let state = State {
             free: (0..buffers).map(|_| Buffer(vec![0i64; buffer_len].into_boxed_slice())).collect(),
@@ -285,6 +287,21 @@ mod tests {
         let n = held.len();
         drop(held);
         assert!(n > 50);
+    }
+
+    #[test]
+    fn a_batch_size_beyond_the_windows_allocates_for_the_windows() {
+        // 2^40 windows × 9 tokens × 2 × 8 bytes: the process aborted ("memory allocation of ...
+        // bytes failed") before the one batch of 998 windows was served.
+        let dir = tempfile::tempdir().unwrap();
+        let s = sampler(dir.path(), Order::Forward);
+        let opts = SamplerOptions { batch_size: 1 << 40, drop_last: false, ..s.opts.clone() };
+        let s = Arc::new(Sampler::new(s.source.clone(), opts).unwrap());
+        let p = Prefetcher::start(s.clone(), 0, 0, 1, 2);
+        let lease = p.next().unwrap().unwrap();
+        assert_eq!((lease.rows as u64, lease.data().len()), (s.windows(), 2 * 998 * 9));
+        drop(lease);
+        assert!(p.next().is_none());
     }
 
     #[test]

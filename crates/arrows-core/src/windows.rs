@@ -88,13 +88,25 @@ impl Sampler {
             return input(format!("a window of {l} tokens is longer than the {name} split ({len} tokens of {total}); use a shorter attention length{larger} or more data"));
         }
         let windows = (len - l) / o.stride as u64 + 1;
-        if o.drop_last && windows < (o.batch_size * o.world_size) as u64 {
+        // All ranks' batches together; a product beyond u64 exceeds any split's windows.
+        let per_step = (o.batch_size as u64).checked_mul(o.world_size as u64);
+        if o.drop_last && per_step.is_none_or(|n| windows < n) {
             return input(format!(
                 "the {name} split has {windows} windows, fewer than one batch of {} × {} process(es); lower the batch size",
                 o.batch_size, o.world_size
             ));
         }
+        // A batch's buffer holds inputs and targets for its windows (no more than the split has).
+        let rows = (o.batch_size as u64).min(windows);
+        if usize::try_from(rows).ok().and_then(|r| r.checked_mul(2 * o.attn_length)).is_none_or(|n| n > isize::MAX as usize / 8) {
+            return input(format!("a batch of {rows} windows of {l} tokens is more than this machine can address; lower the batch size"));
+        }
         Ok(Sampler { source, opts, first, windows })
+    }
+
+    /// The most windows a batch holds: the batch size, or all the split's windows if fewer.
+    pub fn max_batch_len(&self) -> usize {
+        (self.opts.batch_size as u64).min(self.windows) as usize
     }
 
     /// Spans in the split (all ranks together).
@@ -107,19 +119,21 @@ impl Sampler {
     /// process with batch W·B would.
     pub fn batches_per_epoch(&self) -> u64 {
         let (b, w, r) = (self.opts.batch_size as u64, self.opts.world_size as u64, self.opts.rank as u64);
+        // Saturating: a product past u64 (a batch size near 2^63) exceeds the windows all the
+        // same, and a wrapped one divided by zero.
         if self.opts.drop_last {
-            self.windows / (b * w)
+            self.windows / b.saturating_mul(w)
         } else {
             // Batches whose first position exists.
-            let first_positions = self.windows.saturating_sub(r * b);
-            first_positions.div_ceil(b * w)
+            let first_positions = self.windows.saturating_sub(r.saturating_mul(b));
+            first_positions.div_ceil(b.saturating_mul(w))
         }
     }
 
     /// Windows in batch `b` (B, or fewer for the last batch when not dropping it).
     pub fn batch_len(&self, b: u64) -> usize {
         let (bs, w, r) = (self.opts.batch_size as u64, self.opts.world_size as u64, self.opts.rank as u64);
-        let start = (b * w + r) * bs;
+        let start = b.saturating_mul(w).saturating_add(r).saturating_mul(bs);
         self.windows.saturating_sub(start).min(bs) as usize
     }
 
@@ -209,6 +223,48 @@ mod tests {
                 seen[k as usize] = true;
             }
         }
+    }
+
+    /// A sampler over `tokens` ids (all 0) with batch size `batch` in a world of `world`.
+    fn sampler(dir: &std::path::Path, tokens: u64, batch: usize, world: usize, rank: usize, drop_last: bool) -> Result<Sampler> {
+        let path = dir.join("ids.bin");
+        std::fs::write(&path, vec![0u8; 2 * tokens as usize]).unwrap();
+        let source = TokenSource::from_raw(&path, 0, tokens, crate::source::IdType::U16, Some(10)).unwrap();
+        let opts = SamplerOptions {
+            attn_length: 4,
+            batch_size: batch,
+            order: Order::Forward,
+            split: Split::Train,
+            valid_tokens: 0,
+            stride: 1,
+            seed: 0,
+            shuffle: true,
+            rank,
+            world_size: world,
+            drop_last,
+            bos_id: 0,
+        };
+        Sampler::new(Arc::new(source), opts)
+    }
+
+    #[test]
+    fn batch_sizes_near_overflow_serve_every_window_once() {
+        // batch × world = 2^64 wrapped to 0: a division by zero (a panic) on every path.
+        let dir = tempfile::tempdir().unwrap();
+        let huge = 1usize << 62;
+        let err = sampler(dir.path(), 100, huge, 4, 0, true).err().expect("fewer windows than one batch");
+        assert!(err.to_string().contains("lower the batch size"), "{err}");
+        let first = sampler(dir.path(), 100, huge, 4, 0, false).unwrap();
+        assert_eq!((first.windows(), first.batches_per_epoch(), first.batch_len(0), first.max_batch_len()), (97, 1, 97, 97));
+        let last = sampler(dir.path(), 100, huge, 4, 3, false).unwrap();
+        assert_eq!((last.batches_per_epoch(), last.batch_len(0)), (0, 0));
+        // The largest batch size Python passes, alone.
+        let one = sampler(dir.path(), 100, (1 << 63) - 1, 1, 0, false).unwrap();
+        assert_eq!((one.batches_per_epoch(), one.batch_len(0)), (1, 97));
+        let starts: Vec<u64> = (0..97).map(|j| one.span_start(0, 0, j)).collect();
+        let mut sorted = starts.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..97).collect::<Vec<u64>>());
     }
 
     #[test]
