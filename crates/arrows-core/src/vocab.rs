@@ -124,14 +124,23 @@ impl ByteBpe {
         let mut specials = Vec::new();
         for t in doc.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
             let content = str_of(t, "content").ok_or_else(|| bad("an added token has no content".into()))?;
-            let id = t.get("id").and_then(Value::as_u64).ok_or_else(|| bad(format!("added token {content:?} has no id")))?;
+            // Ids are u32 (as in the `tokenizers` library): `as u32` made 2^32 + 5 the id 5.
+            let id = t.get("id").and_then(Value::as_u64).and_then(|id| u32::try_from(id).ok());
+            let id = id.ok_or_else(|| bad(format!("added token {content:?} has no id (an integer below 2^32)")))?;
             let flag = |k: &str| t.get(k).and_then(Value::as_bool) == Some(true);
             if !flag("special") || flag("lstrip") || flag("rstrip") || flag("single_word") {
                 // Non-special added tokens are normalized and matched differently, and these flags
                 // change how the text around a token is split: leave such files to `tokenizers`.
                 return Ok(None);
             }
-            specials.push((content, id as u32));
+            specials.push((content, id));
+        }
+        // Every id below n needs a token, and there are only so many entries: an id beyond them
+        // leaves a gap. Refused before the table of n slots is allocated (24 bytes a slot: an id
+        // of 4e9 aborted the process, out of memory).
+        let entries = vocab.len() + specials.len();
+        if let Some((content, id)) = specials.iter().find(|&&(_, id)| id as usize >= entries) {
+            return Err(bad(format!("added token {content:?} has id {id}, but the vocabulary and added tokens hold {entries} tokens: ids must run from 0 without gaps")));
         }
         let n = vocab.len().max(specials.iter().map(|&(_, id)| id as usize + 1).max().unwrap_or(0));
         let mut tokens: Vec<Option<Vec<u8>>> = vec![None; n];
@@ -214,6 +223,21 @@ mod tests {
         let back = ByteBpe::from_json(&bpe.to_json(), Path::new("t.json")).unwrap().unwrap();
         assert_eq!(back, bpe);
         assert_eq!(back.bos_id(), Some(0));
+    }
+
+    #[test]
+    fn added_token_ids_out_of_range_are_refused_naming_the_token() {
+        let json = ByteBpe::bytes_only().to_json();
+        let with_id = |id: &str| json.replacen("\"id\": 0", &format!("\"id\": {id}"), 1);
+        assert_ne!(with_id("7"), json);
+        // 2^32 + 5 was read as id 5; 4e9 allocated 96 GB for the table of ids and aborted.
+        for id in ["4294967301", "4000000000", "258"] {
+            let message = ByteBpe::from_json(&with_id(id), Path::new("t.json")).unwrap_err().to_string();
+            assert!(message.contains("t.json") && message.contains("<|endoftext|>"), "{message}");
+        }
+        // The next free id is fine: the special then stands alone after the bytes.
+        let json = json.replacen("\"<|endoftext|>\": 0", "\"<|endoftext|>\": 257", 1).replacen("\"id\": 0", "\"id\": 257", 1);
+        assert!(ByteBpe::from_json(&json, Path::new("t.json")).is_err_and(|e| e.to_string().contains("no token with id 0")));
     }
 
     #[test]
