@@ -206,7 +206,13 @@ impl ShardWriter {
     pub fn append(&mut self, ids: &[u32], input_end: u64) -> Result<()> {
         self.scratch.clear();
         match self.header.dtype {
-            Dtype::U16 => self.scratch.extend(ids.iter().flat_map(|&id| (id as u16).to_le_bytes())),
+            Dtype::U16 => {
+                // An id past u16 would be stored as another id, silently: refuse it.
+                if let Some(&id) = ids.iter().find(|&&id| id > u16::MAX as u32) {
+                    return Err(Error::corrupt(&self.tmp_path, format!("id {id} does not fit the shard's u16 ids: the tokenizer gave an id beyond its vocabulary size")));
+                }
+                self.scratch.extend(ids.iter().flat_map(|&id| (id as u16).to_le_bytes()))
+            }
             Dtype::U32 => self.scratch.extend(ids.iter().flat_map(|&id| id.to_le_bytes())),
         }
         self.out.write_all(&self.scratch).at(&self.tmp_path)?;
@@ -276,6 +282,17 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let back: Vec<u32> = bytes[HEADER_LEN..].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect();
         assert_eq!(back, ids);
+    }
+
+    #[test]
+    fn ids_beyond_u16_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard_000000.bin");
+        let mut w = ShardWriter::create(path, Dtype::U16, 42, 0).unwrap();
+        w.append(&[1, 65535], 10).unwrap();
+        let message = w.append(&[1, 65537], 20).unwrap_err().to_string();
+        assert!(message.contains("shard_000000.bin.tmp") && message.contains("id 65537"), "{message}");
+        w.abandon();
     }
 
     #[test]

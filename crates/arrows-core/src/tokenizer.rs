@@ -106,7 +106,9 @@ impl Tokenizer {
         // Only as a special token: a model may also have learned the text `<|endoftext|>` as an
         // ordinary piece, which would then begin windows and stand in the text as well.
         let end_of_text = general.get_added_tokens_decoder().into_iter().find(|(_, t)| t.special && t.content == END_OF_TEXT).map(|(id, _)| id);
-        let vocab_size = general.get_vocab_size(true);
+        // One more than the largest id, not the number of tokens (`get_vocab_size`): ids may leave
+        // gaps, and a vocabulary of 4 tokens up to id 70000 was stored in u16, 65537 becoming 1.
+        let vocab_size = general.get_vocab(true).into_values().max().map_or(0, |id| id as usize + 1);
         let bos_id = end_of_text.or_else(|| own_bos_id(&json, vocab_size));
         let cut = general_cut(&general);
         Ok(Tokenizer {
@@ -357,6 +359,21 @@ mod tests {
 
     fn bos_of(doc: Value) -> Option<(u32, &'static str)> {
         own_bos(&doc).map(|b| (b.id, b.why))
+    }
+
+    #[test]
+    fn the_vocabulary_size_covers_ids_beyond_the_token_count() {
+        // 5 tokens (the library gives the added one the id after the model's 4), ids up to 70000.
+        let json = r#"{"version": "1.0", "added_tokens": [{"id": 4, "content": "<s>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "c": 65537, "b": 70000}, "unk_token": "[UNK]"}}"#;
+        let tok = Tokenizer::from_json(json.to_owned(), Path::new("gaps.json")).unwrap();
+        assert_eq!(tok.vocab_size, 70001);
+        assert_eq!(crate::shard::Dtype::for_vocab(tok.vocab_size), crate::shard::Dtype::U32);
+        let mut ids = Vec::new();
+        tok.encode("a b c <s>", &mut WordCache::new(), &mut ids).unwrap();
+        assert_eq!(ids, [1, 70000, 65537, 4]);
     }
 
     #[test]
