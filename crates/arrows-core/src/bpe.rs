@@ -852,6 +852,9 @@ mod tests {
         }
     }
 
+    /// Lone CR, NUL, a surrogate as WTF-8, cut characters, stray continuation bytes.
+    const ODD_BYTES: &[&[u8]] = &[b"\r", b"\0", b"\xed\xa0\x80", b"\xc3", b"\xe2\x82", b"\x80\x80", b" \r\n", b"\t \n"];
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 
@@ -877,6 +880,32 @@ mod tests {
             for (_, enc, tok) in [trained(), shuffled()] {
                 prop_assert_eq!(ours(enc, &text), theirs(tok, &text));
                 check_merges_agree(enc, text.as_bytes());
+            }
+        }
+
+        /// Raw bytes as a corpus holds them (any characters, invalid UTF-8, NUL, lone CR), decoded
+        /// lossily as `arrows tokenize` does, whole and in the chunks its safe splits cut: the ids
+        /// are the `tokenizers` crate's, equal in chunks, and decode back to the lossy text.
+        #[test]
+        fn arbitrary_bytes_encode_like_tokenizers(pieces in prop::collection::vec(prop_oneof![
+            2 => prop::sample::select(WORDS).prop_map(|w| w.as_bytes().to_vec()),
+            2 => any::<char>().prop_map(|c| c.to_string().into_bytes()),
+            1 => prop::collection::vec(any::<u8>(), 0..6),
+            1 => prop::sample::select(ODD_BYTES).prop_map(|b| b.to_vec()),
+        ], 0..50)) {
+            let bytes = pieces.concat();
+            let text = crate::corpus::decode_lossy(&bytes).0.into_owned();
+            for (_, enc, tok) in [trained(), bytes_only(), shuffled()] {
+                let whole = ours(enc, &text);
+                prop_assert_eq!(&whole, &theirs(tok, &text));
+                prop_assert_eq!(enc.decode(&whole), text.as_bytes());
+                let (mut p, mut start, mut parts) = (0, 0, Vec::new());
+                while let Some(q) = enc.next_safe_split(&bytes, p) {
+                    parts.extend(ours(enc, &crate::corpus::decode_lossy(&bytes[start..q]).0));
+                    (p, start) = (q + 1, q);
+                }
+                parts.extend(ours(enc, &crate::corpus::decode_lossy(&bytes[start..]).0));
+                prop_assert_eq!(&parts, &whole);
             }
         }
 
