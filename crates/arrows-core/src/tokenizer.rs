@@ -28,7 +28,7 @@ enum Engine {
 }
 
 /// Where a general tokenizer's text may be cut into chunks: at a separator byte (`\n` or a space)
-/// between two bytes that are not ASCII whitespace, just before it or just after it. Each rule
+/// between two characters that are not whitespace, just before it or just after it. Each rule
 /// suits other pre-tokenizers: GPT-2's regex and BERT's split before a `\n`; Llama 3's regex
 /// keeps `.\n` together but ends a piece after the `\n`; SentencePiece's Metaspace and
 /// ByteLevel with `add_prefix_space` keep lines together but split before a space, where the
@@ -61,13 +61,33 @@ impl Cut {
         let (sep, after) = self.separator()?;
         let mut q = from.saturating_sub(after).max(1);
         while q + 1 < bytes.len() {
-            if bytes[q] == sep && !bytes[q - 1].is_ascii_whitespace() && !bytes[q + 1].is_ascii_whitespace() && q + after >= from {
+            if bytes[q] == sep && q + after >= from && !last_char_is_space(&bytes[..q]) && !first_char_is_space(&bytes[q + 1..]) {
                 return Some(q + after);
             }
             q += 1;
         }
         None
     }
+}
+
+/// Whitespace to a pre-tokenizer: Unicode's White_Space (a regex's `\s`, `char::is_whitespace`),
+/// and U+001C..U+001F, which Python's `isspace` adds. Not only ASCII: a whitespace run such as
+/// `\n\u{a0}\n` is one piece to Llama 3's `\s*[\r\n]+`, and a cut inside it changed the ids.
+fn is_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Whether the last character of `bytes`, decoded lossily (U+FFFD for invalid bytes), is whitespace.
+fn last_char_is_space(bytes: &[u8]) -> bool {
+    // A character takes at most 4 bytes.
+    let tail = &bytes[bytes.len().saturating_sub(4)..];
+    tail.utf8_chunks().last().is_some_and(|c| c.invalid().is_empty() && c.valid().chars().last().is_some_and(is_space))
+}
+
+/// Whether the first character of `bytes`, decoded lossily, is whitespace.
+fn first_char_is_space(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(4)];
+    head.utf8_chunks().next().and_then(|c| c.valid().chars().next()).is_some_and(is_space)
 }
 
 /// Identity of a tokenizer: the hash of its file's bytes.
@@ -359,6 +379,42 @@ mod tests {
 
     fn bos_of(doc: Value) -> Option<(u32, &'static str)> {
         own_bos(&doc).map(|b| (b.id, b.why))
+    }
+
+    #[test]
+    fn general_cuts_are_not_beside_unicode_whitespace() {
+        // Merges "\n" + 0xC2 and 0xA0 + "\n": ids that change when a piece of whitespace is cut.
+        let bpe = ByteBpe::from_merges(vec![(b'\n' as u32 + 1, 0xC2 + 1), (0xA0 + 1, b'\n' as u32 + 1)]);
+        let mut gpt2: Value = serde_json::from_str(&bpe.to_json()).unwrap();
+        gpt2["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [gpt2["pre_tokenizer"].clone()]});
+        let mut llama3 = gpt2.clone();
+        let regex = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        llama3["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        ]});
+        // Pieces of the whole that a cut at the "\n" split: "\n\u{a0}\n" (Llama 3), "\u{a0}\n" (GPT-2).
+        let texts = ["word\n\u{a0}\nmore", "x\u{a0}\n\u{a0}b", "x\u{3000}\n\u{3000}b", "x\x0b\n\x0bb", "x\u{85}\n\u{85}b", "a\nb \u{a0}\n\u{a0}c\nd"];
+        for (name, json, cut) in [("gpt2", gpt2, 1), ("llama3", llama3, 2)] {
+            let tok = Tokenizer::from_json(json.to_string(), Path::new("t.json")).unwrap();
+            assert!(!tok.is_fast(), "{name}");
+            assert_eq!(tok.next_safe_split(b"a\nb", 0), Some(cut), "{name}: the rule");
+            let ids = |t: &str| {
+                let mut out = Vec::new();
+                tok.encode(t, &mut WordCache::new(), &mut out).unwrap();
+                out
+            };
+            for text in texts {
+                let mut p = 0;
+                while let Some(q) = tok.next_safe_split(text.as_bytes(), p) {
+                    assert_eq!([ids(&text[..q]), ids(&text[q..])].concat(), ids(text), "{name}: {text:?} cut at {q}");
+                    p = q + 1;
+                }
+            }
+        }
+        // Invalid UTF-8 beside the separator reads as U+FFFD, not whitespace.
+        assert!(!last_char_is_space(b"x\xc2") && !first_char_is_space(b"\xa0x") && !first_char_is_space(b""));
+        assert!(last_char_is_space("é\u{a0}".as_bytes()) && first_char_is_space("\u{3000}x".as_bytes()));
     }
 
     #[test]
