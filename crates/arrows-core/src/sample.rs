@@ -44,7 +44,7 @@ pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<
             let bytes = map.bytes();
             let mut start = 0;
             while start < bytes.len() {
-                let end = block_end(bytes, start + BLOCK_BYTES as usize);
+                let end = block_end(bytes, start + BLOCK_BYTES as usize, BLOCK_BYTES as usize);
                 map.release(start, end); // as below
                 pieces.push(Piece { file, start, end });
                 start = end;
@@ -66,8 +66,8 @@ pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<
         let bytes = map.bytes();
         let local = local as usize;
         // Start after a pre-token boundary (we may have landed mid-word), end at one.
-        let start = if local == 0 { 0 } else { next_safe_split(bytes, local).unwrap_or(bytes.len()) };
-        let end = block_end(bytes, start + block as usize);
+        let start = if local == 0 { 0 } else { boundary(bytes, local, block as usize) };
+        let end = block_end(bytes, start + block as usize, block as usize);
         // Finding the ends mapped pages around them (the kernel maps up to megabytes per touch):
         // let them go now, or a sample of 1,000 blocks holds gigabytes until it is counted
         // (`MappedFile::release`).
@@ -79,12 +79,24 @@ pub fn plan_sample(corpus: &Corpus, sample_bytes: u64, seed: u64) -> Result<Vec<
     Ok(pieces)
 }
 
-fn block_end(bytes: &[u8], target: usize) -> usize {
+fn block_end(bytes: &[u8], target: usize, limit: usize) -> usize {
     if target >= bytes.len() {
         bytes.len()
     } else {
-        next_safe_split(bytes, target).unwrap_or(bytes.len())
+        boundary(bytes, target, limit)
     }
+}
+
+/// The first pre-token boundary at or after `from` within `limit` bytes, else the first character
+/// boundary at or after `from`. Text without whitespace (a long line of Chinese, minified data)
+/// has no pre-token boundary for megabytes: looking to the end of the file, a block started at
+/// the file's end (the sample of a 300 KB line was empty: a vocabulary of 0 merges) or ended there
+/// (a block as large as the file, past the sample's budget).
+fn boundary(bytes: &[u8], from: usize, limit: usize) -> usize {
+    let window = &bytes[..bytes.len().min(from.saturating_add(limit))];
+    // A cut inside a character would count two U+FFFD in its place.
+    let char_start = || (from..bytes.len()).find(|&i| bytes[i] & 0xC0 != 0x80).unwrap_or(bytes.len());
+    next_safe_split(window, from).unwrap_or_else(char_start)
 }
 
 /// A tiny, well-known PRNG (Steele et al.), so that samples do not depend on a crate's version.
@@ -128,6 +140,22 @@ mod tests {
         let corpus = corpus_of(dir.path(), &["one two".into(), "".into(), "three".into()]);
         let pieces = plan_sample(&corpus, 1 << 30, 0).unwrap();
         assert_eq!(bytes_of(&corpus, &pieces).concat(), b"one twothree");
+    }
+
+    #[test]
+    fn text_without_whitespace_is_sampled_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // 600 KB in one line of Chinese and 8 MB of letters: no pre-token boundary anywhere.
+        let texts = ["的一是不了人我在有他这为之大来以个中上们".repeat(10_000), "abcdefgh".repeat(1 << 20)];
+        let corpus = corpus_of(dir.path(), &texts);
+        for budget in [20_000, 1 << 20] {
+            let pieces = plan_sample(&corpus, budget, 3).unwrap();
+            let total: usize = pieces.iter().map(|p| p.len()).sum();
+            assert!(total as u64 > budget / 2 && total as u64 <= budget + 256 * 4, "a sample of {total} bytes for {budget}");
+            for text in bytes_of(&corpus, &pieces) {
+                assert!(std::str::from_utf8(&text).is_ok(), "a piece cut inside a character");
+            }
+        }
     }
 
     #[test]
