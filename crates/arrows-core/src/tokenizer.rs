@@ -121,8 +121,13 @@ impl Tokenizer {
         if let Some(bpe) = ByteBpe::from_json(&json, path)? {
             return Ok(Self::fast(&bpe, json));
         }
-        let general: tokenizers::Tokenizer =
+        let mut general: tokenizers::Tokenizer =
             json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
+        // A file saved with truncation or padding on (as many are, for a model's input length)
+        // made `encode` cut each chunk of the corpus to max_length ids, or pad it with pad ids:
+        // a corpus is encoded whole, never truncated nor padded.
+        general.with_truncation(None).expect("turning truncation off cannot fail");
+        general.with_padding(None);
         // Only as a special token: a model may also have learned the text `<|endoftext|>` as an
         // ordinary piece, which would then begin windows and stand in the text as well.
         let end_of_text = general.get_added_tokens_decoder().into_iter().find(|(_, t)| t.special && t.content == END_OF_TEXT).map(|(id, _)| id);
@@ -415,6 +420,21 @@ mod tests {
         // Invalid UTF-8 beside the separator reads as U+FFFD, not whitespace.
         assert!(!last_char_is_space(b"x\xc2") && !first_char_is_space(b"\xa0x") && !first_char_is_space(b""));
         assert!(last_char_is_space("é\u{a0}".as_bytes()) && first_char_is_space("\u{3000}x".as_bytes()));
+    }
+
+    #[test]
+    fn truncation_and_padding_in_the_file_are_ignored() {
+        let json = r#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+            "padding": {"strategy": {"Fixed": 9}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[UNK]"},
+            "post_processor": null, "decoder": null, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2}, "unk_token": "[UNK]"}}"#;
+        let tok = Tokenizer::from_json(json.to_owned(), Path::new("t.json")).unwrap();
+        for (text, expected) in [("a b a b a", vec![1, 2, 1, 2, 1]), ("b", vec![2])] {
+            let mut ids = Vec::new();
+            tok.encode(text, &mut WordCache::new(), &mut ids).unwrap();
+            assert_eq!(ids, expected, "{text:?}");
+        }
+        assert_eq!(tok.next_safe_split(b"a\nb", 0), Some(1)); // the probes were not truncated either
     }
 
     #[test]
