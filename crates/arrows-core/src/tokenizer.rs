@@ -90,6 +90,16 @@ fn first_char_is_space(bytes: &[u8]) -> bool {
     head.utf8_chunks().next().and_then(|c| c.valid().chars().next()).is_some_and(is_space)
 }
 
+/// `f()`, or the message of a panic inside it: the `tokenizers` library panics on some files it
+/// should refuse (a BPE whose `continuing_subword_prefix` is longer than the right part of a
+/// merge: "start byte index 2 is out of bounds"), which reached Python as a PanicException.
+fn without_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        format!("it failed inside ({})", text.unwrap_or_else(|| "a panic".into()))
+    })
+}
+
 /// Identity of a tokenizer: the hash of its file's bytes.
 pub fn hash_json(json: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(json.as_bytes())
@@ -121,8 +131,9 @@ impl Tokenizer {
         if let Some(bpe) = ByteBpe::from_json(&json, path)? {
             return Ok(Self::fast(&bpe, json));
         }
-        let mut general: tokenizers::Tokenizer =
-            json.parse().map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
+        let mut general: tokenizers::Tokenizer = without_panic(|| json.parse::<tokenizers::Tokenizer>())
+            .and_then(|parsed| parsed.map_err(|e| e.to_string()))
+            .map_err(|e| Error::tokenizer(path, format!("cannot be loaded by the tokenizers library: {e}")))?;
         // A file saved with truncation or padding on (as many are, for a model's input length)
         // made `encode` cut each chunk of the corpus to max_length ids, or pad it with pad ids:
         // a corpus is encoded whole, never truncated nor padded.
@@ -135,7 +146,7 @@ impl Tokenizer {
         // gaps, and a vocabulary of 4 tokens up to id 70000 was stored in u16, 65537 becoming 1.
         let vocab_size = general.get_vocab(true).into_values().max().map_or(0, |id| id as usize + 1);
         let bos_id = end_of_text.or_else(|| own_bos_id(&json, vocab_size));
-        let cut = general_cut(&general);
+        let cut = without_panic(|| general_cut(&general)).unwrap_or(Cut::Nowhere);
         Ok(Tokenizer {
             hash: hash_json(&json),
             vocab_size,
@@ -217,8 +228,8 @@ impl Tokenizer {
         match &self.engine {
             Engine::Fast(enc) => enc.encode(text, cache, out),
             Engine::General { tokenizer: tok, .. } => {
-                let enc = tok
-                    .encode(text, false)
+                let enc = without_panic(|| tok.encode(text, false).map_err(|e| e.to_string()))
+                    .and_then(|encoded| encoded)
                     .map_err(|e| Error::Input(format!("the tokenizer failed on a piece of text: {e}")))?;
                 out.extend_from_slice(enc.get_ids());
             }
@@ -420,6 +431,16 @@ mod tests {
         // Invalid UTF-8 beside the separator reads as U+FFFD, not whitespace.
         assert!(!last_char_is_space(b"x\xc2") && !first_char_is_space(b"\xa0x") && !first_char_is_space(b""));
         assert!(last_char_is_space("é\u{a0}".as_bytes()) && first_char_is_space("\u{3000}x".as_bytes()));
+    }
+
+    #[test]
+    fn a_file_the_library_panics_on_is_an_error() {
+        let json = r###"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null, "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": "##", "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}}"###;
+        let message = Tokenizer::from_json(json.to_owned(), Path::new("t.json")).err().expect("an error").to_string();
+        assert!(message.starts_with("t.json: cannot be loaded") && message.contains("out of bounds"), "{message}");
     }
 
     #[test]
