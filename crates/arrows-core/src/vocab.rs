@@ -122,32 +122,39 @@ impl ByteBpe {
 
         let vocab = model.get("vocab").and_then(Value::as_object).ok_or_else(|| bad("model.vocab is missing".into()))?;
         let mut specials = Vec::new();
+        // The id the library gives the next added token that is not a vocabulary entry.
+        let mut next_id = vocab.len() as u64;
         for t in doc.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
             let content = str_of(t, "content").ok_or_else(|| bad("an added token has no content".into()))?;
-            // Ids are u32 (as in the `tokenizers` library): `as u32` made 2^32 + 5 the id 5.
-            let id = t.get("id").and_then(Value::as_u64).and_then(|id| u32::try_from(id).ok());
-            let id = id.ok_or_else(|| bad(format!("added token {content:?} has no id (an integer below 2^32)")))?;
+            let id = t.get("id").and_then(Value::as_u64).ok_or_else(|| bad(format!("added token {content:?} has no id")))?;
             let flag = |k: &str| t.get(k).and_then(Value::as_bool) == Some(true);
             if !flag("special") || flag("lstrip") || flag("rstrip") || flag("single_word") {
                 // Non-special added tokens are normalized and matched differently, and these flags
                 // change how the text around a token is split: leave such files to `tokenizers`.
                 return Ok(None);
             }
-            if vocab.get(&content).and_then(Value::as_u64).is_some_and(|v| v != u64::from(id)) {
-                // The library gives a special token that is also a vocabulary entry the entry's id,
-                // whatever the added token says (we encoded `a` as 260, it as 98): leave it to it.
+            // The library does not take an added token's id from the file: it gives a vocabulary
+            // entry's id, else the next id after the vocabulary and the added tokens before. A file
+            // whose ids say otherwise is encoded as the library reads it, by the library: taken
+            // as written, `a` added as 260 was 260 here and 98 there, and an id of 4e9 allocated
+            // a 96 GB table of ids (the process aborted), 2^32 + 5 was read as 5.
+            let expected = match vocab.get(&content).and_then(Value::as_u64) {
+                Some(entry) => entry,
+                None => {
+                    next_id += 1;
+                    next_id - 1
+                }
+            };
+            if id != expected {
                 return Ok(None);
             }
-            specials.push((content, id));
-        }
-        // Every id below n needs a token, and there are only so many entries: an id beyond them
-        // leaves a gap. Refused before the table of n slots is allocated (24 bytes a slot: an id
-        // of 4e9 aborted the process, out of memory).
-        let entries = vocab.len() + specials.len();
-        if let Some((content, id)) = specials.iter().find(|&&(_, id)| id as usize >= entries) {
-            return Err(bad(format!("added token {content:?} has id {id}, but the vocabulary and added tokens hold {entries} tokens: ids must run from 0 without gaps")));
+            specials.push((content, id as u32));
         }
         let n = vocab.len().max(specials.iter().map(|&(_, id)| id as usize + 1).max().unwrap_or(0));
+        if n > vocab.len() + specials.len() {
+            // Some id below n has no token; said before a table of n ids is allocated (4e9: 96 GB).
+            return Err(bad(format!("ids run to {}, but the vocabulary and added tokens hold {} tokens", n - 1, vocab.len() + specials.len())));
+        }
         let mut tokens: Vec<Option<Vec<u8>>> = vec![None; n];
         for (key, id) in vocab {
             let id = id.as_u64().ok_or_else(|| bad(format!("vocab entry {key:?} has no integer id")))? as usize;
@@ -231,33 +238,37 @@ mod tests {
     }
 
     #[test]
-    fn added_token_ids_out_of_range_are_refused_naming_the_token() {
-        let with_id = |id: u64| {
+    fn added_token_ids_are_the_ones_the_library_gives() {
+        let with = |content: &str, id: u64| {
             let mut doc: Value = serde_json::from_str(&ByteBpe::bytes_only().to_json()).unwrap();
-            let special = json!({"id": id, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+            let special = json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
             doc["added_tokens"].as_array_mut().unwrap().push(special);
             doc.to_string()
         };
-        // 2^32 + 5 was read as id 5; 4e9 allocated 96 GB for the table of ids and aborted.
-        for id in [(1 << 32) + 5, 4_000_000_000, 259] {
-            let message = ByteBpe::from_json(&with_id(id), Path::new("t.json")).unwrap_err().to_string();
-            assert!(message.contains("t.json") && message.contains("\"<s>\""), "{message}");
+        let encode = |json: String, text: &str| {
+            let tok = crate::tokenizer::Tokenizer::from_json(json, Path::new("t.json"))?;
+            let mut ids = Vec::new();
+            tok.encode(text, &mut crate::bpe::WordCache::new(), &mut ids)?;
+            Ok::<_, crate::Error>((tok.is_fast(), ids))
+        };
+        // The next id after the vocabulary: as written.
+        assert_eq!(ByteBpe::from_json(&with("<s>", 257), Path::new("t.json")).unwrap().unwrap().specials[1], ("<s>".to_string(), 257));
+        assert_eq!(encode(with("<s>", 257), "b<s>").unwrap(), (true, vec![b'b' as u32 + 1, 257]));
+        // Any other id is replaced by the library (257), and a vocabulary entry keeps its own id
+        // (98 for `a`): the general encoder reads the file as the library does. 4e9 allocated
+        // 96 GB here, 2^32 + 5 was read as id 5.
+        for id in [4_000_000_000, 259, 5] {
+            assert_eq!(ByteBpe::from_json(&with("<s>", id), Path::new("t.json")).unwrap(), None, "id {id}");
+            assert_eq!(encode(with("<s>", id), "b<s>").unwrap(), (false, vec![b'b' as u32 + 1, 257]), "id {id}");
         }
-        // The next free id is its place.
-        assert_eq!(ByteBpe::from_json(&with_id(257), Path::new("t.json")).unwrap().unwrap().specials[1], ("<s>".to_string(), 257));
-    }
-
-    #[test]
-    fn a_special_token_that_is_a_vocabulary_entry_has_the_entrys_id() {
-        let mut doc: Value = serde_json::from_str(&ByteBpe::bytes_only().to_json()).unwrap();
-        let special = json!({"id": 257, "content": "a", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
-        doc["added_tokens"].as_array_mut().unwrap().push(special);
-        let text = doc.to_string();
-        assert_eq!(ByteBpe::from_json(&text, Path::new("t.json")).unwrap(), None);
-        let tok = crate::tokenizer::Tokenizer::from_json(text, Path::new("t.json")).unwrap();
-        let mut ids = Vec::new();
-        tok.encode("ba", &mut crate::bpe::WordCache::new(), &mut ids).unwrap();
-        assert_eq!(ids, [b'b' as u32 + 1, b'a' as u32 + 1]);
+        assert_eq!(encode(with("a", 257), "ba").unwrap(), (false, vec![b'b' as u32 + 1, b'a' as u32 + 1]));
+        let message = encode(with("<s>", (1 << 32) + 5), "b").unwrap_err().to_string();
+        assert!(message.starts_with("t.json: cannot be loaded"), "{message}");
+        // A vocabulary entry of id 4e9 that is also added: a gap, said without a 96 GB table.
+        let gap = with("<s>", 4_000_000_000).replacen("\"<|endoftext|>\":0", "\"<|endoftext|>\":0,\"<s>\":4000000000", 1);
+        assert_ne!(gap, with("<s>", 4_000_000_000));
+        let message = ByteBpe::from_json(&gap, Path::new("t.json")).unwrap_err().to_string();
+        assert!(message.contains("ids run to 4000000000"), "{message}");
     }
 
     #[test]
