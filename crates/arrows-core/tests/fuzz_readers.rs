@@ -3,6 +3,9 @@
 //! typed error that names the file, or a store that is consistent; it never panics and never reads
 //! out of bounds (these tests run with overflow checks on). Seeded: every run draws the same cases.
 
+mod common;
+use common::{at_path, leaves, seeded};
+
 use arrows_core::error::Error;
 use arrows_core::manifest::{self, Manifest};
 use arrows_core::shard::{self, ShardHeader, HEADER_LEN};
@@ -10,15 +13,10 @@ use arrows_core::source::TokenSource;
 use arrows_core::store::Store;
 use arrows_core::tokenize::{tokenize, Progress, TokenizeOptions, TokenizerSpec};
 use proptest::prelude::*;
-use proptest::test_runner::RngSeed;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use xxhash_rust::xxh3::xxh3_64;
-
-fn seeded(cases: u32, seed: u64) -> ProptestConfig {
-    ProptestConfig { cases, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..ProptestConfig::default() }
-}
 
 /// A small finished store (bytes tokenizer, 5 shards), made once; each case works on a copy.
 fn pristine() -> &'static Path {
@@ -133,35 +131,6 @@ fn forged_value() -> impl Strategy<Value = Value> {
         Just(serde_json::json!({})),
         (0u64..20_000).prop_map(|n| serde_json::json!(n)),
     ]
-}
-
-/// Every leaf of a JSON value, as a path of keys and indices.
-fn leaves(v: &Value, path: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                path.push(Value::String(k.clone()));
-                leaves(child, path, out);
-                path.pop();
-            }
-        }
-        Value::Array(a) => {
-            for (i, child) in a.iter().enumerate() {
-                path.push(serde_json::json!(i));
-                leaves(child, path, out);
-                path.pop();
-            }
-        }
-        _ => out.push(path.clone()),
-    }
-}
-
-fn at_path<'a>(v: &'a mut Value, path: &[Value]) -> &'a mut Value {
-    path.iter().fold(v, |v, k| match k {
-        Value::String(s) => &mut v[s.as_str()],
-        Value::Number(i) => &mut v[i.as_u64().unwrap() as usize],
-        _ => unreachable!(),
-    })
 }
 
 proptest! {

@@ -4,11 +4,13 @@
 //! encoder gives the ids of the `tokenizers` library for the same file. Never a panic. Seeded:
 //! every run draws the same cases (found: added tokens whose ids the library replaces).
 
+mod common;
+use common::{at_path, leaves, seeded};
+
 use arrows_core::bpe::WordCache;
 use arrows_core::tokenizer::Tokenizer;
 use arrows_core::vocab::ByteBpe;
 use proptest::prelude::*;
-use proptest::test_runner::RngSeed;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -19,35 +21,6 @@ fn base() -> Value {
     let s = json!({"id": 260, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
     v["added_tokens"].as_array_mut().unwrap().push(s);
     v
-}
-
-/// Every leaf of a JSON value, as a path of keys and indices.
-fn leaves(v: &Value, path: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                path.push(Value::String(k.clone()));
-                leaves(child, path, out);
-                path.pop();
-            }
-        }
-        Value::Array(a) => {
-            for (i, child) in a.iter().enumerate() {
-                path.push(json!(i));
-                leaves(child, path, out);
-                path.pop();
-            }
-        }
-        _ => out.push(path.clone()),
-    }
-}
-
-fn at_path<'a>(v: &'a mut Value, path: &[Value]) -> &'a mut Value {
-    path.iter().fold(v, |v, k| match k {
-        Value::String(s) => &mut v[s.as_str()],
-        Value::Number(i) => &mut v[i.as_u64().unwrap() as usize],
-        _ => unreachable!(),
-    })
 }
 
 fn forged_value() -> impl Strategy<Value = Value> {
@@ -61,7 +34,7 @@ fn forged_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10000, rng_seed: RngSeed::Fixed(7), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(seeded(10000, 7))]
 
     #[test]
     fn forged_tokenizer_files_load_as_the_library_reads_them(
