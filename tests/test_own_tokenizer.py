@@ -274,6 +274,21 @@ def test_a_tokenizer_config_given_for_the_tokenizer_is_named(tmp_path):
     assert str(config) in proc.stderr and "tokenizer_config.json" in proc.stderr and "give the tokenizer.json" in proc.stderr, proc.stderr
 
 
+def test_a_tokenizer_file_the_library_panics_on_is_one_clean_error(tmp_path):
+    """The `tokenizers` library panics on this BPE (a `continuing_subword_prefix` longer than a
+    merge's right part); arrows catches the panic, and Rust's panic hook printed "thread ...
+    panicked at ..." on stderr above the clean message."""
+    config = json.loads(build("wordpiece", corpus_texts()).to_str())
+    config["model"] = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "##", "end_of_word_suffix": None,
+                       "fuse_unk": False, "byte_fallback": False, "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(config))
+    corpus = write_corpus(tmp_path, ["ab ab\n"])
+    proc = arrows("tokenize", *corpus, "--out", tmp_path / "store", "--tokenizer", tmp_path / "tokenizer.json", check=False)
+    text = " ".join(proc.stderr.replace("│", " ").split())
+    assert proc.returncode == 1 and "cannot be loaded by the tokenizers library" in text and "out of bounds" in text, proc.stderr
+    assert "panicked" not in proc.stderr and "RUST_BACKTRACE" not in proc.stderr, proc.stderr
+
+
 def test_a_tokenizer_that_cannot_cut_is_refused_a_file_too_large_for_the_memory(tmp_path):
     # Without a pre-tokenizer a text cannot be cut, so each file is encoded whole: 100-160 bytes of
     # memory per byte, and the kernel killed the job without a word when that did not fit.

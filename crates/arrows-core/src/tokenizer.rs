@@ -6,7 +6,9 @@ use crate::bpe::{Encoder, WordCache};
 use crate::error::{Error, IoContext, Result};
 use crate::vocab::{ByteBpe, END_OF_TEXT};
 use serde_json::Value;
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::Once;
 
 pub struct Tokenizer {
     /// The exact text of `tokenizer.json`; its hash identifies the tokenizer.
@@ -90,11 +92,36 @@ fn first_char_is_space(bytes: &[u8]) -> bool {
     head.utf8_chunks().next().and_then(|c| c.valid().chars().next()).is_some_and(is_space)
 }
 
+thread_local! {
+    /// Set while `without_panic` runs on this thread: the panic it catches becomes an error
+    /// message, so the panic hook must not also print it.
+    static PANIC_IS_CAUGHT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs, once per process, a panic hook that stays silent for the panics `without_panic`
+/// catches and hands every other panic to the hook that was there before (Rust's default: the
+/// message on stderr). Without it a user saw "thread panicked at ..." above the clean error.
+fn quiet_hook_for_caught_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANIC_IS_CAUGHT.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// `f()`, or the message of a panic inside it: the `tokenizers` library panics on some files it
 /// should refuse (a BPE whose `continuing_subword_prefix` is longer than the right part of a
 /// merge: "start byte index 2 is out of bounds"), which reached Python as a PanicException.
 fn without_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+    quiet_hook_for_caught_panics();
+    let was_caught = PANIC_IS_CAUGHT.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    PANIC_IS_CAUGHT.with(|c| c.set(was_caught));
+    result.map_err(|panic| {
         let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
         format!("it failed inside ({})", text.unwrap_or_else(|| "a panic".into()))
     })
