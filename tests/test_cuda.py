@@ -34,6 +34,22 @@ def test_loader_batches_on_cuda_equal_cpu_batches(tmp_path):
         assert xg.is_cuda and torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
 
 
+def test_loader_pins_no_more_than_the_batches_it_serves(tmp_path):
+    """A split of fewer windows than batch_size: the pinned staging buffers were batch_size × L
+    tokens each (here 3 × 2 × 100,000 × 64 int64 = 307 MB) for batches of a few rows."""
+    from arrows.loader import WindowLoader
+
+    (tmp_path / "t.txt").write_text("the arrow of time " * 200)
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cpu = WindowLoader(tmp_path / "s", 64, 100_000, seed=3, drop_last=False)
+    gpu = WindowLoader(tmp_path / "s", 64, 100_000, seed=3, drop_last=False, device="cuda")
+    for _ in range(2):  # the buffers are reused from one epoch to the next
+        for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+            assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+    pinned = [buf for buf, _ in gpu._staging if buf is not None]
+    assert pinned and all(buf.shape == (2, cpu.windows, 64) and buf.is_pinned() for buf in pinned)
+
+
 def _compiled_bf16_against_plain(model, plain, loss_rtol):
     """`model` compiled and `plain` (its weights copied in) run one batch in bf16 and back-propagate:
     the losses within `loss_rtol`, every gradient close and in its parameter's dtype. Returns the

@@ -281,14 +281,18 @@ class WindowLoader:
         import torch
 
         if self._staging is None:
-            shape = (2, self.batch_size, self.attn_length)
-            self._staging = [[torch.empty(shape, dtype=torch.int64, pin_memory=True), None] for _ in range(3)]
+            self._staging = [[None, None] for _ in range(3)]  # [pinned buffer, its copy's event]
             self._next_staging = 0
         slot = self._staging[self._next_staging]
         self._next_staging = (self._next_staging + 1) % len(self._staging)
         if slot[1] is not None:
             slot[1].synchronize()
-        host = slot[0][:, : pair.shape[1]]
+        rows = pair.shape[1]
+        if slot[0] is None or slot[0].shape[1] < rows:
+            # Sized by the batches served, not by batch_size: a split holding fewer windows than
+            # batch_size (a large val_batch_size on a small store) pinned batch_size × L tokens.
+            slot[0] = torch.empty((2, rows, self.attn_length), dtype=torch.int64, pin_memory=True)
+        host = slot[0][:, :rows]
         host.copy_(pair)
         on_device = host.to(self.device, non_blocking=True)
         slot[1] = torch.cuda.Event()
