@@ -276,3 +276,14 @@ def test_a_buffer_is_never_reused_while_a_tensor_views_it(tmp_path):
         del x, y
         gc.collect()
     assert loader2._core.buffers_allocated <= 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torch_dataloader_around_a_window_loader_says_to_iterate_it_directly(tmp_path, workers):
+    # DataLoader takes anything with a length for a dataset of single examples: it failed with
+    # "'WindowLoader' object is not subscriptable".
+    from torch.utils.data import DataLoader
+
+    loader = WindowLoader(make_store(tmp_path, 5_000, 4096)[0], 16, 4)
+    with pytest.raises(Exception, match="a WindowLoader is already a loader: iterate it directly"):
+        next(iter(DataLoader(loader, batch_size=None, num_workers=workers)))

@@ -239,6 +239,15 @@ class WindowLoader:
         """Batches per epoch for this rank."""
         return self._core.batches_per_epoch
 
+    def __getitem__(self, index):
+        # Only reached when a WindowLoader is wrapped in torch's DataLoader, which takes anything
+        # with a length for a dataset of single examples and failed with "'WindowLoader' object is
+        # not subscriptable" (inside a worker's traceback with num_workers > 0).
+        raise InputError(
+            "a WindowLoader is already a loader: iterate it directly (`for inputs, targets in loader`), not through "
+            "torch.utils.data.DataLoader; it batches, shuffles and reads ahead on threads of its own (threads=, prefetch=)"
+        )
+
     @property
     def windows(self) -> int:
         """Windows in the split (all ranks together)."""
