@@ -443,14 +443,16 @@ def test_flex_attention_equals_plain_attention_forward():
         build_model({**cfg, "attention_impl": "flex", "dropout": 0.1})
 
 
-def test_a_run_trained_with_triton_attention_is_sampled_on_a_cpu_through_sdpa(tmp_path):
+@pytest.mark.parametrize("attention", ["triton", "flex"])
+def test_a_run_trained_with_a_gpu_kernel_is_sampled_on_a_cpu_through_sdpa(tmp_path, attention):
     # `arrows generate` and `arrows compare` load a run's model on the CPU: one trained on a GPU
     # with arrows' Triton kernels failed there ("attention 'triton' runs on CUDA, not on cpu"), and
-    # on a machine without Triton could not even be built. The weights are those of any kernel.
+    # on a machine without Triton could not even be built; FlexAttention run uncompiled made torch
+    # warn ("flex_attention called without torch.compile"). The weights are those of any kernel.
     from arrows import checkpoint
 
     config = json.loads((CONFIGS / "gpt_nano.json").read_text())
-    config["model_params"].update(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=8, attention="triton")
+    config["model_params"].update(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=8, attention=attention, dropout=0.0)
     config["training_params"]["dataset_folder"] = str(tmp_path)
     trained = build_model(dict(vocab_size=64, n_layers=1, n_heads=2, embed_dim=16, attn_length=8))
     path = tmp_path / "ck.pt"

@@ -162,7 +162,7 @@ def saved_entry(path: str | Path, key: str):
 
 def load_model(config: dict, path: str | Path):
     """The model that a run's resolved config describes, with the weights of checkpoint `path`,
-    on the CPU, in eval mode (attention "triton" computed by SDPA: it runs anywhere)."""
+    on the CPU, in eval mode (attention "triton" or "flex" computed by SDPA: it runs anywhere)."""
     return load_model_and_step(config, path)[0]
 
 
@@ -175,9 +175,11 @@ def load_model_and_step(config: dict, path: str | Path):
     from arrows.models import build_model
 
     params = config_from_dict(config).model_dict()
-    if params.get("attention_impl") == "triton":
-        # arrows' Triton kernels need CUDA (and Triton, which a Mac cannot install): a run trained
-        # with them is evaluated and sampled through SDPA, the same attention on the same weights.
+    if params.get("attention_impl") in ("triton", "flex"):
+        # arrows' Triton kernels need CUDA (and Triton, which a Mac cannot install), and
+        # FlexAttention is meant to be compiled (uncompiled, on the CPU, torch warns and computes
+        # the whole score matrix): a run trained with either is evaluated and sampled through
+        # SDPA, the same attention on the same weights.
         params["attention_impl"] = "sdpa"
     with torch.device("cpu"):
         model = build_model(params)
