@@ -319,17 +319,18 @@ fn general_cut(tok: &tokenizers::Tokenizer) -> Cut {
 }
 
 /// Probes for the added tokens, which the `tokenizers` library matches in the raw text before
-/// anything else: a cut inside one (`a\nb` cut at its `\n`) splits it, and one that strips the
-/// whitespace beside it (`rstrip`, `lstrip`: `<mask>\nb` reads `<mask>` `b`) loses that
-/// whitespace to the other part. Only probes where a cut can fall (non-whitespace on both sides).
+/// anything else: a cut at one's separator (`a\nb` at its `\n`; `x\n` in `ax\nb`, cut before
+/// the `\n`) splits it, and one that strips the whitespace beside it (`rstrip`, `lstrip`:
+/// `<mask>\nb` reads `<mask>` `b`) loses that whitespace to the other part. Only probes where a
+/// cut can fall (non-whitespace on both sides).
 fn added_token_probes(tok: &tokenizers::Tokenizer, sep: u8) -> Vec<(String, String)> {
     let mut probes = Vec::new();
     for t in tok.get_added_tokens_decoder().values() {
-        let c = t.content.as_bytes();
-        for (i, &b) in c.iter().enumerate().take(c.len().saturating_sub(1)).skip(1) {
-            if b == sep {
-                probes.push((t.content[..i].to_owned(), t.content[i + 1..].to_owned()));
-            }
+        for (i, _) in t.content.match_indices(sep as char) {
+            // The whole token in a text, with a letter beside a separator at either end of it.
+            let left = if i == 0 { "a".to_owned() } else { t.content[..i].to_owned() };
+            let right = if i + 1 == t.content.len() { "b".to_owned() } else { t.content[i + 1..].to_owned() };
+            probes.push((left, right));
         }
         if t.lstrip || t.rstrip {
             probes.push((t.content.clone(), "b".to_owned()));
@@ -458,6 +459,38 @@ mod tests {
         // Invalid UTF-8 beside the separator reads as U+FFFD, not whitespace.
         assert!(!last_char_is_space(b"x\xc2") && !first_char_is_space(b"\xa0x") && !first_char_is_space(b""));
         assert!(last_char_is_space("é\u{a0}".as_bytes()) && first_char_is_space("\u{3000}x".as_bytes()));
+    }
+
+    #[test]
+    fn general_cuts_keep_added_tokens_that_begin_or_end_with_the_separator() {
+        // An added token is matched in the raw text before anything else: "x\n" in "ax\nb" was
+        // split by a cut before the "\n" (its separator was probed only strictly inside a token).
+        let bpe = ByteBpe::from_merges(vec![(b'a' as u32 + 1, b'b' as u32 + 1)]);
+        let mut base: Value = serde_json::from_str(&bpe.to_json()).unwrap();
+        base["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [base["pre_tokenizer"].clone()]});
+        let next_id = base["model"]["vocab"].as_object().unwrap().len() + base["added_tokens"].as_array().unwrap().len();
+        let texts = ["ax\nb", "x\ny\nx\nz", "ab\nxq r\nx", "a\nx x\nx q\nq rq\nr"];
+        for added in [vec!["x\n"], vec!["\nx"], vec!["q "], vec!["x\n", "\nx", "q "]] {
+            let mut doc = base.clone();
+            for (i, content) in added.iter().enumerate() {
+                let token = json!({"id": next_id + i, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false});
+                doc["added_tokens"].as_array_mut().unwrap().push(token);
+            }
+            let tok = Tokenizer::from_json(doc.to_string(), Path::new("t.json")).unwrap();
+            assert!(!tok.is_fast());
+            let ids = |t: &str| {
+                let mut out = Vec::new();
+                tok.encode(t, &mut WordCache::new(), &mut out).unwrap();
+                out
+            };
+            for text in texts {
+                let mut p = 0;
+                while let Some(q) = tok.next_safe_split(text.as_bytes(), p) {
+                    assert_eq!([ids(&text[..q]), ids(&text[q..])].concat(), ids(text), "{added:?}: {text:?} cut at {q}");
+                    p = q + 1;
+                }
+            }
+        }
     }
 
     #[test]
