@@ -65,12 +65,24 @@ def test_real_text_matches_the_tokenizers_package(tmp_path, shared_data):
 
 def test_default_vocabulary_is_gpt2_sized(tmp_path, shared_data):
     out = tmp_path / "store"
-    arrows("tokenize", shared_data / "debian_reference_en.txt", "--out", out)
+    proc = arrows("tokenize", shared_data / "debian_reference_en.txt", "--out", out)
     store = TokenStore(out)
     text = (shared_data / "debian_reference_en.txt").read_text(encoding="utf-8")
     assert np.array_equal(store[:], np.array(hf_ids(out / "tokenizer.json", [text])))
     # 0.8 MB cannot fill 50257 ids with pairs seen twice: the trainer stops early and says so.
-    assert 257 < store.vocab_size <= 50257
+    assert 257 < store.vocab_size < 50257
+    assert f"the vocabulary has {store.vocab_size:,} ids, not the 50,257 asked" in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_a_vocabulary_the_sample_cannot_fill_is_said_so(tmp_path):
+    # It was only visible as a smaller "vocabulary" figure in the summary.
+    (tmp_path / "t.txt").write_text("the arrow of time\n" * 200)
+    small = arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "a", "--vocab-size", "100000")
+    vocab = TokenStore(tmp_path / "a").vocab_size
+    assert 257 < vocab < 280 and f"stopped after {vocab - 257} merges" in small.stderr, small.stderr
+    assert f"the vocabulary has {vocab:,} ids, not the 100,000 asked" in " ".join(small.stderr.split()), small.stderr
+    reached = arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "b", "--vocab-size", str(vocab))
+    assert TokenStore(tmp_path / "b").vocab_size == vocab and "note:" not in reached.stderr, reached.stderr
 
 
 def test_generated_text_edge_cases(tmp_path):

@@ -120,6 +120,13 @@ def tokenize(
             f"{s['replaced_bytes']:,} of the {nbytes:,} input bytes ({100 * s['replaced_bytes'] / nbytes:.0f}%) are not UTF-8 text and became U+FFFD: "
             "is a binary file among the inputs? --strict-utf8 stops at the first such byte, naming the file"
         )
+    asked = 50257 if vocab_size is None else vocab_size
+    if "trained" in s and s["vocab_size"] < asked:
+        s["notes"].append(
+            f"the BPE stopped after {s['trained']['merges']:,} merges, as no pair of adjacent tokens occurs twice in its "
+            f"{human_bytes(s['trained']['sample_bytes'])} sample any more: the vocabulary has {s['vocab_size']:,} ids, not the {asked:,} asked "
+            "(more text, or a larger --sample-bytes, gives more merges)"
+        )
     for note in s["notes"]:
         print(f"note: {note}", file=sys.stderr)
     lines = [
