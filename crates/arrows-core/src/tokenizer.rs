@@ -425,6 +425,22 @@ mod tests {
         own_bos(&doc).map(|b| (b.id, b.why))
     }
 
+    /// Each text cut in two at every place `next_safe_split` allows encodes to the whole's ids.
+    fn assert_every_cut_keeps_the_ids(tok: &Tokenizer, texts: &[&str], label: &str) {
+        let ids = |t: &str| {
+            let mut out = Vec::new();
+            tok.encode(t, &mut WordCache::new(), &mut out).unwrap();
+            out
+        };
+        for text in texts {
+            let mut p = 0;
+            while let Some(q) = tok.next_safe_split(text.as_bytes(), p) {
+                assert_eq!([ids(&text[..q]), ids(&text[q..])].concat(), ids(text), "{label}: {text:?} cut at {q}");
+                p = q + 1;
+            }
+        }
+    }
+
     #[test]
     fn general_cuts_are_not_beside_unicode_whitespace() {
         // Merges "\n" + 0xC2 and 0xA0 + "\n": ids that change when a piece of whitespace is cut.
@@ -443,18 +459,7 @@ mod tests {
             let tok = Tokenizer::from_json(json.to_string(), Path::new("t.json")).unwrap();
             assert!(!tok.is_fast(), "{name}");
             assert_eq!(tok.next_safe_split(b"a\nb", 0), Some(cut), "{name}: the rule");
-            let ids = |t: &str| {
-                let mut out = Vec::new();
-                tok.encode(t, &mut WordCache::new(), &mut out).unwrap();
-                out
-            };
-            for text in texts {
-                let mut p = 0;
-                while let Some(q) = tok.next_safe_split(text.as_bytes(), p) {
-                    assert_eq!([ids(&text[..q]), ids(&text[q..])].concat(), ids(text), "{name}: {text:?} cut at {q}");
-                    p = q + 1;
-                }
-            }
+            assert_every_cut_keeps_the_ids(&tok, &texts, name);
         }
         // Invalid UTF-8 beside the separator reads as U+FFFD, not whitespace.
         assert!(!last_char_is_space(b"x\xc2") && !first_char_is_space(b"\xa0x") && !first_char_is_space(b""));
@@ -478,18 +483,7 @@ mod tests {
             }
             let tok = Tokenizer::from_json(doc.to_string(), Path::new("t.json")).unwrap();
             assert!(!tok.is_fast());
-            let ids = |t: &str| {
-                let mut out = Vec::new();
-                tok.encode(t, &mut WordCache::new(), &mut out).unwrap();
-                out
-            };
-            for text in texts {
-                let mut p = 0;
-                while let Some(q) = tok.next_safe_split(text.as_bytes(), p) {
-                    assert_eq!([ids(&text[..q]), ids(&text[q..])].concat(), ids(text), "{added:?}: {text:?} cut at {q}");
-                    p = q + 1;
-                }
-            }
+            assert_every_cut_keeps_the_ids(&tok, &texts, &format!("{added:?}"));
         }
     }
 
