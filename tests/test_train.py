@@ -838,3 +838,99 @@ def test_a_cooldown_schedule_that_does_not_fit_one_epoch_is_refused(tmp_path, st
     with pytest.raises(InputError, match="do not fit"):
         train(load_config(path), TrainOptions(device="cpu"))
     assert not (tmp_path / "runs" / "cool" / "checkpoints").exists()
+
+
+class _FillingDisk:
+    """A file of a disk that fills after `room` writes: a failed write stays in the buffer, and
+    flushing or closing the file tries it again (and fails again), as a real buffered file does.
+    The error carries no file name, as the kernel's ENOSPC does not."""
+
+    def __init__(self, real, room: int):
+        self.real, self.room, self.failed = real, room, False
+
+    def _full(self):
+        import errno
+
+        self.failed = True
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, text):
+        if self.room <= 0:
+            self._full()
+        self.room -= 1
+        return self.real.write(text)
+
+    def flush(self):
+        self.real.flush()
+        if self.failed:
+            self._full()
+
+    def close(self):
+        self.real.close()
+        if self.failed:
+            self._full()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.mark.parametrize("log", ["metrics.jsonl", "samples.jsonl"])
+def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypatch, log):
+    # The disk fills while a log is written (the 5th record of metrics.jsonl, or the first sample).
+    # The message was only "No space left on device": samples.jsonl's write carried no file name, and
+    # closing metrics.jsonl in the clean-up failed again without one, replacing the named error.
+    import builtins
+
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    real_open, written = builtins.open, {}
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith(log) and "a" in mode:
+            room = written.setdefault(log, 4 if log == "metrics.jsonl" else 0)
+            return _FillingDisk(f, room)
+        return f
+
+    monkeypatch.setattr(builtins, "open", filling_open)
+    cfg = write_config(tmp_path / "c.json", store, run_name="full", steps_to_train=12, save_every=100, valid_every=6, step_log=1,
+                       sample_every=3, sample_tokens=4, backup_every=None)
+    trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    with pytest.raises(OSError) as caught:
+        trainer.fit()
+    assert caught.value.filename == str(tmp_path / "runs" / "full" / log), caught.value
+    assert "No space left on device" in str(caught.value)
+
+
+def test_a_full_disk_leaves_the_run_config_whole(tmp_path, store, monkeypatch):
+    # config.json was rewritten in place as a run resumed: a disk full at that moment left it empty
+    # (and `arrows generate` reads it), with an error that did not name it.
+    import io
+
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    cfg = write_config(tmp_path / "c.json", store, run_name="r", steps_to_train=3, save_every=3, valid_every=3, backup_every=None)
+    Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never")).fit()
+    run = tmp_path / "runs" / "r"
+    written = (run / "config.json").read_bytes()
+
+    real_open = io.open
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return _FillingDisk(f, 0) if Path(file).name.startswith("config.json") and "w" in mode else f
+
+    monkeypatch.setattr(io, "open", filling_open)
+    with pytest.raises(OSError) as caught:
+        Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(more=3)).fit()
+    monkeypatch.undo()
+    assert caught.value.filename == str(run / "config.json") and "No space left" in str(caught.value), caught.value
+    assert (run / "config.json").read_bytes() == written
+    assert not list(run.glob("*.tmp"))

@@ -29,3 +29,22 @@ class ResumeMismatchError(ArrowsError):
 
 class CancelledError(ArrowsError):
     """The job was interrupted; what is complete on disk stays valid and resumable."""
+
+
+class naming_file:
+    """`with naming_file(path): ...` gives an `OSError` raised inside without a file name the name
+    `path`. A failed write (a full disk, a quota, a file-size limit) carries none: the message of a
+    run that filled its disk while logging was only "No space left on device"."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            import os
+
+            raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(self.path)) from None
+        return False

@@ -8,6 +8,8 @@ import os
 import uuid
 from pathlib import Path
 
+from arrows.errors import naming_file
+
 
 class Metrics:
     def __init__(self, run_dir: Path, *, resume_step: int | None, config: dict, wandb_project: str | None):
@@ -39,11 +41,9 @@ class Metrics:
                                      id=_wandb_id(run_dir, resuming=resume_step is not None), resume="allow")
 
     def log(self, record: dict) -> None:
-        try:
+        with naming_file(self.path):  # a full disk: say which file
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
-        except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
         step = record["step"]
         if self._tb is not None:
             for k, v in record.items():
@@ -53,11 +53,16 @@ class Metrics:
             self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
     def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        """Closes the logs; raises the OSError of a write that failed (naming the file). A record
+        whose write failed is still buffered, and its closing tries it again."""
+        try:
+            with naming_file(self.path):
+                self._file.close()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+            if self._wandb is not None:
+                self._wandb.finish()
 
 
 def _wandb_id(run_dir: Path, *, resuming: bool) -> str:
@@ -94,7 +99,8 @@ def _truncate_after(path: Path, step: int) -> None:
             except json.JSONDecodeError:
                 break  # a line torn by the crash
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
+    with naming_file(tmp):
+        tmp.write_text("".join(keep), encoding="utf-8")
     os.replace(tmp, path)
 
 

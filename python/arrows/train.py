@@ -26,7 +26,7 @@ from pathlib import Path
 
 from arrows import checkpoint
 from arrows.distributed import World, close_group, external_world, init_group, launched_externally, launcher_description, spawn
-from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError
+from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError, naming_file
 from arrows.schedule import lr_at
 
 
@@ -582,6 +582,8 @@ class Trainer:
         if w.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partial(self.ckpt_dir)
+            for p in self.run_dir.glob("*.json.tmp"):  # left by a crash in _write_whole
+                p.unlink()
             if resumed is None:
                 self._start_over()
             else:
@@ -636,10 +638,13 @@ class Trainer:
             if bar is not None:
                 bar.close()
             if w.is_main:
-                self.metrics.close()
+                # What stopped the run is what it says: closing the log retries a record whose write
+                # failed, and the second failure replaced the first one's message.
+                with contextlib.suppress(OSError) if sys.exc_info()[0] is not None else contextlib.nullcontext():
+                    self.metrics.close()
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": self._last_valid, "tokens_seen": self.step * self.tokens_per_step}
         if w.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            _write_whole(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _start_over(self) -> None:
@@ -675,18 +680,15 @@ class Trainer:
             # The checkpoint's config, not config.json: that is already the changed one when a resume
             # under these changes stopped before its next save (and was moved over the true one).
             until = self.run_dir / f"config.until_step_{self.step}.json"
-            until.write_text(json.dumps(self.resumed_config, indent=2) + "\n")
+            _write_whole(until, json.dumps(self.resumed_config, indent=2) + "\n")
             said = "; ".join(self.changed_settings)
             print(f"note: continuing from step {self.step} with changed settings: {said}", file=sys.stderr, flush=True)
-        path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        _write_whole(path, json.dumps(self.config.to_dict(), indent=2) + "\n")
         # A copy of the tokenizer, so that `arrows generate` needs only the run folder (copied off a
         # cluster, or with its data gone): without it, generate needed the data or a hand-set
         # tokenizer_path. (A resume keeps the data, whose identity includes its tokenizer's hash.)
-        copy = self.run_dir / "tokenizer.json"
         if self.tokenizer is not None:
-            aside = copy.with_suffix(".json.tmp")
-            aside.write_text(self.tokenizer.to_str())
-            aside.replace(copy)
+            _write_whole(self.run_dir / "tokenizer.json", self.tokenizer.to_str())
 
     def _due(self, step: int) -> set[str]:
         """What runs after `step` besides logging: "validate", "sample", "save", "backup". Each
@@ -853,7 +855,8 @@ class Trainer:
         if self.t.backwards:
             ids = ids[::-1]  # back into reading order (a permuted model's output stays as generated)
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+        path = self.run_dir / "samples.jsonl"
+        with naming_file(path), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "text": text}) + "\n")
         return text
 
@@ -888,6 +891,20 @@ class Trainer:
             # In every process, not only the one that wrote it: any of them may be the one that
             # stops first and says where the run stands (distributed.spawn reports its message).
             self.step_saved = self.step
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write the file `path` whole or not at all: a temporary file beside it, renamed over it. Written
+    in place, config.json was left empty by a full disk (and `arrows generate` needs it), and could be
+    read half-written by an `arrows generate` while a resumed run started. A failed write names the file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with naming_file(path):
+            tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 class _StepResult:
