@@ -89,9 +89,15 @@ def language_params(kind: str) -> dict:
 MARKER = "arrows-demo.json"  # what makes a folder the demo's own, to be made anew
 
 
-def prepare_folder(out: Path) -> None:
-    """Make `out` anew for the demo. Only a folder an earlier demo made (it holds MARKER) is
-    deleted first; any other non-empty path is refused: --out is never a user's folder to wipe."""
+def prepare_folder(out: Path):
+    """Make `out` anew for the demo, and return its MARKER file, open and locked: the demo holds
+    it to the end, so that a second `arrows demo` into the same folder is refused instead of
+    wiping the files the first one is training into (the first then crashed, and its runs wrote
+    on into the second's). Only a folder an earlier demo made (it holds MARKER) is emptied first;
+    any other non-empty path is refused: --out is never a user's folder to wipe."""
+    import fcntl
+
+    marker = None
     if out.exists():
         resolved, here = out.resolve(), Path.cwd().resolve()
         if resolved == here or resolved in here.parents:
@@ -99,12 +105,38 @@ def prepare_folder(out: Path) -> None:
         if not out.is_dir():
             raise InputError(f"--out {out}: exists and is not a folder; choose another --out")
         if (out / MARKER).is_file():
-            shutil.rmtree(out)
+            marker = _lock_marker(out, fcntl)
+            # Everything but the marker: a deletion interrupted half-way (Ctrl-C) leaves a folder
+            # that is still the demo's, which the next demo empties; without its marker, it was
+            # refused as a user's folder.
+            for p in out.iterdir():
+                if p.name == MARKER:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
         elif any(out.iterdir()):
             raise InputError(f"--out {out}: a folder that an earlier arrows demo did not make (no {MARKER} in it); "
                              f"choose another --out, or empty it first")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"made_by": "arrows demo", "languages": [kind for kind, _, _ in LANGUAGES]}) + "\n")
+    marker = marker or _lock_marker(out, fcntl)
+    marker.seek(0)
+    marker.truncate()
+    marker.write(json.dumps({"made_by": "arrows demo", "languages": [kind for kind, _, _ in LANGUAGES]}) + "\n")
+    marker.flush()
+    return marker
+
+
+def _lock_marker(out: Path, fcntl):
+    """`out`'s MARKER, opened (made if absent) and locked; refused while another demo holds it."""
+    f = open(out / MARKER, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise InputError(f"--out {out}: another arrows demo is running in this folder; wait for it to end, or give another --out") from None
+    return f
 
 
 def run_demo(out: Path, steps: int | None = None) -> list[dict]:
@@ -113,12 +145,12 @@ def run_demo(out: Path, steps: int | None = None) -> list[dict]:
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, not {steps}")
     out = Path(out)
-    prepare_folder(out)
-    t0 = time.perf_counter()
-    reports = []
-    for kind, lines, budget in LANGUAGES:
-        print(f"\n═══ {kind} ═══", flush=True)
-        reports.append((kind, run_language(kind, out / kind, lines=lines, steps=budget if steps is None else steps, params=language_params(kind))))
+    with prepare_folder(out):  # locked until the demo ends
+        t0 = time.perf_counter()
+        reports = []
+        for kind, lines, budget in LANGUAGES:
+            print(f"\n═══ {kind} ═══", flush=True)
+            reports.append((kind, run_language(kind, out / kind, lines=lines, steps=budget if steps is None else steps, params=language_params(kind))))
     print(f"\n═══ summary ({time.perf_counter() - t0:.0f} s) ═══")
     for kind, report in reports:
         print_table(report, title=kind)

@@ -1,0 +1,50 @@
+"""What `arrows study`, `compare`, `sweep` and `demo` leave behind when something goes wrong around
+them: a second command on the same folder, an interruption, a full disk."""
+
+import shutil
+
+import pytest
+
+from conftest import arrows
+
+
+# ---- arrows demo --------------------------------------------------------------------------------
+def test_a_second_demo_into_a_running_demos_folder_is_refused(tmp_path):
+    """The first demo holds its folder's marker locked: the second used to wipe the folder the first
+    was training into (the first crashed, and wrote on into the second's runs)."""
+    from arrows.demo import MARKER, prepare_folder
+
+    demo = tmp_path / "demo"
+    with prepare_folder(demo):  # a demo running in `demo`
+        (demo / "reversible").mkdir()
+        (demo / "reversible" / "walks.txt").write_text("abc\n")
+        proc = arrows("demo", "--out", demo, "--steps", "1", check=False, timeout=60)
+        assert proc.returncode == 1 and "another arrows demo is running" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert (demo / "reversible" / "walks.txt").read_text() == "abc\n" and (demo / MARKER).is_file()
+    # Once it has ended, the folder is the demo's to make anew.
+    with prepare_folder(demo):
+        assert sorted(p.name for p in demo.iterdir()) == [MARKER]
+
+
+def test_a_demo_folder_whose_emptying_was_interrupted_is_still_the_demos(tmp_path, monkeypatch):
+    """Ctrl-C while an earlier demo's folder is deleted: the marker is removed last (never), so the
+    next demo still knows the folder for its own; a deletion that took the marker first left a
+    folder of demo files refused as "a folder that an earlier arrows demo did not make"."""
+    from arrows import demo as demo_module
+
+    demo = tmp_path / "demo"
+    demo_module.prepare_folder(demo).close()
+    (demo / "sparse-linear" / "tokens").mkdir(parents=True)
+
+    def interrupted(path, *args, **kwargs):
+        # What a real rmtree may do: take the marker among its first entries, then be stopped.
+        (path / demo_module.MARKER).unlink(missing_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo_module.prepare_folder(demo)
+    monkeypatch.undo()
+    with demo_module.prepare_folder(demo):
+        assert sorted(p.name for p in demo.iterdir()) == [demo_module.MARKER]
+
