@@ -1,6 +1,7 @@
 """What `arrows study`, `compare`, `sweep` and `demo` leave behind when something goes wrong around
 them: a second command on the same folder, an interruption, a full disk."""
 
+import os
 import shutil
 
 import pytest
@@ -48,3 +49,23 @@ def test_a_demo_folder_whose_emptying_was_interrupted_is_still_the_demos(tmp_pat
     with demo_module.prepare_folder(demo):
         assert sorted(p.name for p in demo.iterdir()) == [demo_module.MARKER]
 
+
+
+# ---- report and sweep files ---------------------------------------------------------------------
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_while_the_report_is_written_names_the_file(tmp_path):
+    """A full disk while a figure was saved said only "No space left on device" (PIL closes the
+    file without naming it), after minutes of evaluation: which disk to free was left to guess."""
+    import errno
+
+    from arrows.report import write_aside
+
+    def full_disk(path):
+        with open("/dev/full", "wb") as f:
+            f.write(b"x")
+
+    out = tmp_path / "report"
+    with pytest.raises(OSError) as caught:
+        write_aside(out, {"report.json": lambda p: p.write_text("{}"), "curves.png": full_disk})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out / "curves.png")
+    assert [p.name for p in out.iterdir()] == []  # nothing half-written, no temporary folder left

@@ -76,7 +76,14 @@ def write_aside(out: Path, writers: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         for name, write in writers.items():
-            write(tmp / name)
+            try:
+                write(tmp / name)
+            except OSError as e:
+                if e.filename is not None or e.errno is None:
+                    raise
+                # A full disk or a quota while a figure is saved reaches here without a file name
+                # (PIL's close): the message was only "No space left on device". Name the file.
+                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(out / name)) from e
         for name in writers:
             os.replace(tmp / name, out / name)
     finally:
