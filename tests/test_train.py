@@ -934,3 +934,31 @@ def test_a_full_disk_leaves_the_run_config_whole(tmp_path, store, monkeypatch):
     assert caught.value.filename == str(run / "config.json") and "No space left" in str(caught.value), caught.value
     assert (run / "config.json").read_bytes() == written
     assert not list(run.glob("*.tmp"))
+
+
+def test_a_cpu_run_whose_model_cannot_fit_is_refused_before_it_starts(tmp_path, store, monkeypatch):
+    # An LSTM of hidden size 100,000 (80 billion parameters) ended in torch's allocator traceback
+    # while being built, --dry-run included; one the system lets allocate is killed at step 1.
+    import arrows.train as train_module
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.models import count_parameters
+    from arrows.train import TrainOptions, train
+
+    model = {"model_type": "lstm", "n_layers": 1, "embed_dim": 100_000, "attn_length": 32, "dropout": 0.0, "embd_dropout": None}
+    cfg = load_config(write_config(tmp_path / "c.json", store, run_name="huge", model=model))
+    parameters = count_parameters(cfg.model_dict())
+    assert parameters == 80_103_400_000
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: 64 << 30)
+    for nproc in (1, 2):
+        with pytest.raises(InputError) as refused:
+            train(cfg, TrainOptions(device="cpu", nproc=nproc, dry_run=True))
+        message = str(refused.value)
+        assert "80,103,400,000 parameters" in message and f"{parameters * 16 * nproc / 1e9:.1f} GB" in message and "smaller model" in message
+        assert ("--nproc" in message) == (nproc > 1)
+    # A model that fits is not refused, nor one where the memory cannot be read (not Linux).
+    small = load_config(write_config(tmp_path / "s.json", store, run_name="small"))
+    assert train(small, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
+    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: None)
+    assert train(cfg, TrainOptions(device="cpu", dry_run=True))["parameters"] == parameters
+    assert not (tmp_path / "runs" / "huge").exists()

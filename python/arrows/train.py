@@ -362,6 +362,7 @@ def _check_host_memory(config, opts: TrainOptions) -> None:
     train_bytes, valid_bytes = head_memory_bytes(config, processes)
     need, what = max((train_bytes, "training"), (valid_bytes, "validation"))
     if need <= available:
+        _check_model_memory(config, processes, available)
         return
     m, t = config.model, config.training
     key = "batch_size" if what == "training" else "val_batch_size"
@@ -376,6 +377,31 @@ def _check_host_memory(config, opts: TrainOptions) -> None:
         f"{m.vocab_size}: about {need / 1e9:.1f} GB with model_params.head_loss \"{m.head_loss}\""
         f"{' (chunked on the CPU)' if m.head_loss == 'auto' else ''}, and this machine has "
         f"{available / 1e9:.1f} GB available. To fit, {advice}."
+    )
+
+
+# fp32 weights, their gradients and AdamW's two moments: the bytes a CPU run holds per parameter.
+_BYTES_PER_PARAMETER = 16
+
+
+def _check_model_memory(config, processes: int, available: int) -> None:
+    """A CPU run whose model alone cannot be trained in the memory available is refused before it
+    starts (its --dry-run too): building it ended in torch's allocator traceback ("can't allocate
+    memory: you tried to allocate 160000000000 bytes") for an LSTM of hidden size 100,000, and
+    one that the system lets allocate would be killed at its first step."""
+    from arrows.models import count_parameters
+
+    m = config.model
+    parameters = count_parameters(config.model_dict())
+    need = parameters * _BYTES_PER_PARAMETER * processes
+    if need <= available:
+        return
+    each = f" in each of the {processes} processes" if processes > 1 else ""
+    raise InputError(
+        f"model_params: this {m.model_type} model has {parameters:,} parameters (n_layers {m.n_layers}, embed_dim {m.embed_dim}); "
+        f"training it on the CPU takes about {need / 1e9:.1f} GB (weights, gradients and AdamW's two moments, "
+        f"{_BYTES_PER_PARAMETER} bytes per parameter{each}), and this machine has {available / 1e9:.1f} GB available. "
+        f"Use a smaller model{' or fewer --nproc processes' if processes > 1 else ''}, or train on a GPU."
     )
 
 
