@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from arrows.errors import InputError
+
 from conftest import arrows
 
 
@@ -69,3 +71,27 @@ def test_a_full_disk_while_the_report_is_written_names_the_file(tmp_path):
         write_aside(out, {"report.json": lambda p: p.write_text("{}"), "curves.png": full_disk})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out / "curves.png")
     assert [p.name for p in out.iterdir()] == []  # nothing half-written, no temporary folder left
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_the_evaluation(tmp_path, monkeypatch):
+    """A read-only study (an archived or shared copy) compared again: refused at once, not after
+    the whole evaluation with a temporary folder's name ("report/.report-hqhglhoy: Read-only file
+    system"). The same for a new --out under a read-only folder."""
+    from arrows import report as report_module
+
+    study = tmp_path / "study"
+    (study / "report").mkdir(parents=True)
+    for folder in (study / "report", study):
+        folder.chmod(0o555)
+    try:
+        if os.access(study, os.W_OK):  # root writes anywhere: stand in for a read-only mount
+            real = os.access
+            monkeypatch.setattr(report_module.os, "access", lambda p, mode: False if str(p).startswith(str(study)) else real(p, mode))
+        with pytest.raises(InputError, match=r"report: cannot write in .*report \(a read-only file system, or no permission\)"):
+            report_module.check_report_folder(study / "report")
+        with pytest.raises(InputError, match=r"new/report: cannot write under .*study \("):
+            report_module.check_report_folder(study / "new" / "report")
+        assert report_module.check_report_folder(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    finally:
+        for folder in (study, study / "report"):
+            folder.chmod(0o755)

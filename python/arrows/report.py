@@ -38,6 +38,13 @@ def check_report_folder(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; --out names the folder that receives the report's files and figures")
+    # Writable: the folder, or the nearest one above it that exists (where it will be made). A
+    # read-only study (a shared or archived copy) failed only after the whole evaluation, naming
+    # a temporary folder ("report/.report-hqhglhoy: Read-only file system").
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot write {'in' if existing == out else 'under'} {existing} (a read-only file system, or no "
+                         "permission); give --out a folder you can write to")
     return out
 
 
