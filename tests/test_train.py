@@ -962,3 +962,13 @@ def test_a_cpu_run_whose_model_cannot_fit_is_refused_before_it_starts(tmp_path, 
     monkeypatch.setattr(train_module, "available_memory_bytes", lambda: None)
     assert train(cfg, TrainOptions(device="cpu", dry_run=True))["parameters"] == parameters
     assert not (tmp_path / "runs" / "huge").exists()
+
+
+def test_config_notes_are_said_when_training_not_only_by_dry_run(tmp_path, store):
+    # A setting the run ignores (here the reference's fast_scrambling) was said by --dry-run only:
+    # `arrows train` itself trained without a word about it.
+    cfg = write_config(tmp_path / "c.json", store, run_name="noted", steps_to_train=2, fast_scrambling=True)
+    proc = arrows("train", cfg, "--device", "cpu")
+    assert "note: training_params.fast_scrambling has no effect" in proc.stderr, proc.stderr
+    dry = arrows("train", cfg, "--device", "cpu", "--dry-run")
+    assert "note: training_params.fast_scrambling has no effect" in dry.stdout, dry.stdout

@@ -233,10 +233,12 @@ def train(
         overrides["training_params"]["run_name"] = run_name
     cfg = _load_train_config(config, model, overrides["training_params"], _model_overrides(attention, head_loss))
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun/SLURM, rank 0 reports
+        # Said before training too, not only by --dry-run: a run ignored a setting without a word.
+        for note in getattr(cfg, "notes", []):
+            print(f"note: {note}", file=sys.stdout if dry_run else sys.stderr, flush=True)
     result = run(cfg, opts)
     if dry_run:
-        for note in getattr(cfg, "notes", []):
-            print(f"note: {note}")
         print(f"model        {result['model_type']}, {result['parameters']:,} parameters ({result['parameters'] / 1e6:.1f}M)")
         print(f"data         {result['tokens']:,} tokens, {result['train_windows']:,} training windows")
         print(f"plan         {result['planned_steps']:,} steps of {result['tokens_per_step']:,} tokens ({result['steps_per_epoch']:,} steps per epoch)")
