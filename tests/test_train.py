@@ -972,3 +972,34 @@ def test_config_notes_are_said_when_training_not_only_by_dry_run(tmp_path, store
     assert "note: training_params.fast_scrambling has no effect" in proc.stderr, proc.stderr
     dry = arrows("train", cfg, "--device", "cpu", "--dry-run")
     assert "note: training_params.fast_scrambling has no effect" in dry.stdout, dry.stdout
+
+
+def test_a_backup_missed_by_a_kill_between_the_two_saves_is_made_on_resume(tmp_path, store, monkeypatch):
+    # At a backup step the run writes latest.pt, then step_N.pt. Killed between the two (kill -9,
+    # the out-of-memory killer, a node lost), it resumed from latest.pt at step N and went on: the
+    # backup of step N was never written.
+    from arrows import checkpoint
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    class Killed(BaseException):
+        pass
+
+    real_save = checkpoint.save
+
+    def dying_save(path, payload):
+        if Path(path).name.startswith("step_"):
+            raise Killed
+        real_save(path, payload)
+
+    cfg = load_config(write_config(tmp_path / "c.json", store, run_name="r", steps_to_train=6, save_every=100, backup_every=3, valid_every=100))
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+    with pytest.raises(Killed):
+        Trainer(cfg, World(0, 1, 0, "cpu"), TrainOptions(resume="never")).fit()
+    monkeypatch.undo()
+    ckpts = tmp_path / "runs" / "r" / "checkpoints"
+    assert checkpoint.saved_step(ckpts / "latest.pt") == 3 and not (ckpts / "step_00000003.pt").exists()
+    Trainer(cfg, World(0, 1, 0, "cpu"), TrainOptions()).fit()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest.pt", "step_00000003.pt", "step_00000006.pt"]
+    assert checkpoint.load(ckpts / "step_00000003.pt")["step"] == 3

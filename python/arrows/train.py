@@ -614,6 +614,7 @@ class Trainer:
                 self._start_over()
             else:
                 self._adopt_resume_point()
+                self._make_missed_backup()
             self._write_config()
             self.metrics = Metrics(self.run_dir, resume_step=resumed, config=self.config.to_dict(), wandb_project=self.opts.wandb)
             if self.changed_settings:
@@ -696,6 +697,16 @@ class Trainer:
         if latest.exists() and latest.samefile(self.resumed_path):
             return
         checkpoint.copy(self.resumed_path, latest)
+
+    def _make_missed_backup(self) -> None:
+        """At a backup step the run writes latest.pt, then step_N.pt: killed between the two, it
+        resumes from latest.pt at step N and never comes back to that step, so the backup of step N
+        is made here, a copy of the checkpoint it resumes from."""
+        if "backup" not in self._due(self.step):
+            return
+        backup = self.ckpt_dir / f"step_{self.step:08d}.pt"
+        if not backup.exists():
+            checkpoint.copy(self.resumed_path, backup)
 
     def _write_config(self) -> None:
         """config.json: the resolved config the run trains under. When a resumed run continues under
