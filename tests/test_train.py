@@ -1003,3 +1003,11 @@ def test_a_backup_missed_by_a_kill_between_the_two_saves_is_made_on_resume(tmp_p
     Trainer(cfg, World(0, 1, 0, "cpu"), TrainOptions()).fit()
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest.pt", "step_00000003.pt", "step_00000006.pt"]
     assert checkpoint.load(ckpts / "step_00000003.pt")["step"] == 3
+
+
+def test_an_aggregate_larger_than_an_epoch_names_the_key(tmp_path, store):
+    # It said "one epoch has 770 batches, fewer than aggregate=100000": no key, nothing to do.
+    cfg = write_config(tmp_path / "c.json", store, run_name="agg", aggregate=100_000)
+    proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "training_params.aggregate 100000" in proc.stderr and "lower aggregate or batch_size" in proc.stderr, proc.stderr

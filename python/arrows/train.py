@@ -130,7 +130,9 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
     valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
     steps_per_epoch = len(train_loader) // t.aggregate
     if steps_per_epoch == 0:
-        raise InputError(f"one epoch has {len(train_loader)} batches, fewer than aggregate={t.aggregate}")
+        raise InputError(f"training_params.aggregate {t.aggregate}: a step takes {t.aggregate} batches of {t.batch_size} windows, and the "
+                         f"training split holds only {len(train_loader)} such batches ({train_loader.windows:,} windows); lower aggregate "
+                         f"or batch_size, or train on more data")
     return train_loader, valid_loader
 
 
