@@ -1,6 +1,7 @@
 """What `arrows study`, `compare`, `sweep` and `demo` leave behind when something goes wrong around
 them: a second command on the same folder, an interruption, a full disk."""
 
+import json
 import os
 import shutil
 
@@ -95,3 +96,36 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_the_evaluation
     finally:
         for folder in (study, study / "report"):
             folder.chmod(0o755)
+
+
+# ---- arrows study -------------------------------------------------------------------------------
+def _tiny_study_config(tmp_path, steps=20):
+    arrows("synth", "reversible", "--out", tmp_path / "walks.txt", "--lines", "2000", "--nodes", "6", "--walk-length", "11")
+    arrows("tokenize", tmp_path / "walks.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
+    config = {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 24, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "tokens"), "batch_size": 8, "steps_to_train": steps, "stride": 12,
+                            "valid_fraction": 0.1, "valid_every": steps, "step_log": 10, "save_every": steps, "sample_every": 0,
+                            "save_loc": str(tmp_path / "runs"), "threads": 1},
+        "optim_params": {"lr": 3e-3, "warmup_steps": 2},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    return tmp_path / "cfg.json"
+
+
+def test_study_checks_its_folder_and_report_folder_before_it_trains(tmp_path):
+    """A file as --out said only "File exists"; a file where the study's report goes was found
+    only once both runs had trained."""
+    cfg = _tiny_study_config(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    proc = arrows("study", cfg, "--out", tmp_path / "afile", check=False)
+    assert proc.returncode == 1 and "afile: exists and is not a folder; give a new or empty folder with --out" in proc.stderr, proc.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"config": str(cfg), "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}))
+    (study / "report").write_text("mine")
+    proc = arrows("study", cfg, "--out", study, check=False)
+    assert proc.returncode == 1 and "report: exists and is not a folder; the study writes its report there" in proc.stderr, proc.stderr
+    assert not (study / "fw").exists() and (study / "report").read_text() == "mine"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from arrows.compare import STUDY_FILE
 from arrows.errors import CancelledError, CorruptDataError, InputError
+from arrows.report import check_report_folder
 
 
 @dataclass
@@ -92,6 +93,8 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
     # --gpus or --device cuda without CUDA: refused before the folder records anything (its seed
     # count included), as `arrows train` refuses it, not in each run's log after the launch.
     check_devices(TrainOptions(device=device, gpus=gpus))
+    if study_dir.exists() and not study_dir.is_dir():  # was "File exists", after the config was read
+        raise InputError(f"{study_dir}: exists and is not a folder; give a new or empty folder with --out")
     # A study folder keeps its seed count: another count would lay the runs out elsewhere (fw/ for
     # one seed, seed<S>/fw for several), training new runs beside the old ones and orphaning them.
     record = read_study_record(study_dir)
@@ -124,6 +127,12 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
             f"{study_dir}: not a study folder (no {STUDY_FILE}) and not empty (it holds {held}); "
             "give a new or empty folder with --out"
         )
+    # The report's folder too, before any training: a file in its place, or a folder that cannot be
+    # written, was found only once every run had trained.
+    report = study_dir / "report"
+    if report.exists() and not report.is_dir():
+        raise InputError(f"{report}: exists and is not a folder; the study writes its report there: move that file away")
+    check_report_folder(report)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / STUDY_FILE).write_text(json.dumps({"config": str(config.source_path), "seeds": seeds, "pairs": pairs}, indent=2) + "\n")
     config_dir = study_dir / "configs"
