@@ -747,6 +747,17 @@ def test_a_file_where_the_run_folder_goes_is_named(tmp_path, train_store):
         blocker.unlink()
 
 
+def test_a_link_to_nothing_where_the_run_folder_goes_is_named(tmp_path, train_store):
+    # save_loc a link to a scratch disk not mounted (or a folder since removed): making the run
+    # folder failed with a bare "File exists", and --dry-run passed.
+    cfg = train_config(tmp_path / "c.json", train_store, "x", tmp_path / "runs")
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted" / "runs")
+    for dry in ([], ["--dry-run"]):
+        proc = arrows("train", cfg, "--device", "cpu", *dry, check=False, timeout=120)
+        user_error(proc, f"{tmp_path / 'runs'}: a symbolic link to {tmp_path / 'unmounted' / 'runs'}, which does not exist", "save_loc", code=1)
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_gpus_without_cuda_is_a_clear_error(tmp_path, train_store):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -87,10 +88,15 @@ def run_dir_of(config) -> Path:
 
 
 def check_run_folder(config) -> None:
-    """The run folder (save_loc/run_name) can be made: no file stands at it or above it. Said
-    before anything starts (--dry-run too), where making it failed with "File exists"."""
+    """The run folder (save_loc/run_name) can be made: no file, nor a link to nothing, stands at it
+    or above it. Said before anything starts (--dry-run too), where making it failed with "File exists"."""
     run_dir = run_dir_of(config)
     for p in (run_dir, *run_dir.parents):
+        if p.is_symlink() and not p.exists():
+            # A link to a disk not mounted, or to a folder since removed: making the folder failed with "File exists".
+            raise InputError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist, where the run folder {run_dir} "
+                             f"(training_params.save_loc / run_name) needs a folder; mount or make its target, or give another "
+                             f"save_loc or run_name")
         if p.exists():
             if not p.is_dir():
                 raise InputError(f"{p}: a file, where the run folder {run_dir} (training_params.save_loc / run_name) needs a folder; "
