@@ -129,3 +129,21 @@ def test_study_checks_its_folder_and_report_folder_before_it_trains(tmp_path):
     proc = arrows("study", cfg, "--out", study, check=False)
     assert proc.returncode == 1 and "report: exists and is not a folder; the study writes its report there" in proc.stderr, proc.stderr
     assert not (study / "fw").exists() and (study / "report").read_text() == "mine"
+
+
+# ---- arrows compare -----------------------------------------------------------------------------
+def test_compare_of_runs_whose_data_moved_names_the_run_and_the_setting(tmp_path):
+    """Run folders are found wherever they are moved; their data is named by its path. Gone from
+    there, compare said only "/x/tokens: No such file or directory"."""
+    for name, backwards in (("fw", False), ("bw", True)):
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "latest.pt").write_bytes(b"")
+        (run / "config.json").write_text(json.dumps({
+            "model_params": {"model_type": "gpt", "vocab_size": 257, "attn_length": 8},
+            "training_params": {"dataset_folder": str(tmp_path / "moved-away"), "backwards": backwards, "valid_fraction": 0.1, "stride": 8},
+        }))
+    proc = arrows("compare", tmp_path / "fw", tmp_path / "bw", "--out", tmp_path / "report", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"fw: its data {tmp_path / 'moved-away'} (training_params.dataset_folder in {tmp_path / 'fw' / 'config.json'}) is not there" in said, said

@@ -220,7 +220,15 @@ def load_run(path: Path) -> Run:
     from arrows.metrics import read
 
     metrics = read(path) if (path / "metrics.jsonl").is_file() else []
-    return Run(path, json.loads(config_file.read_text()), checkpoint, metrics)
+    run = Run(path, json.loads(config_file.read_text()), checkpoint, metrics)
+    # The runs' folders may move (they are found wherever they are); their data is named by the
+    # path it was trained from. Gone from there, evaluation failed with only "/x/tokens: No such
+    # file or directory", not which run named it or what to do.
+    data = Path(run.training["dataset_folder"])
+    if not data.exists():
+        raise InputError(f"{path}: its data {data} (training_params.dataset_folder in {config_file}) is not there, moved or deleted; "
+                         "put it back at that path, or give its new path there")
+    return run
 
 
 def _data_identity(run: Run) -> dict:
