@@ -147,3 +147,31 @@ def test_compare_of_runs_whose_data_moved_names_the_run_and_the_setting(tmp_path
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     said = " ".join(proc.stderr.split())
     assert f"fw: its data {tmp_path / 'moved-away'} (training_params.dataset_folder in {tmp_path / 'fw' / 'config.json'}) is not there" in said, said
+
+
+def test_a_study_stopped_while_it_rewrites_its_record_keeps_it(tmp_path, monkeypatch):
+    """study.json is rewritten at every run of a study: written in place, a study killed (or a full
+    disk) between the truncation and the write left it empty, and the study, runs and all, was
+    "damaged: start the study over" for study, compare and sweep alike."""
+    from pathlib import Path
+
+    from arrows.config import config_from_dict
+    from arrows.study import read_study_record, run_study
+
+    cfg_file = _tiny_study_config(tmp_path)
+    config = config_from_dict(json.loads(cfg_file.read_text()), source_path=cfg_file)
+    study = tmp_path / "study"
+    study.mkdir()
+    record = {"config": str(cfg_file), "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}
+    (study / "study.json").write_text(json.dumps(record))
+
+    def killed_while_writing(self, *args, **kwargs):
+        open(self, "w").close()  # truncated, then stopped before a byte is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, study, device="cpu")
+    monkeypatch.undo()
+    assert read_study_record(study)["pairs"] == [("fw", "bw")]
+    assert sorted(p.name for p in study.iterdir()) == ["study.json"]  # no temporary file left either

@@ -1,8 +1,8 @@
-"""Writing one output file safely: the commands that write a single file (`synth`, `reverse`)
-write it under a temporary name beside it and rename it over the target at the end, so a crash
-never leaves half a file under the final name. Only a regular file (or nothing) may be replaced:
-a folder, a device such as /dev/null or a named pipe at the output path is refused, since the
-rename would put a regular file in its place."""
+"""Writing one output file safely: the commands that write a single file (`synth`, `reverse`),
+and `study` its record, write it under a temporary name beside it and rename it over the target
+at the end, so a crash never leaves half a file under the final name. Only a regular file (or
+nothing) may be replaced: a folder, a device such as /dev/null or a named pipe at the output path
+is refused, since the rename would put a regular file in its place."""
 
 from __future__ import annotations
 

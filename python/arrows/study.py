@@ -22,6 +22,7 @@ from pathlib import Path
 
 from arrows.compare import STUDY_FILE
 from arrows.errors import CancelledError, CorruptDataError, InputError
+from arrows.output_file import atomic_output
 from arrows.report import check_report_folder
 
 
@@ -134,11 +135,15 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
         raise InputError(f"{report}: exists and is not a folder; the study writes its report there: move that file away")
     check_report_folder(report)
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / STUDY_FILE).write_text(json.dumps({"config": str(config.source_path), "seeds": seeds, "pairs": pairs}, indent=2) + "\n")
+    # Rewritten at every run of the study, so replaced whole (atomic_output): written in place, a
+    # study killed (or a disk full) between the truncation and the write left an empty study.json,
+    # and the study with hours of runs was "damaged: start the study over"; a compare or sweep
+    # reading it at that instant was told the same.
+    _write_json(study_dir / STUDY_FILE, {"config": str(config.source_path), "seeds": seeds, "pairs": pairs})
     config_dir = study_dir / "configs"
     config_dir.mkdir(exist_ok=True)
     for r in runs:
-        (config_dir / f"{r.stem}.json").write_text(json.dumps(r.config.to_dict(), indent=2) + "\n")
+        _write_json(config_dir / f"{r.stem}.json", r.config.to_dict())
 
     side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
     if not side_by_side:
@@ -156,6 +161,11 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
                 fw.devices, bw.devices = gpus[:half], gpus[half : 2 * half]
             _train_side_by_side([fw, bw], study_dir, device, compile)
     return [(study_dir / p["fw"], study_dir / p["bw"]) for p in pairs]
+
+
+def _write_json(path: Path, value) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, compile: bool) -> None:
