@@ -652,8 +652,8 @@ def test_generate_begins_with_the_bos_of_training_when_the_data_is_gone(tmp_path
     starts = []
     real_load_run = generate.load_run
 
-    def recording(run_dir):
-        model, cfg, tok = real_load_run(run_dir)
+    def recording(run_dir, checkpoint=None):
+        model, cfg, tok = real_load_run(run_dir, checkpoint)
         real = model.generate
         model.generate = lambda start, *a, **kw: (starts.append(start[0].tolist()), real(start, *a, **kw))[1]
         return model, cfg, tok
@@ -877,12 +877,16 @@ class _FillingDisk:
         self.close()
 
 
-@pytest.mark.parametrize("log", ["metrics.jsonl", "samples.jsonl"])
+@pytest.mark.parametrize("log", ["metrics.jsonl", "samples.jsonl", "tensorboard"])
 def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypatch, log):
-    # The disk fills while a log is written (the 5th record of metrics.jsonl, or the first sample).
-    # The message was only "No space left on device": samples.jsonl's write carried no file name, and
-    # closing metrics.jsonl in the clean-up failed again without one, replacing the named error.
+    # The disk fills while a log is written (the 5th record of metrics.jsonl or of TensorBoard's, or
+    # the first sample). The message was only "No space left on device": samples.jsonl's and
+    # TensorBoard's writes carried no file name, and closing metrics.jsonl in the clean-up failed
+    # again without one, replacing the named error.
     import builtins
+    import errno
+
+    from torch.utils.tensorboard import SummaryWriter
 
     from arrows.config import load_config
     from arrows.distributed import World
@@ -898,6 +902,15 @@ def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypa
         return f
 
     monkeypatch.setattr(builtins, "open", filling_open)
+    real_add, added = SummaryWriter.add_scalar, []
+
+    def filling_add(self, *args, **kwargs):  # TensorBoard writes on a thread of its own, and reports its failure here
+        added.append(args)
+        if log == "tensorboard" and len(added) > 4 * 6:  # a record is 6 scalars
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", filling_add)
     cfg = write_config(tmp_path / "c.json", store, run_name="full", steps_to_train=12, save_every=100, valid_every=6, step_log=1,
                        sample_every=3, sample_tokens=4, backup_every=None)
     trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))

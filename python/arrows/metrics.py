@@ -25,10 +25,12 @@ class Metrics:
                 events.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
+        self._tb_dir = run_dir / "tensorboard"  # named by a failed write of TensorBoard's (which names no file)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
+            with naming_file(self._tb_dir):
+                self._tb = SummaryWriter(str(self._tb_dir), purge_step=resume_step + 1 if resume_step is not None else None)
         except ImportError:
             pass  # the tensorboard package is optional
         self._wandb = None
@@ -46,9 +48,10 @@ class Metrics:
             self._file.flush()
         step = record["step"]
         if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+            with naming_file(self._tb_dir):
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self._tb.add_scalar(k, v, step)
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
@@ -60,7 +63,8 @@ class Metrics:
                 self._file.close()
         finally:
             if self._tb is not None:
-                self._tb.close()
+                with naming_file(self._tb_dir):
+                    self._tb.close()
             if self._wandb is not None:
                 self._wandb.finish()
 
