@@ -175,3 +175,16 @@ def test_a_study_stopped_while_it_rewrites_its_record_keeps_it(tmp_path, monkeyp
     monkeypatch.undo()
     assert read_study_record(study)["pairs"] == [("fw", "bw")]
     assert sorted(p.name for p in study.iterdir()) == ["study.json"]  # no temporary file left either
+
+
+def test_compare_reads_the_curves_of_a_run_killed_while_logging(tmp_path):
+    """A run killed while writing a line of metrics.jsonl (or still writing it): the torn last line
+    is left out, as a resume drops it; compare ended with a JSONDecodeError traceback."""
+    from arrows.errors import CorruptDataError
+    from arrows.metrics import read
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 2.5}\n{"step": 20, "loss": 2.1}\n{"step": 30, "lo')
+    assert read(tmp_path) == [{"step": 10, "loss": 2.5}, {"step": 20, "loss": 2.1}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 2.5}\n{"step": 20, "lo\n{"step": 30, "loss": 2.0}\n')
+    with pytest.raises(CorruptDataError, match="metrics.jsonl: line 2 is not a JSON record"):
+        read(tmp_path)

@@ -109,6 +109,21 @@ def _truncate_after(path: Path, step: int) -> None:
 
 
 def read(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (`arrows compare`'s curves). An unfinished last line
+    (a run killed while writing it, or still writing it) is left out, as a resume drops it: it
+    ended compare with a JSONDecodeError traceback. A damaged line elsewhere is named."""
+    from arrows.errors import CorruptDataError
+
     path = Path(run_dir) / "metrics.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n"):
+                break  # torn: the writer had not finished it
+            raise CorruptDataError(f"{path}: line {number} is not a JSON record (damaged, or edited by hand)") from None
+    return records
