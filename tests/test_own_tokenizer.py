@@ -87,6 +87,9 @@ def test_store_holds_each_files_ids_whatever_the_threads(tmp_path, kind):
 class Recorder:
     """Stands for a trained model: records what generation starts from and adds nothing."""
 
+    def to(self, device):
+        return self
+
     def generate(self, start, tokens, **kw):
         self.start = start.tolist()[0]
         return start
@@ -97,7 +100,7 @@ def generate_with(monkeypatch, tok, dataset, prompt, backward=False):
 
     model = Recorder()
     cfg = {"training_params": {"dataset_folder": str(dataset), "backwards": backward}}
-    monkeypatch.setattr(generate, "load_run", lambda run: (model, cfg, tok))
+    monkeypatch.setattr(generate, "load_run", lambda run, checkpoint=None: (model, cfg, tok))
     text = generate.generate_text("run", prompt, tokens=0)
     return model.start, text
 

@@ -319,14 +319,21 @@ def generate(
     tokens: int = typer.Option(100, "--tokens", "-n", min=0, help="How many tokens to generate."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (≥ 0): below 1 sharper, above 1 flatter; 0 always takes the most likely token."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampling."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampling (the same seed gives the same text on the same kind of device)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Sample from this checkpoint: the step of a copy kept by backup_every (e.g. 2000), or a checkpoint file. Default: the latest."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, or auto (CUDA when present)."),
 ):
     """Sample text from a trained run (backward models write the text that leads to the prompt)."""
     from arrows.generate import generate_text
 
     if not 0 <= temperature < float("inf"):
         raise typer.BadParameter(f"{temperature} must be a number ≥ 0 (0: always the most likely token)", param_hint="--temperature")
-    print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed))
+    _devices(None, device)  # the same check of --device as the other commands'
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(generate_text(run, prompt, tokens=tokens, temperature=temperature, top_k=top_k, seed=seed, checkpoint=checkpoint, device=device))
 
 
 @app.command()

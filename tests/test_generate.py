@@ -1,0 +1,60 @@
+"""`arrows generate` from a chosen checkpoint (`--checkpoint`) and on a chosen device (`--device`)."""
+
+import json
+
+import pytest
+from conftest import arrows
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def run_with_backups(tmp_path_factory):
+    """A tiny GPT trained 6 steps on bytes, keeping a copy of its checkpoint at steps 3 and 6."""
+    tmp = tmp_path_factory.mktemp("generate")
+    (tmp / "t.txt").write_text("the arrow of time flies forward, and the text is read backward. " * 300)
+    arrows("tokenize", tmp / "t.txt", "--out", tmp / "store", "--tokenizer", "bytes")
+    config = {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 32, "attn_length": 32, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp / "store"), "batch_size": 8, "steps_to_train": 6, "save_every": 3,
+                            "backup_every": 3, "step_log": 3, "valid_every": 6, "save_loc": str(tmp / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 3e-2, "warmup_steps": 1},
+    }
+    (tmp / "c.json").write_text(json.dumps(config))
+    arrows("train", tmp / "c.json", "--device", "cpu")
+    return tmp / "runs" / "r"
+
+
+def sample(run, *flags):
+    return arrows("generate", run, "--prompt", "the ", "-n", "40", "--seed", "1", *flags).stdout
+
+
+def test_a_kept_step_samples_from_that_step(run_with_backups):
+    run = run_with_backups
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == ["step_00000003.pt", "step_00000006.pt"]
+    latest, at_6, at_3 = sample(run), sample(run, "--checkpoint", "6"), sample(run, "--checkpoint", "3")
+    assert latest == at_6 and at_3 != at_6  # the same weights and seed give the same text
+    assert sample(run, "--checkpoint", run / "checkpoints" / "step_00000003.pt") == at_3
+
+
+def test_a_checkpoint_that_is_not_there_is_named_with_what_is(run_with_backups):
+    proc = arrows("generate", run_with_backups, "--checkpoint", "4", check=False)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "has no checkpoint of step 4 (its kept steps: 3, 6)" in message, proc.stderr
+    proc = arrows("generate", run_with_backups, "--checkpoint", "nowhere.pt", check=False)
+    assert proc.returncode == 1 and "no such checkpoint file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_a_gpu_is_a_clear_error(run_with_backups):
+    proc = arrows("generate", run_with_backups, "--device", "cuda", check=False)
+    assert proc.returncode == 1 and "no CUDA device is visible" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sample(run_with_backups, "--device", "cpu") == sample(run_with_backups, "--device", "auto")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_on_the_gpu(run_with_backups):
+    # Not compared with the CPU's text: a near-tie between two tokens may fall either way.
+    on_gpu = sample(run_with_backups, "--device", "cuda")
+    assert on_gpu.startswith("the ") and len(on_gpu) > len("the ") + 20
+    assert sample(run_with_backups, "--device", "cuda", "--checkpoint", "3") != on_gpu
