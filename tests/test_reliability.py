@@ -724,6 +724,8 @@ def test_bad_train_configs(tmp_path, train_store, edit, needles):
         (["--more", "5", "--steps", "10"], ["--more", "--steps"]),
         (["--steps", "-3"], ["steps_to_train"]),
         (["--resume", "nope.pt"], ["nope.pt", "no such checkpoint"]),
+        (["--resume", "Never"], ["Never", "no such checkpoint", "auto, never or a checkpoint file"]),
+        (["--resume", "."], ["--resume .: a folder; give a checkpoint file"]),  # was "no such checkpoint"
         (["--model", "rnn"], ["model_type", "rnn"]),
     ],
 )

@@ -148,8 +148,12 @@ def resume_point(opts: TrainOptions, run_dir: Path) -> Path | None:
         return None
     if opts.resume != "auto":
         path = Path(opts.resume)
+        if path.is_dir():  # a run folder, or its checkpoints folder
+            found = next((p for p in (path / "checkpoints" / checkpoint.LATEST, path / checkpoint.LATEST) if p.is_file()), None)
+            raise InputError(f"--resume {path}: a folder; give a checkpoint file"
+                             + (f", such as {found}" if found is not None else " (a run's checkpoints/latest.pt or step_N.pt)"))
         if not path.is_file():
-            raise InputError(f"--resume {path}: no such checkpoint")
+            raise InputError(f"--resume {path}: no such checkpoint (--resume takes auto, never or a checkpoint file)")
         return path
     latest = run_dir / "checkpoints" / checkpoint.LATEST
     if latest.exists():
