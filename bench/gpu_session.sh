@@ -68,7 +68,7 @@ case "$PART" in
     # memory runs by itself afterwards.
     side_by_side=()
     $PY -c "import xdist" 2>/dev/null && side_by_side=(-n 6)
-    cuda_tests cuda 480 "${side_by_side[@]}" -m "not alone" test_cuda.py test_triton_attention.py test_triton_cross_entropy.py
+    cuda_tests cuda 480 "${side_by_side[@]}" -m "not alone" test_cuda.py test_triton_attention.py test_triton_cross_entropy.py test_generate.py
     cuda_tests cuda_alone 90 -m alone test_cuda.py
     ;;
 3)
