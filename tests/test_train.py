@@ -1024,3 +1024,29 @@ def test_an_aggregate_larger_than_an_epoch_names_the_key(tmp_path, store):
     proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "training_params.aggregate 100000" in proc.stderr and "lower aggregate or batch_size" in proc.stderr, proc.stderr
+
+
+def test_a_resume_under_another_weight_decay_and_betas_uses_them(tmp_path, store):
+    # They are settings a resume may change, and the change was said ("continuing with changed
+    # settings: optim_params.weight_decay: 0.01 → 0.5"), but the optimizer kept the checkpoint's:
+    # the losses were the unchanged run's.
+    from arrows import checkpoint
+    from arrows.config import load_config
+    from arrows.distributed import World
+    from arrows.train import TrainOptions, Trainer
+
+    def run(name, **optim):
+        path = write_config(tmp_path / f"{name}.json", store, run_name=name, steps_to_train=3, save_every=3, valid_every=100, backup_every=None)
+        cfg = json.loads(path.read_text())
+        cfg["optim_params"].update(optim)
+        path.write_text(json.dumps(cfg))
+        return load_config(path)
+
+    first = run("r")
+    Trainer(first, World(0, 1, 0, "cpu"), TrainOptions(resume="never")).fit()
+    changed = run("r", weight_decay=0.5, betas=[0.5, 0.6])
+    trainer = Trainer(changed, World(0, 1, 0, "cpu"), TrainOptions(more=3))
+    assert any("weight_decay" in c for c in trainer.changed_settings)
+    trainer.fit()
+    groups = checkpoint.load(tmp_path / "runs" / "r" / "checkpoints" / "latest.pt")["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.5, (0.5, 0.6))] * len(groups)

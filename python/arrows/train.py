@@ -561,6 +561,10 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint of an earlier arrows may carry the unfused setting
             group.update(fused=True, foreach=None)
+            # The config's betas and weight decay, not the checkpoint's that load_state_dict restored: a
+            # resume may change them (check_resumable), and the change was said but not made. (The
+            # learning rate is set at every step from the schedule.)
+            group.update(betas=tuple(self.o.betas), weight_decay=self.o.weight_decay)
         self.step = int(payload["step"])
         if len(ranks) == self.world.world_size:  # else finished: nothing of the data is read again
             mine_rank = ranks[self.world.rank]
