@@ -188,3 +188,18 @@ def test_compare_reads_the_curves_of_a_run_killed_while_logging(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 2.5}\n{"step": 20, "lo\n{"step": 30, "loss": 2.0}\n')
     with pytest.raises(CorruptDataError, match="metrics.jsonl: line 2 is not a JSON record"):
         read(tmp_path)
+
+
+def test_the_hint_to_finish_a_study_keeps_its_steps(tmp_path):
+    """A study run with --steps and stopped: compare and sweep said to finish it with its config
+    alone, which trained it on to the config's own steps (5,000 here, not 20)."""
+    cfg = _tiny_study_config(tmp_path, steps=5000)
+    study = tmp_path / "study"
+    arrows("study", cfg, "--out", study, "--steps", "20", "--device", "cpu")
+    shutil.rmtree(study / "bw" / "checkpoints")  # stopped before bw's first checkpoint
+    finish = f"arrows study {cfg} --out {study} --steps 20 --model gpt"
+    proc = arrows("compare", study, check=False)
+    assert proc.returncode == 1 and f"finish it with `{finish}`" in " ".join(proc.stderr.split()), proc.stderr
+    shutil.rmtree(study / "report")
+    proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
+    assert proc.returncode == 1 and f"run `{finish}` to finish it" in " ".join(proc.stderr.split()), proc.stderr

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -325,7 +324,7 @@ def training_differences(fw: Run, bw: Run, steps_fw: int, steps_bw: int) -> list
 def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
     """`RUN` (a study folder) → its pairs; `FW BW [FW BW ...]` → those pairs."""
     if len(paths) == 1:
-        from arrows.study import read_study_record
+        from arrows.study import finish_command, read_study_record
 
         folder = Path(paths[0])
         record = read_study_record(folder)
@@ -336,9 +335,8 @@ def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
         # finishes it (each such run was named "not a run folder" or "train it first").
         unfinished = [str(run) for pair in pairs for run in pair if not (run / "checkpoints" / "latest.pt").is_file()]
         if unfinished:
-            config = shlex.quote(record["config"]) if record["config"] else "CONFIG"
             raise InputError(f"{folder}: the study is unfinished: {', '.join(unfinished)} {'has' if len(unfinished) == 1 else 'have'} no "
-                             f"checkpoint yet; finish it with `arrows study {config} --out {shlex.quote(str(folder))}` (it compares at the end)")
+                             f"checkpoint yet; finish it with `{finish_command(folder, record)}` (it compares at the end)")
         return pairs
     if len(paths) % 2:
         raise InputError(f"give a study folder, or forward and backward (or permuted) run folders in pairs (FW BW FW BW ...); got {len(paths)} paths")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -69,8 +70,9 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
 def read_study_record(study_dir: Path) -> dict | None:
     """The study record (`study.json`) in `study_dir`, checked: its seed count (`seeds`), its
     pairs' run folders inside the study (`pairs`: [("fw", "bw"), ...]), the folder names of their
-    second runs (`second_runs`: {"bw"} or {"perm"}) and the config it was started with (`config`,
-    None if not recorded). None: no study there yet."""
+    second runs (`second_runs`: {"bw"} or {"perm"}), the config it was started with (`config`,
+    None if not recorded) and the steps and model it last ran with (`steps`, `model`; None if not
+    recorded). None: no study there yet."""
     study = Path(study_dir) / STUDY_FILE
     if not study.is_file():
         return None
@@ -81,7 +83,19 @@ def read_study_record(study_dir: Path) -> dict | None:
         config = record.get("config")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptDataError(f"{study}: not a study record arrows can read (damaged, or edited by hand): restore it, or start the study over in another folder") from None
-    return {"seeds": seeds, "pairs": pairs, "second_runs": {Path(bw).name for _, bw in pairs}, "config": config}
+    return {"seeds": seeds, "pairs": pairs, "second_runs": {Path(bw).name for _, bw in pairs}, "config": config,
+            "steps": record.get("steps"), "model": record.get("model")}
+
+
+def finish_command(study_dir: Path, record: dict) -> str:
+    """The command that finishes the study in `study_dir` (and compares it), with the options it
+    was last run with that its config file need not hold: a study run with --steps 60, finished as
+    the hint said (its config alone), trained on to the config's 3,000 steps."""
+    words = ["arrows", "study", record["config"] or "CONFIG", "--out", str(study_dir)]
+    for option, key in (("--steps", "steps"), ("--model", "model")):
+        if record.get(key) is not None:
+            words += [option, str(record[key])]
+    return shlex.join(words)
 
 
 def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str = "auto", gpus: list[int] | None = None,
@@ -139,7 +153,9 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
     # study killed (or a disk full) between the truncation and the write left an empty study.json,
     # and the study with hours of runs was "damaged: start the study over"; a compare or sweep
     # reading it at that instant was told the same.
-    _write_json(study_dir / STUDY_FILE, {"config": str(config.source_path), "seeds": seeds, "pairs": pairs})
+    # With the --steps and --model it ran with, for the commands that say how to finish it.
+    _write_json(study_dir / STUDY_FILE, {"config": str(config.source_path), "seeds": seeds, "pairs": pairs,
+                                         "steps": config.training.steps_to_train, "model": config.model.model_type})
     config_dir = study_dir / "configs"
     config_dir.mkdir(exist_ok=True)
     for r in runs:

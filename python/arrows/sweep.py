@@ -94,15 +94,15 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
     run's checkpoint is at another step than the one it evaluated (trained further since): the
     steps, not the files' times, which a copy of the folder changes."""
     from arrows.checkpoint import LATEST, saved_step
-    from arrows.study import read_study_record
+    from arrows.study import finish_command, read_study_record
 
     if not report_path.is_file():
         study = report_path.parent.parent
-        config = read_study_record(study)["config"]
-        if config is None:
+        record = read_study_record(study)
+        if record["config"] is None:
             return f"{study}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
-        return (f"{study}: no report yet (the study is unfinished, or was not compared): run `arrows study {shlex.quote(str(config))} "
-                f"--out {shlex.quote(str(study))}` to finish it (it compares at the end), or `{redo}` to compare its runs as they are")
+        return (f"{study}: no report yet (the study is unfinished, or was not compared): run `{finish_command(study, record)}` "
+                f"to finish it (it compares at the end), or `{redo}` to compare its runs as they are")
     pairs = json.loads(report_path.read_text()).get("pairs", [])
     evaluated = [p.get(key) for p in pairs for key in ("steps_fw", "steps_bw")]
     for run, step in zip(runs, evaluated):
