@@ -878,15 +878,16 @@ class _FillingDisk:
 
 
 @pytest.mark.parametrize("log", ["metrics.jsonl", "samples.jsonl", "tensorboard"])
-def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypatch, log):
+def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypatch, capfd, log):
     # The disk fills while a log is written (the 5th record of metrics.jsonl or of TensorBoard's, or
     # the first sample). The message was only "No space left on device": samples.jsonl's and
     # TensorBoard's writes carried no file name, and closing metrics.jsonl in the clean-up failed
     # again without one, replacing the named error.
     import builtins
     import errno
+    import threading
 
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     from arrows.config import load_config
     from arrows.distributed import World
@@ -902,15 +903,19 @@ def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypa
         return f
 
     monkeypatch.setattr(builtins, "open", filling_open)
-    real_add, added = SummaryWriter.add_scalar, []
+    # TensorBoard writes its event file on a thread of its own, which printed the failure's traceback
+    # there; its writer raises it again at its next call.
+    real_write, events = RecordWriter.write, []
 
-    def filling_add(self, *args, **kwargs):  # TensorBoard writes on a thread of its own, and reports its failure here
-        added.append(args)
-        if log == "tensorboard" and len(added) > 4 * 6:  # a record is 6 scalars
+    def filling_write(self, data):
+        events.append(data)
+        if log == "tensorboard" and len(events) > 4 * 6:  # a record is 6 scalars
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_add(self, *args, **kwargs)
+        return real_write(self, data)
 
-    monkeypatch.setattr(SummaryWriter, "add_scalar", filling_add)
+    monkeypatch.setattr(RecordWriter, "write", filling_write)
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)  # where a thread's traceback is printed
     cfg = write_config(tmp_path / "c.json", store, run_name="full", steps_to_train=12, save_every=100, valid_every=6, step_log=1,
                        sample_every=3, sample_tokens=4, backup_every=None)
     trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
@@ -918,6 +923,7 @@ def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypa
         trainer.fit()
     assert caught.value.filename == str(tmp_path / "runs" / "full" / log), caught.value
     assert "No space left on device" in str(caught.value)
+    assert thread_errors == [] and "Traceback" not in capfd.readouterr().err
 
 
 def test_a_full_disk_leaves_the_run_config_whole(tmp_path, store, monkeypatch):

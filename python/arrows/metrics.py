@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class Metrics:
 
             with naming_file(self._tb_dir):
                 self._tb = SummaryWriter(str(self._tb_dir), purge_step=resume_step + 1 if resume_step is not None else None)
+            self._excepthook = threading.excepthook
+            threading.excepthook = self._quiet_tensorboard_thread
         except ImportError:
             pass  # the tensorboard package is optional
         self._wandb = None
@@ -41,6 +44,13 @@ class Metrics:
                 raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
             self._wandb = wandb.init(project=wandb_project, name=f"{run_dir.parent.name}/{run_dir.name}", config=config,
                                      id=_wandb_id(run_dir, resuming=resume_step is not None), resume="allow")
+
+    def _quiet_tensorboard_thread(self, args) -> None:
+        """TensorBoard writes its event file on a thread of its own: a failed write (a full disk) was
+        printed there as a traceback, before the writer's next call raised it again, where `log`
+        or `close` name the folder. Only the latter is said; any other thread's error as before."""
+        if not _tensorboard_thread_failed(args):
+            self._excepthook(args)
 
     def log(self, record: dict) -> None:
         with naming_file(self.path):  # a full disk: say which file
@@ -63,10 +73,19 @@ class Metrics:
                 self._file.close()
         finally:
             if self._tb is not None:
-                with naming_file(self._tb_dir):
-                    self._tb.close()
+                try:
+                    with naming_file(self._tb_dir):
+                        self._tb.close()  # joins its writing thread
+                finally:
+                    if threading.excepthook == self._quiet_tensorboard_thread:
+                        threading.excepthook = self._excepthook
             if self._wandb is not None:
                 self._wandb.finish()
+
+
+def _tensorboard_thread_failed(args) -> bool:
+    """Whether `threading.excepthook`'s `args` are a failed write of TensorBoard's writing thread."""
+    return type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)
 
 
 def _wandb_id(run_dir: Path, *, resuming: bool) -> str:
