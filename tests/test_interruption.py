@@ -203,3 +203,18 @@ def test_the_hint_to_finish_a_study_keeps_its_steps(tmp_path):
     shutil.rmtree(study / "report")
     proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
     assert proc.returncode == 1 and f"run `{finish}` to finish it" in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_an_interrupted_demo_says_it_starts_over(tmp_path, monkeypatch):
+    """The demo's folder is made anew each time: Ctrl-C during a run said that run's "run the same
+    command to continue", and the same command started over from the first language."""
+    from arrows import demo as demo_module
+    from arrows.errors import CancelledError
+
+    def interrupted(*args, **kwargs):
+        raise CancelledError("interrupted at step 2; no checkpoint was written yet: run the same command to continue")
+
+    monkeypatch.setattr(demo_module, "run_language", interrupted)
+    with pytest.raises(CancelledError) as caught:
+        demo_module.run_demo(tmp_path / "demo", steps=5)
+    assert "starts over" in str(caught.value) and "continue" not in str(caught.value)

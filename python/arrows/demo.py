@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from arrows.errors import InputError
+from arrows.errors import CancelledError, InputError
 
 # (language, lines, steps): the demo's budget.
 LANGUAGES = (
@@ -148,9 +148,14 @@ def run_demo(out: Path, steps: int | None = None) -> list[dict]:
     with prepare_folder(out):  # locked until the demo ends
         t0 = time.perf_counter()
         reports = []
-        for kind, lines, budget in LANGUAGES:
-            print(f"\n═══ {kind} ═══", flush=True)
-            reports.append((kind, run_language(kind, out / kind, lines=lines, steps=budget if steps is None else steps, params=language_params(kind))))
+        try:
+            for kind, lines, budget in LANGUAGES:
+                print(f"\n═══ {kind} ═══", flush=True)
+                reports.append((kind, run_language(kind, out / kind, lines=lines, steps=budget if steps is None else steps, params=language_params(kind))))
+        except (CancelledError, KeyboardInterrupt):
+            # Not the interrupted run's own "run the same command to continue": the demo's folder
+            # is made anew each time, so the same command starts over.
+            raise CancelledError("interrupted; arrows demo starts over when run again (its folder is made anew)") from None
     print(f"\n═══ summary ({time.perf_counter() - t0:.0f} s) ═══")
     for kind, report in reports:
         print_table(report, title=kind)
