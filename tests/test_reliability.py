@@ -760,6 +760,20 @@ def test_a_link_to_nothing_where_the_run_folder_goes_is_named(tmp_path, train_st
     assert not (tmp_path / "unmounted").exists()
 
 
+def test_a_run_folder_that_is_the_token_store_is_refused(tmp_path, train_store):
+    # save_loc/run_name the store itself: the run wrote its copy of the tokenizer over the store's,
+    # re-serialized with another hash, and the store was refused as damaged from then on.
+    store = tmp_path / "data" / "en"
+    shutil.copytree(train_store, store)
+    before = files_of(store)
+    (tmp_path / "link").symlink_to(tmp_path / "data")  # the same folder by another path
+    cfg = train_config(tmp_path / "c.json", store, "en", tmp_path / "link")
+    for dry in (["--dry-run"], []):
+        proc = arrows("train", cfg, "--device", "cpu", *dry, check=False, timeout=120)
+        user_error(proc, "is the token store it trains on", "save_loc or run_name", code=1)
+    assert files_of(store) == before
+
+
 def test_gpus_without_cuda_is_a_clear_error(tmp_path, train_store):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -91,6 +91,12 @@ def check_run_folder(config) -> None:
     """The run folder (save_loc/run_name) can be made: no file, nor a link to nothing, stands at it
     or above it. Said before anything starts (--dry-run too), where making it failed with "File exists"."""
     run_dir = run_dir_of(config)
+    if run_dir.resolve() == Path(config.training.dataset_folder).resolve():
+        # The run writes its own tokenizer.json into its folder: over the store's, re-serialized with
+        # another hash, and the store was then refused as damaged.
+        raise InputError(f"{run_dir}: the run folder (training_params.save_loc / run_name) is the token store it trains on "
+                         f"(dataset_folder); the run would write its files into the store, its tokenizer.json over the "
+                         f"store's; give another save_loc or run_name")
     for p in (run_dir, *run_dir.parents):
         if p.is_symlink() and not p.exists():
             # A link to a disk not mounted, or to a folder since removed: making the folder failed with "File exists".
