@@ -411,6 +411,22 @@ def test_train_on_a_full_disk_fails_clearly_and_resumes(tmp_path, train_store, t
         no_partial_files(run)
 
 
+def test_a_finished_run_on_a_read_only_disk_is_left_as_it_is(tmp_path, train_store, train_reference):
+    # A finished run folder on a read-only mount (copied off a cluster, a colleague's results):
+    # training it again failed with ".lock: Read-only file system" instead of "nothing to do".
+    with small_filesystem(tmp_path / "fs", 4 << 20) as fs:
+        if fs is None:
+            pytest.skip("cannot mount a tmpfs here")
+        shutil.copytree(train_reference["run"], fs / "reference")
+        (fs / "reference" / ".lock").unlink()  # as a copy without the hidden file
+        cfg = train_config(tmp_path / "c.json", train_store, "reference", fs)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(fs)]).returncode == 0
+        proc = arrows("train", cfg, "--device", "cpu", check=False, timeout=300)
+        assert proc.returncode == 0 and "nothing to do: the run is already at step 40" in proc.stdout, proc.stderr
+        proc = arrows("train", cfg, "--device", "cpu", "--more", "2", check=False, timeout=300)
+        user_error(proc, "config.json", "Read-only file system", code=1)  # anything it would write is named
+
+
 def test_second_train_into_the_same_run_is_refused(tmp_path, train_store, train_reference):
     # A longer run than the reference's (the same schedule, data and seeds): its first 40 steps
     # are the reference's.

@@ -982,10 +982,23 @@ class _StepResult:
 def _lock_run(run_dir: Path):
     """An exclusive lock on the run folder, held while the returned file is open: a second
     `arrows train` into it is refused at once."""
+    import errno
     import fcntl
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    f = open(run_dir / ".lock", "w")
+    path = run_dir / ".lock"
+    try:
+        f = open(path, "a")
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        if not path.exists():
+            # A folder this process cannot write to (a read-only mount, another user's runs) cannot be
+            # written by this run either: nothing to guard. A finished run is then left as it is
+            # ("nothing to do"), where this failed with ".lock: Read-only file system"; any other
+            # run fails at its first write, which names the file.
+            return contextlib.nullcontext()
+        f = open(path)  # flock needs no write access to the file
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
