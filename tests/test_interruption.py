@@ -218,3 +218,24 @@ def test_an_interrupted_demo_says_it_starts_over(tmp_path, monkeypatch):
     with pytest.raises(CancelledError) as caught:
         demo_module.run_demo(tmp_path / "demo", steps=5)
     assert "starts over" in str(caught.value) and "continue" not in str(caught.value)
+
+
+def test_compare_and_sweep_say_when_a_run_is_still_training(tmp_path):
+    """compare on runs still training (a --parallel study, or one trained on) wrote a report that
+    looked final; sweep then said to compare again, which only gave another provisional report."""
+    import fcntl
+
+    cfg = _tiny_study_config(tmp_path)
+    study = tmp_path / "study"
+    arrows("study", cfg, "--out", study, "--device", "cpu")
+    with open(study / "fw" / ".lock", "w") as lock:  # what `arrows train` holds while it trains
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        arrows("compare", study, "--device", "cpu")
+        notes = json.loads((study / "report" / "report.json").read_text())["notes"]
+        assert any(f"{study / 'fw'} was still training" in n and "evaluated at its checkpoint of step 20" in n for n in notes), notes
+        report = json.loads((study / "report" / "report.json").read_text())
+        report["pairs"][0]["steps_fw"] = 10  # evaluated before its latest checkpoint
+        (study / "report" / "report.json").write_text(json.dumps(report))
+        proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and f"evaluated {study / 'fw'} at step 10, and it is training now (at step 20): wait for it to end" in said, said

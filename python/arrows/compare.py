@@ -230,6 +230,22 @@ def load_run(path: Path) -> Run:
     return run
 
 
+def training_now(run_dir: Path) -> bool:
+    """Whether an `arrows train` is running in `run_dir` now: it holds the folder's lock (`.lock`,
+    see `arrows.train`) while it trains."""
+    import fcntl
+
+    try:
+        with open(Path(run_dir) / ".lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # released as the file closes
+    except OSError:  # no lock file: never trained here, or a copy without it
+        return False
+
+
 def _data_identity(run: Run) -> dict:
     """What the data of a run is: the store's content (tokenizer hash, inputs' fingerprints,
     token count), so that two copies of one store compare equal and two stores at one path do not."""
@@ -597,6 +613,10 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
                              f"least 2: use more data or a larger valid_fraction")
         stats = paired_bootstrap(f.window_loss, b.window_loss, resamples=resamples, seed=seed)
         notes += training_differences(fw, bw, f.step, b.step)
+        # A run still training (--parallel, or trained on after the study): the report looks final
+        # and is not; with both runs at the same checkpoint step nothing else said so.
+        notes += [f"{run.path} was still training (an arrows train is running in it): evaluated at its checkpoint of step {e.step:,}; "
+                  "compare again once it has ended" for run, e in ((fw, f), (bw, b)) if training_now(run.path)]
         window_losses.append((f.window_loss, b.window_loss))
         entry = {
             # Absolute: the report is read later from other folders (`arrows sweep`), where a path

@@ -94,6 +94,7 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
     run's checkpoint is at another step than the one it evaluated (trained further since): the
     steps, not the files' times, which a copy of the folder changes."""
     from arrows.checkpoint import LATEST, saved_step
+    from arrows.compare import training_now
     from arrows.study import finish_command, read_study_record
 
     if not report_path.is_file():
@@ -109,6 +110,9 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
         ckpt = run / "checkpoints" / LATEST
         now = saved_step(ckpt) if ckpt.is_file() else None  # runs moved away: the report as it is
         if now is not None and step is not None and now != step:
+            if training_now(run):  # compared now, it would be out of date again at the next checkpoint
+                return (f"{report_path}: evaluated {run} at step {step:,}, and it is training now (at step {now:,}): wait for it to end, "
+                        f"then run `{redo}`")
             return f"{report_path}: evaluated {run} at step {step:,}, and its checkpoint is now at step {now:,}: run `{redo}` to bring it up to date"
     return None
 
