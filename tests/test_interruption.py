@@ -93,6 +93,10 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_the_evaluation
         with pytest.raises(InputError, match=r"new/report: cannot write under .*study \("):
             report_module.check_report_folder(study / "new" / "report")
         assert report_module.check_report_folder(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+        # Under a file: said as such, not as a folder without permission.
+        (tmp_path / "afile").write_text("mine")
+        with pytest.raises(InputError, match=r"afile/report: .*afile is a file, not a folder"):
+            report_module.check_report_folder(tmp_path / "afile" / "report")
     finally:
         for folder in (study, study / "report"):
             folder.chmod(0o755)

@@ -42,6 +42,8 @@ def check_report_folder(out: Path) -> Path:
     # read-only study (a shared or archived copy) failed only after the whole evaluation, naming
     # a temporary folder ("report/.report-hqhglhoy: Read-only file system").
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():  # out = FILE/report
+        raise InputError(f"{out}: {existing} is a file, not a folder; give --out a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{out}: cannot write {'in' if existing == out else 'under'} {existing} (a read-only file system, or no "
                          "permission); give --out a folder you can write to")
