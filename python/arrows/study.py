@@ -92,8 +92,15 @@ def finish_command(study_dir: Path, record: dict) -> str:
     was last run with that its config file need not hold: a study run with --steps 60, finished as
     the hint said (its config alone), trained on to the config's 3,000 steps."""
     words = ["arrows", "study", record["config"] or "CONFIG", "--out", str(study_dir)]
+    from arrows.config import load_config
+
+    try:  # an option is shown only where the config file says otherwise (or cannot be read)
+        config = load_config(record["config"])
+        own = {"steps": config.training.steps_to_train, "model": config.model.model_type}
+    except (TypeError, OSError, ValueError):  # no config recorded, gone, or one that needs --model
+        own = {}
     for option, key in (("--steps", "steps"), ("--model", "model")):
-        if record.get(key) is not None:
+        if record.get(key) is not None and (key not in own or own[key] != record[key]):
             words += [option, str(record[key])]
     return shlex.join(words)
 
