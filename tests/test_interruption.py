@@ -243,3 +243,24 @@ def test_compare_and_sweep_say_when_a_run_is_still_training(tmp_path):
         proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
         said = " ".join(proc.stderr.split())
         assert proc.returncode == 1 and f"evaluated {study / 'fw'} at step 10, and it is training now (at step 20): wait for it to end" in said, said
+
+
+def test_compare_and_sweep_of_a_study_still_training_say_to_wait(tmp_path):
+    """A study whose second run has not reached its first checkpoint, training now: compare and
+    sweep said to finish it with `arrows study ...`, which was then refused ("another arrows train
+    is running in this folder")."""
+    import fcntl
+
+    study = tmp_path / "study"
+    (study / "fw" / "checkpoints").mkdir(parents=True)
+    (study / "fw" / "checkpoints" / "latest.pt").write_bytes(b"")
+    (study / "bw").mkdir()
+    (study / "study.json").write_text(json.dumps({"config": str(tmp_path / "cfg.json"), "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}))
+    with open(study / "bw" / ".lock", "w") as lock:  # what `arrows train` holds while it trains
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = arrows("compare", study, check=False)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "the study is unfinished and training now" in said and "wait for the study to end" in said, said
+        proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "no report yet: the study is training now; wait for it to end" in said, said

@@ -350,6 +350,10 @@ def resolve_pairs(paths: list[Path]) -> list[tuple[Path, Path]]:
         # A study stopped before some run's first checkpoint: said as such, with the command that
         # finishes it (each such run was named "not a run folder" or "train it first").
         unfinished = [str(run) for pair in pairs for run in pair if not (run / "checkpoints" / "latest.pt").is_file()]
+        if unfinished and any(training_now(run) for pair in pairs for run in pair):
+            # `arrows study` is running in it: its own command would be refused ("another arrows train").
+            raise InputError(f"{folder}: the study is unfinished and training now: {', '.join(unfinished)} {'has' if len(unfinished) == 1 else 'have'} "
+                             "no checkpoint yet; wait for the study to end (it compares at the end)")
         if unfinished:
             raise InputError(f"{folder}: the study is unfinished: {', '.join(unfinished)} {'has' if len(unfinished) == 1 else 'have'} no "
                              f"checkpoint yet; finish it with `{finish_command(folder, record)}` (it compares at the end)")

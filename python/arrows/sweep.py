@@ -100,6 +100,8 @@ def _problem(report_path: Path, runs: list[Path], redo: str) -> str | None:
     if not report_path.is_file():
         study = report_path.parent.parent
         record = read_study_record(study)
+        if any(training_now(run) for run in runs):
+            return f"{study}: no report yet: the study is training now; wait for it to end (it compares at the end)"
         if record["config"] is None:
             return f"{study}: no report yet (the study is unfinished, or was not compared): run `{redo}`"
         return (f"{study}: no report yet (the study is unfinished, or was not compared): run `{finish_command(study, record)}` "
