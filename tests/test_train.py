@@ -1056,3 +1056,19 @@ def test_a_resume_under_another_weight_decay_and_betas_uses_them(tmp_path, store
     trainer.fit()
     groups = checkpoint.load(tmp_path / "runs" / "r" / "checkpoints" / "latest.pt")["optimizer"]["param_groups"]
     assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.5, (0.5, 0.6))] * len(groups)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_nproc_on_a_cuda_machine_says_to_choose_cpu_or_gpus(tmp_path, store, monkeypatch, device):
+    # --nproc is for CPU processes (its help says so): on a machine with one GPU, `--nproc 2` gave
+    # each process the GPU of its rank, and process 1 crashed on a GPU that is not there.
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import TrainOptions, train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = load_config(write_config(tmp_path / "c.json", store, run_name="n"))
+    with pytest.raises(InputError, match=r"--nproc 2 starts processes on the CPU.*add --device cpu.*--gpus 0,1"):
+        train(cfg, TrainOptions(device=device, nproc=2, dry_run=True))
+    assert train(cfg, TrainOptions(device="cpu", nproc=2, dry_run=True))["devices"] == ["cpu", "cpu"]

@@ -307,6 +307,12 @@ def train(config, opts: TrainOptions) -> dict:
 
 
 def check_devices(opts: TrainOptions) -> None:
+    if opts.nproc > 1 and opts.device != "cpu" and not opts.gpus and _device(opts, 0) != "cpu":
+        # --nproc starts CPU processes; on a CUDA machine each took the GPU of its rank, and a process
+        # whose GPU was not there crashed ("invalid device ordinal") once started.
+        raise InputError(f"--nproc {opts.nproc} starts processes on the CPU, and this run is on CUDA ({_device(opts, 0)}): "
+                         f"add --device cpu to train on the CPU, or use --gpus (one process per GPU, e.g. --gpus "
+                         f"{','.join(map(str, range(opts.nproc)))}) to train on GPUs")
     if not (opts.gpus or opts.device == "cuda"):
         return
     import torch
