@@ -264,3 +264,21 @@ def test_compare_and_sweep_of_a_study_still_training_say_to_wait(tmp_path):
         proc = arrows("sweep", study, study, "--out", tmp_path / "sweep", check=False)
         said = " ".join(proc.stderr.split())
         assert proc.returncode == 1 and "no report yet: the study is training now; wait for it to end" in said, said
+
+
+def test_a_second_study_in_a_folder_is_refused_before_it_rewrites_the_record(tmp_path):
+    """Two `arrows study` on one folder: the second rewrote the study's record and run configs (its
+    own config, its own --steps) under the first, and was refused only at its first run, by that
+    run's lock, or trained a run the first had not reached yet."""
+    import fcntl
+
+    cfg = _tiny_study_config(tmp_path)
+    study = tmp_path / "study"
+    study.mkdir()
+    record = json.dumps({"config": str(cfg), "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}], "steps": 20, "model": "gpt"})
+    (study / "study.json").write_text(record)
+    with open(study / ".study.lock", "w") as lock:  # the first study, running
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = arrows("study", cfg, "--out", study, "--steps", "7", check=False)
+    assert proc.returncode == 1 and "another arrows study is running in this folder" in proc.stderr, proc.stderr
+    assert (study / "study.json").read_text() == record and sorted(p.name for p in study.iterdir()) == [".study.lock", "study.json"]

@@ -143,10 +143,11 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
             )
     # A folder that holds something else (runs of its own, a token store) is not written into: a
     # run already there named fw/ or bw/ would be resumed as if it were the study's.
-    if record is None and study_dir.is_dir() and any(study_dir.iterdir()):
-        held = ", ".join(sorted(p.name for p in study_dir.iterdir())[:5])
+    # (Its lock file alone: a study stopped before it wrote its record.)
+    held = sorted(p.name for p in study_dir.iterdir() if p.name != STUDY_LOCK) if study_dir.is_dir() else []
+    if record is None and held:
         raise InputError(
-            f"{study_dir}: not a study folder (no {STUDY_FILE}) and not empty (it holds {held}); "
+            f"{study_dir}: not a study folder (no {STUDY_FILE}) and not empty (it holds {', '.join(held[:5])}); "
             "give a new or empty folder with --out"
         )
     # The report's folder too, before any training: a file in its place, or a folder that cannot be
@@ -156,34 +157,55 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
         raise InputError(f"{report}: exists and is not a folder; the study writes its report there: move that file away")
     check_report_folder(report)
     study_dir.mkdir(parents=True, exist_ok=True)
-    # Rewritten at every run of the study, so replaced whole (atomic_output): written in place, a
-    # study killed (or a disk full) between the truncation and the write left an empty study.json,
-    # and the study with hours of runs was "damaged: start the study over"; a compare or sweep
-    # reading it at that instant was told the same.
-    # With the --steps and --model it ran with, for the commands that say how to finish it.
-    _write_json(study_dir / STUDY_FILE, {"config": str(config.source_path), "seeds": seeds, "pairs": pairs,
-                                         "steps": config.training.steps_to_train, "model": config.model.model_type})
-    config_dir = study_dir / "configs"
-    config_dir.mkdir(exist_ok=True)
-    for r in runs:
-        _write_json(config_dir / f"{r.stem}.json", r.config.to_dict())
-
-    side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
-    if not side_by_side:
+    # One `arrows study` at a time in a folder, from before it rewrites the study's record and run
+    # configs: a second one (another config, other --steps) rewrote them under the first, which
+    # went on training with its own, and was refused only at its first run, by that run's lock.
+    with _lock_study(study_dir):
+        # Rewritten at every run of the study, so replaced whole (atomic_output): written in
+        # place, a study killed (or a disk full) between the truncation and the write left an
+        # empty study.json, and the study with hours of runs was "damaged: start the study over";
+        # a compare or sweep reading it at that instant was told the same. With the --steps and
+        # --model it ran with, for the commands that say how to finish it.
+        _write_json(study_dir / STUDY_FILE, {"config": str(config.source_path), "seeds": seeds, "pairs": pairs,
+                                             "steps": config.training.steps_to_train, "model": config.model.model_type})
+        config_dir = study_dir / "configs"
+        config_dir.mkdir(exist_ok=True)
         for r in runs:
-            t = r.config.training
-            order = "backward" if t.backwards else "forward" if t.permutation is None else "in the permuted order"
-            print(f"── {r.name}: training {order} → {study_dir / r.name}", file=sys.stderr, flush=True)
-            train(r.config, TrainOptions(device=device, gpus=gpus, compile=compile))
-    else:
-        # Forward and backward at the same time, each in its own process (and on its own GPUs).
-        for i in range(0, len(runs), 2):
-            fw, bw = runs[i], runs[i + 1]
-            if gpus:
-                half = len(gpus) // 2
-                fw.devices, bw.devices = gpus[:half], gpus[half : 2 * half]
-            _train_side_by_side([fw, bw], study_dir, device, compile)
+            _write_json(config_dir / f"{r.stem}.json", r.config.to_dict())
+
+        side_by_side = parallel or (gpus is not None and len(gpus) >= 2)
+        if not side_by_side:
+            for r in runs:
+                t = r.config.training
+                order = "backward" if t.backwards else "forward" if t.permutation is None else "in the permuted order"
+                print(f"── {r.name}: training {order} → {study_dir / r.name}", file=sys.stderr, flush=True)
+                train(r.config, TrainOptions(device=device, gpus=gpus, compile=compile))
+        else:
+            # Forward and backward at the same time, each in its own process (and on its own GPUs).
+            for i in range(0, len(runs), 2):
+                fw, bw = runs[i], runs[i + 1]
+                if gpus:
+                    half = len(gpus) // 2
+                    fw.devices, bw.devices = gpus[:half], gpus[half : 2 * half]
+                _train_side_by_side([fw, bw], study_dir, device, compile)
     return [(study_dir / p["fw"], study_dir / p["bw"]) for p in pairs]
+
+
+STUDY_LOCK = ".study.lock"
+
+
+def _lock_study(study_dir: Path):
+    """The study folder's lock, held while the returned file is open; refused while another
+    `arrows study` holds it."""
+    import fcntl
+
+    f = open(study_dir / STUDY_LOCK, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise InputError(f"{study_dir}: another arrows study is running in this folder; wait for it to end, or give another --out") from None
+    return f
 
 
 def _write_json(path: Path, value) -> None:
