@@ -178,7 +178,7 @@ def test_a_study_stopped_while_it_rewrites_its_record_keeps_it(tmp_path, monkeyp
         run_study(config, study, device="cpu")
     monkeypatch.undo()
     assert read_study_record(study)["pairs"] == [("fw", "bw")]
-    assert sorted(p.name for p in study.iterdir()) == ["study.json"]  # no temporary file left either
+    assert sorted(p.name for p in study.iterdir()) == [".study.lock", "study.json"]  # no temporary file left either
 
 
 def test_compare_reads_the_curves_of_a_run_killed_while_logging(tmp_path):
