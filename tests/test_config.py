@@ -260,6 +260,8 @@ def test_unknown_key_without_a_close_one_lists_the_valid_keys():
         ("model_params", "dropout", -0.1, "must be in [0, 1)"),
         ("model_params", "embd_dropout", 1, "must be in [0, 1)"),
         ("model_params", "n_heads", 3, "3 does not divide embed_dim 16"),
+        # the loader refused it at the start: "attention length 1 is too short", without the key
+        ("model_params", "attn_length", 1, "must be ≥ 2 (a window is the BOS and at least one token to predict)"),
         ("model_params", "model_type", "GPT", "did you mean gpt?"),
         ("model_params", "attention", "flash", "must be one of 'auto', 'sdpa', 'flex', 'triton', 'plain'"),
         ("model_params", "vocab_size", float("nan"), "expected an integer"),

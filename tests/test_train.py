@@ -1032,6 +1032,15 @@ def test_an_aggregate_larger_than_an_epoch_names_the_key(tmp_path, store):
     assert "training_params.aggregate 100000" in proc.stderr and "lower aggregate or batch_size" in proc.stderr, proc.stderr
 
 
+def test_a_batch_larger_than_the_split_names_the_keys(tmp_path, store):
+    # The loader's own words were "lower the batch size", which is no key of a config.
+    cfg = write_config(tmp_path / "c.json", store, run_name="big", batch_size=1_000_000)
+    proc = arrows("train", cfg, "--device", "cpu", "--dry-run", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "fewer than one batch of 1000000" in message and "training_params.batch_size" in message, proc.stderr
+
+
 def test_a_resume_under_another_weight_decay_and_betas_uses_them(tmp_path, store):
     # They are settings a resume may change, and the change was said ("continuing with changed
     # settings: optim_params.weight_decay: 0.01 → 0.5"), but the optimizer kept the checkpoint's:

@@ -280,6 +280,10 @@ def _positive(v) -> str | None:
     return None if v > 0 else f"must be > 0, not {_show(v)}"
 
 
+def _window_length(v) -> str | None:
+    return None if v >= 2 else f"must be ≥ 2 (a window is the BOS and at least one token to predict), not {_show(v)}"
+
+
 def _non_negative(v) -> str | None:
     return None if v >= 0 else f"must be ≥ 0, not {_show(v)}"
 
@@ -324,7 +328,7 @@ _MODEL_KEYS = (
     _Key("n_layers", "int", check=_positive),
     _Key("n_heads", "int", None, nullable=True, check=_positive),  # required for GPT (checked below)
     _Key("embed_dim", "int", check=_positive),
-    _Key("attn_length", "int", check=_positive, aliases=("desired_attn_length",)),
+    _Key("attn_length", "int", check=_window_length, aliases=("desired_attn_length",)),
     _Key("mlp_ratio", "float", 4.0, check=_positive),
     _Key("dropout", "float", 0.1, check=_dropout),
     _Key("embd_dropout", "float", None, nullable=True, check=_dropout),

@@ -138,7 +138,12 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
                   rank=rank, world_size=world_size, threads=t.threads, device=device, stride=t.stride,
                   vocab_size=config.model.vocab_size)
     L = config.model.attn_length
-    train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world_size, **common)
+    try:
+        train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world_size, **common)
+    except InputError as e:
+        # The loader speaks of its own arguments ("lower the batch size"); a config's user needs the keys.
+        raise InputError(f"{e} (the config's training_params.batch_size, model_params.attn_length and "
+                         "training_params.valid_fraction decide the batches)") from None
     valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
     steps_per_epoch = len(train_loader) // t.aggregate
     if steps_per_epoch == 0:
