@@ -525,3 +525,12 @@ def test_model_dict_builds_the_model(name):
     assert count_parameters(d) > 0
     lstm = load_config(reference("gru_en_med.json"), model_type="lstm")
     assert count_parameters(lstm.model_dict()) > 0
+
+
+def test_an_lr_shrink_above_1_is_said():
+    # Accepted without a word: the learning rate then grew at every restart until the loss was NaN.
+    d = small()
+    d["optim_params"]["lr_shrink"] = 1.5
+    assert any(n.startswith("optim_params.lr_shrink 1.5 is above 1") and "grows without bound" in n for n in config_from_dict(d).notes)
+    d["optim_params"]["lr_shrink"] = 0.85
+    assert not any("lr_shrink" in n for n in config_from_dict(d).notes)

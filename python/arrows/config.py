@@ -693,6 +693,11 @@ def _cross_checks(model: dict, training: dict, optim: dict, raws: dict, c: _Chec
             c.problem("training_params.permutation", "not with backwards: true (a permutation already fixes the reading order; the reversed one is the backward run)")
 
     tr = raws.get("training_params") or {}
+    shrink = optim["lr_shrink"]
+    if _ok(shrink, training["cooldown_finish"]) and training["cooldown_finish"] is None and shrink > 1:
+        # Allowed (the reference allowed it), but more likely a slip for 1/lr_shrink: said, not refused.
+        c.notes.append(f"optim_params.lr_shrink {shrink} is above 1: each warm restart multiplies the learning rate by it, "
+                       f"so it grows without bound ({shrink}ⁿ after n restarts); a value below 1 shrinks it")
     if _ok(training["cooldown_finish"]) and training["cooldown_finish"] is not None:
         if optim["oscil_steps"] not in (None, _BAD) or optim["lr_shrink"] not in (1.0, _BAD):
             c.notes.append("optim_params.oscil_steps and lr_shrink have no effect with training_params.cooldown_finish (warmup → constant → linear cooldown)")
