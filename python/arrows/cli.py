@@ -534,7 +534,7 @@ def sweep(
              "forward and backward with a small GPT, compared; ends with the table and the report's path.")  # one line in --help
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files, made anew: an earlier demo's folder is replaced, any other non-empty folder refused."),
+    out: Path = typer.Option(Path("arrows-demo"), "--out", "-o", help="Folder for the demo's files, made anew: an earlier demo's folder is replaced (refused while a demo runs in it), any other non-empty folder refused."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps per run (default: the demo's tuned budget; fewer for a quick look)."),
 ):
     from arrows.demo import run_demo
