@@ -282,3 +282,25 @@ def test_a_second_study_in_a_folder_is_refused_before_it_rewrites_the_record(tmp
         proc = arrows("study", cfg, "--out", study, "--steps", "7", check=False)
     assert proc.returncode == 1 and "another arrows study is running in this folder" in proc.stderr, proc.stderr
     assert (study / "study.json").read_text() == record and sorted(p.name for p in study.iterdir()) == [".study.lock", "study.json"]
+
+
+def test_a_study_interrupted_while_comparing_says_its_runs_are_trained(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a study's comparison (minutes on a large validation split) said "interrupted"
+    alone, as if the training had been stopped."""
+    import typer
+
+    from arrows import cli
+    from arrows import study as study_module
+
+    cfg = _tiny_study_config(tmp_path)
+    monkeypatch.setattr(study_module, "run_study", lambda *args, **kwargs: [(tmp_path / "study" / "fw", tmp_path / "study" / "bw")])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_compare_and_print", interrupted)
+    with pytest.raises(typer.Exit) as caught:
+        cli.study(config=cfg, seeds=None, out=tmp_path / "study", steps=None, model=None, device="cpu", gpus=None, parallel=False,
+                  no_compile=False, attention=None, head_loss=None, max_windows=None)
+    said = " ".join(capsys.readouterr().err.split())
+    assert caught.value.exit_code == 130 and "interrupted while comparing; the runs are trained: run the same command" in said, said

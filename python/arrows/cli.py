@@ -437,7 +437,12 @@ def study(
     cfg = _load_train_config(config, model, overrides, _model_overrides(attention, head_loss))
     study_dir = out or Path(cfg.training.save_loc) / config.stem
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
-    _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
+    try:
+        _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)
+    except KeyboardInterrupt:  # said "interrupted" alone: the runs are trained, only the report is missing
+        from arrows.errors import CancelledError
+
+        raise CancelledError("interrupted while comparing; the runs are trained: run the same command to compare them") from None
 
 
 @app.command(help="Evaluate forward and backward runs on the same validation windows: losses, δ with a 95% paired "
