@@ -125,6 +125,12 @@ def test_study_checks_its_folder_and_report_folder_before_it_trains(tmp_path):
     proc = arrows("study", cfg, "--out", tmp_path / "afile", check=False)
     assert proc.returncode == 1 and "afile: exists and is not a folder; give a new or empty folder with --out" in proc.stderr, proc.stderr
     assert (tmp_path / "afile").read_text() == "mine"
+    # The config's notes are said once by the study (it printed none: only `arrows train` did).
+    config = json.loads(cfg.read_text())
+    config["training_params"]["fast_scrambling"] = True
+    cfg.write_text(json.dumps(config))
+    proc = arrows("study", cfg, "--out", tmp_path / "afile", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("note: training_params.fast_scrambling has no effect") == 1, proc.stderr
 
     study = tmp_path / "study"
     study.mkdir()

@@ -233,10 +233,9 @@ def train(
         overrides["training_params"]["run_name"] = run_name
     cfg = _load_train_config(config, model, overrides["training_params"], _model_overrides(attention, head_loss))
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun/SLURM, rank 0 reports
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # under torchrun/SLURM, rank 0 reports
         # Said before training too, not only by --dry-run: a run ignored a setting without a word.
-        for note in getattr(cfg, "notes", []):
-            print(f"note: {note}", file=sys.stdout if dry_run else sys.stderr, flush=True)
+        _print_notes(cfg, sys.stdout if dry_run else sys.stderr)
     result = run(cfg, opts)
     if dry_run:
         print(f"model        {result['model_type']}, {result['parameters']:,} parameters ({result['parameters'] / 1e6:.1f}M)")
@@ -272,6 +271,12 @@ def _parse_gpus(gpus: Optional[str]) -> list[int] | None:
     if min(ids) < 0 or len(set(ids)) != len(ids):
         raise typer.BadParameter(f"{gpus!r}: each GPU number once, none negative", param_hint="--gpus")
     return ids
+
+
+def _print_notes(cfg, stream) -> None:
+    """The config's notes: settings without effect, paths found beside the config, ..."""
+    for note in getattr(cfg, "notes", []):
+        print(f"note: {note}", file=stream, flush=True)
 
 
 def _devices(gpus: Optional[str], device: str) -> list[int] | None:
@@ -435,6 +440,7 @@ def study(
     gpu_list = _devices(gpus, device)
     overrides = {} if steps is None else {"steps_to_train": steps}
     cfg = _load_train_config(config, model, overrides, _model_overrides(attention, head_loss))
+    _print_notes(cfg, sys.stderr)  # once: the runs are trained from configs the study writes
     study_dir = out or Path(cfg.training.save_loc) / config.stem
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
     try:

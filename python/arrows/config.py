@@ -667,7 +667,9 @@ def _read_training(raw: dict | None, c: _Checker) -> dict:
     if raw is None:
         return {k.name: _BAD for k in _TRAINING_KEYS}
     out = {key.name: c.read("training_params", raw, key) for key in _TRAINING_KEYS}
-    if "fast_scrambling" in raw:
+    # Only when true: false asked the reference for an exact shuffle, which arrows always does. (A
+    # note on false was said again by every run config a study writes, every default filled in.)
+    if raw.get("fast_scrambling") is True:
         c.notes.append("training_params.fast_scrambling has no effect: arrows always shuffles windows by a fast exact permutation")
     return out
 
@@ -710,7 +712,10 @@ def _cross_checks(model: dict, training: dict, optim: dict, raws: dict, c: _Chec
                     f"{warm} warmup steps and a cooldown of {cool} steps (cooldown_finish) do not fit in steps_to_train {steps}",
                 )
     every, steps = training["valid_every"], training["valid_steps"]
-    if "valid_steps" in tr and _ok(every, steps) and every is not None and every != VALID_EVERY_PER_VALID_STEP * steps:
+    # Not for valid_steps at its default: the run configs a study writes (every default filled in)
+    # said it for a valid_every the user gave alone.
+    default_steps = next(k.default for k in _TRAINING_KEYS if k.name == "valid_steps")
+    if "valid_steps" in tr and _ok(every, steps) and every is not None and steps != default_steps and every != VALID_EVERY_PER_VALID_STEP * steps:
         c.notes.append(f"training_params.valid_every ({every}) sets the validation cadence, instead of the "
                        f"{VALID_EVERY_PER_VALID_STEP} × valid_steps = {VALID_EVERY_PER_VALID_STEP * steps} steps the reference would use")
 
