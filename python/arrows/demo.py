@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from arrows.errors import CancelledError, InputError
+from arrows.folder_lock import hold_lock
 
 # (language, lines, steps): the demo's budget.
 LANGUAGES = (
@@ -95,8 +96,6 @@ def prepare_folder(out: Path):
     wiping the files the first one is training into (the first then crashed, and its runs wrote
     on into the second's). Only a folder an earlier demo made (it holds MARKER) is emptied first;
     any other non-empty path is refused: --out is never a user's folder to wipe."""
-    import fcntl
-
     marker = None
     if out.exists():
         resolved, here = out.resolve(), Path.cwd().resolve()
@@ -105,7 +104,7 @@ def prepare_folder(out: Path):
         if not out.is_dir():
             raise InputError(f"--out {out}: exists and is not a folder; choose another --out")
         if (out / MARKER).is_file():
-            marker = _lock_marker(out, fcntl)
+            marker = _lock_marker(out)
             # Everything but the marker: a deletion interrupted half-way (Ctrl-C) leaves a folder
             # that is still the demo's, which the next demo empties; without its marker, it was
             # refused as a user's folder.
@@ -120,7 +119,7 @@ def prepare_folder(out: Path):
             raise InputError(f"--out {out}: a folder that an earlier arrows demo did not make (no {MARKER} in it); "
                              f"choose another --out, or empty it first")
     out.mkdir(parents=True, exist_ok=True)
-    marker = marker or _lock_marker(out, fcntl)
+    marker = marker or _lock_marker(out)
     marker.seek(0)
     marker.truncate()
     marker.write(json.dumps({"made_by": "arrows demo", "languages": [kind for kind, _, _ in LANGUAGES]}) + "\n")
@@ -128,15 +127,9 @@ def prepare_folder(out: Path):
     return marker
 
 
-def _lock_marker(out: Path, fcntl):
+def _lock_marker(out: Path):
     """`out`'s MARKER, opened (made if absent) and locked; refused while another demo holds it."""
-    f = open(out / MARKER, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise InputError(f"--out {out}: another arrows demo is running in this folder; wait for it to end, or give another --out") from None
-    return f
+    return hold_lock(open(out / MARKER, "a+"), f"--out {out}: another arrows demo is running in this folder; wait for it to end, or give another --out")
 
 
 def run_demo(out: Path, steps: int | None = None) -> list[dict]:

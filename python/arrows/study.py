@@ -23,6 +23,7 @@ from pathlib import Path
 
 from arrows.compare import STUDY_FILE
 from arrows.errors import CancelledError, CorruptDataError, InputError
+from arrows.folder_lock import hold_lock
 from arrows.output_file import atomic_output
 from arrows.report import check_report_folder
 
@@ -197,15 +198,7 @@ STUDY_LOCK = ".study.lock"
 def _lock_study(study_dir: Path):
     """The study folder's lock, held while the returned file is open; refused while another
     `arrows study` holds it."""
-    import fcntl
-
-    f = open(study_dir / STUDY_LOCK, "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise InputError(f"{study_dir}: another arrows study is running in this folder; wait for it to end, or give another --out") from None
-    return f
+    return hold_lock(open(study_dir / STUDY_LOCK, "w"), f"{study_dir}: another arrows study is running in this folder; wait for it to end, or give another --out")
 
 
 def _write_json(path: Path, value) -> None:

@@ -994,7 +994,8 @@ def _lock_run(run_dir: Path):
     """An exclusive lock on the run folder, held while the returned file is open: a second
     `arrows train` into it is refused at once."""
     import errno
-    import fcntl
+
+    from arrows.folder_lock import hold_lock
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
@@ -1010,12 +1011,7 @@ def _lock_run(run_dir: Path):
             # run fails at its first write, which names the file.
             return contextlib.nullcontext()
         f = open(path)  # flock needs no write access to the file
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise InputError(f"{run_dir}: another arrows train is running in this folder") from None
-    return f
+    return hold_lock(f, f"{run_dir}: another arrows train is running in this folder")
 
 
 class _Progress:
