@@ -429,8 +429,9 @@ def test_a_finished_run_on_a_read_only_disk_is_left_as_it_is(tmp_path, train_sto
 
 def test_second_train_into_the_same_run_is_refused(tmp_path, train_store, train_reference):
     # A longer run than the reference's (the same schedule, data and seeds): its first 40 steps
-    # are the reference's.
-    cfg = train_config(tmp_path / "c.json", train_store, "busy", tmp_path / "runs", steps_to_train=400)
+    # are the reference's. Far longer than the test waits: on a loaded machine this process may
+    # read the run's "step N" lines seconds late, and a run of 400 steps had ended by then.
+    cfg = train_config(tmp_path / "c.json", train_store, "busy", tmp_path / "runs", steps_to_train=100_000)
     first = Child("train", cfg, "--device", "cpu")
     first.wait_until(lambda: first.step is not None)
     for extra in ([], ["--resume", "never"]):
