@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arrows.errors import InputError
+from arrows.errors import InputError, naming_file
 
 FIGURES = {"curves": "curves.png", "positions": "loss_by_position.png", "delta": "delta.png"}
 COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "permuted": "tab:orange"}
@@ -85,14 +85,10 @@ def write_aside(out: Path, writers: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         for name, write in writers.items():
-            try:
+            # A full disk or a quota while a figure is saved reaches here without a file name
+            # (PIL's close): the message was only "No space left on device". Name the file.
+            with naming_file(out / name):
                 write(tmp / name)
-            except OSError as e:
-                if e.filename is not None or e.errno is None:
-                    raise
-                # A full disk or a quota while a figure is saved reaches here without a file name
-                # (PIL's close): the message was only "No space left on device". Name the file.
-                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(out / name)) from e
         for name in writers:
             os.replace(tmp / name, out / name)
     finally:
