@@ -1081,3 +1081,21 @@ def test_nproc_on_a_cuda_machine_says_to_choose_cpu_or_gpus(tmp_path, store, mon
     with pytest.raises(InputError, match=r"--nproc 2 starts processes on the CPU.*add --device cpu.*--gpus 0,1"):
         train(cfg, TrainOptions(device=device, nproc=2, dry_run=True))
     assert train(cfg, TrainOptions(device="cpu", nproc=2, dry_run=True))["devices"] == ["cpu", "cpu"]
+
+
+def test_a_resume_between_two_logged_records_logs_the_uninterrupted_losses(tmp_path, store):
+    # Resumed at step 6 with step_log 5, the record of step 10 averaged steps 7-10 instead of
+    # 6-10: the steps since the last record are now carried over by the checkpoint.
+    import shutil
+
+    cfg = write_config(tmp_path / "c.json", store, run_name="whole", steps_to_train=10, step_log=5, save_every=3, backup_every=3, valid_every=100)
+    arrows("train", cfg, "--device", "cpu")
+    whole = tmp_path / "runs" / "whole"
+    resumed = tmp_path / "runs" / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.copy(resumed / "checkpoints" / "step_00000006.pt", resumed / "checkpoints" / "latest.pt")
+    (resumed / "checkpoints" / "step_00000009.pt").unlink()
+    arrows("train", write_config(tmp_path / "r.json", store, run_name="resumed", steps_to_train=10, step_log=5, save_every=3, backup_every=3,
+                                 valid_every=100), "--device", "cpu")
+    logged = [[(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run) if "loss" in r] for run in (whole, resumed)]
+    assert [step for step, _, _ in logged[0]] == [5, 10] and logged[1] == logged[0]

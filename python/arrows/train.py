@@ -546,6 +546,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
         self.step = 0
         self.step_saved = None  # the step of the latest checkpoint on disk
+        # Loss sum and step count of the steps since the last logged record, carried over by a
+        # checkpoint: a resume between two records logged the next one over fewer steps than the
+        # uninterrupted run's (step_log 5, save_every 3: step 10's loss averaged steps 7-10).
+        self.unlogged = (0.0, 0)
         self.changed_settings = []  # on resume: settings that differ from the checkpoint's (check_resumable)
         resume_from = resume_point(opts, self.run_dir)
         if resume_from is not None:
@@ -583,6 +587,7 @@ class Trainer:
             # learning rate is set at every step from the schedule.)
             group.update(betas=tuple(self.o.betas), weight_decay=self.o.weight_decay)
         self.step = int(payload["step"])
+        self.unlogged = tuple(payload.get("unlogged", (0.0, 0)))  # not in checkpoints before 2026-11-29
         if len(ranks) == self.world.world_size:  # else finished: nothing of the data is read again
             mine_rank = ranks[self.world.rank]
             self.train_loader.load_state_dict(mine_rank["loader"])
@@ -660,7 +665,7 @@ class Trainer:
         # The logging window: loss sum, steps, the time its steps started from (the previous
         # window's last step), and the seconds since then spent validating, sampling and saving,
         # which tokens/s leaves out.
-        self._window = [0.0, 0, time.perf_counter(), 0.0]
+        self._window = [*self.unlogged, time.perf_counter(), 0.0]
         self._last_valid = None
         ctrl_c = _CtrlC()
         try:
@@ -953,6 +958,7 @@ class Trainer:
                 # cannot tell once the data is gone.
                 "bos_id": self.train_loader.bos_id,
                 "data": self.data_identity,  # a resume may find the data moved (check_resumable)
+                "unlogged": self._window[:2],  # loss sum and steps since the last logged record
             }
             checkpoint.save(self.ckpt_dir / name, payload)
         if self.world.distributed:
