@@ -662,10 +662,11 @@ class Trainer:
                 self.metrics.log({"step": self.step, "attention": self.attention_choice})
         batches = self._batches()
         bar = self._bar = _Progress(self.total_steps, self.step) if w.is_main else None
-        # The logging window: loss sum, steps, the time its steps started from (the previous
-        # window's last step), and the seconds since then spent validating, sampling and saving,
-        # which tokens/s leaves out.
-        self._window = [*self.unlogged, time.perf_counter(), 0.0]
+        # The logging window: loss sum and steps since the last record (a resume's checkpoint
+        # carries them over), the steps timed in this process, the time they started from (the
+        # previous window's last step), and the seconds since then spent validating, sampling and
+        # saving, which tokens/s leaves out.
+        self._window = [*self.unlogged, 0, time.perf_counter(), 0.0]
         self._last_valid = None
         ctrl_c = _CtrlC()
         try:
@@ -796,25 +797,26 @@ class Trainer:
             )
         self._window[0] += loss
         self._window[1] += 1
+        self._window[2] += 1
         if step % t.step_log == 0 or step == self.total_steps:
             # Timed up to the moment this step was handed to the device, not to now: a step whose
             # loss is read at once (before a checkpoint) and one read a step later (CUDA) count
             # the same; the pauses for checkpoints and validation are not training.
-            window_loss, window_steps, window_t0, paused = self._window
+            window_loss, window_steps, timed_steps, window_t0, paused = self._window
             seconds = max(result.queued_at - window_t0 - paused, 1e-9)
             record = {"step": step, "loss": window_loss / window_steps, "lr": self._lr(step - 1), "grad_norm": grad_norm,
-                      "tokens_per_s": self.tokens_per_step * window_steps / seconds, "epoch": self.train_loader.epoch, "time": time.time()}
+                      "tokens_per_s": self.tokens_per_step * timed_steps / seconds, "epoch": self.train_loader.epoch, "time": time.time()}
             if w.is_main:
                 self.metrics.log(record)
                 self._bar.update(step, record)
-            self._window = [0.0, 0, result.queued_at, 0.0]
+            self._window = [0.0, 0, 0, result.queued_at, 0.0]
         if step != self.step:
             return
         pause_t0 = time.perf_counter()
         try:
             self._validate_sample_save(step)
         finally:
-            self._window[3] += time.perf_counter() - pause_t0
+            self._window[4] += time.perf_counter() - pause_t0
 
     def _validate_sample_save(self, step: int) -> None:
         """What is due after `step` besides logging (see _due)."""
