@@ -417,11 +417,8 @@ def test_available_memory_is_read_on_linux():
         assert 0 < available < 1 << 50
 
 
-def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store, monkeypatch):
-    # A fake clock: every training step takes 1 s, every checkpoint and validation 7 s. Each logged
-    # rate must then be exactly one step's tokens per second, including at the steps that save
-    # (once many times too high: their loss was read at once and timed from the previous log) and
-    # right after them (too low: the checkpoint's time was counted).
+def trainer_on_a_fake_clock(monkeypatch, cfg, resume="never"):
+    """A Trainer on a fake clock: every training step takes 1 s, every checkpoint and validation 7 s."""
     import types
 
     from arrows import train as train_module
@@ -431,8 +428,7 @@ def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store,
 
     now = [0.0]
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0], time=time.time))
-    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=9, save_every=3, valid_every=4, step_log=1, backup_every=None)
-    trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume="never"))
+    trainer = Trainer(load_config(cfg), World(0, 1, 0, "cpu"), TrainOptions(resume=resume))
     for name, seconds in (("_train_step", 1.0), ("_save", 7.0), ("_validate", 7.0)):
         def timed(*args, _real=getattr(trainer, name), _seconds=seconds):
             result = _real(*args)
@@ -447,9 +443,34 @@ def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store,
         result.queued_at = now[0]
         return result
     monkeypatch.setattr(trainer, "_train_step", step_ending)
+    return trainer
+
+
+def test_tokens_per_second_counts_the_steps_not_the_checkpoints(tmp_path, store, monkeypatch):
+    # Each logged rate must be exactly one step's tokens per second, including at the steps that
+    # save (once many times too high: their loss was read at once and timed from the previous log)
+    # and right after them (too low: the checkpoint's time was counted).
+    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=9, save_every=3, valid_every=4, step_log=1, backup_every=None)
+    trainer = trainer_on_a_fake_clock(monkeypatch, cfg)
     trainer.fit()
     rates = [r["tokens_per_s"] for r in read_metrics(tmp_path / "runs" / "rate") if "tokens_per_s" in r]
     assert len(rates) == 9 and rates == [trainer.tokens_per_step] * 9, rates
+
+
+def test_tokens_per_second_after_a_resume_counts_only_the_steps_timed(tmp_path, store, monkeypatch):
+    # Resumed at step 3 with step_log 2, the record of step 4 averages the loss of steps 3 and 4
+    # (step 3's carried over by the checkpoint), but only step 4 was timed: its rate was twice too high.
+    import shutil
+
+    cfg = write_config(tmp_path / "c.json", store, run_name="rate", steps_to_train=5, save_every=3, backup_every=3, valid_every=100, step_log=2)
+    arrows("train", cfg, "--device", "cpu")
+    ckpts = tmp_path / "runs" / "rate" / "checkpoints"
+    shutil.copy(ckpts / "step_00000003.pt", ckpts / "latest.pt")
+    trainer = trainer_on_a_fake_clock(monkeypatch, cfg, resume="auto")
+    assert trainer.step == 3 and trainer.unlogged[1] == 1
+    trainer.fit()
+    rates = {r["step"]: r["tokens_per_s"] for r in read_metrics(tmp_path / "runs" / "rate") if "tokens_per_s" in r}
+    assert rates[4] == rates[5] == trainer.tokens_per_step, rates
 
 
 def test_a_finished_run_is_left_as_it_is_and_changed_settings_are_kept(tmp_path, store):
