@@ -310,3 +310,36 @@ def test_a_study_interrupted_while_comparing_says_its_runs_are_trained(tmp_path,
                   no_compile=False, attention=None, head_loss=None, max_windows=None)
     said = " ".join(capsys.readouterr().err.split())
     assert caught.value.exit_code == 130 and "interrupted while comparing; the runs are trained: run the same command" in said, said
+
+
+def test_a_study_killed_before_its_record_was_in_place_starts_again(tmp_path, monkeypatch):
+    """Killed between its record's temporary write and its rename, a new study left
+    `.study.json.PID.tmp` (and its lock file): the folder was then refused as "not a study folder
+    and not empty"."""
+    from arrows import study as study_module
+    from arrows.config import load_config
+
+    cfg = _tiny_study_config(tmp_path)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / ".study.lock").write_text("")
+    (study / ".study.json.4242.tmp").write_text('{"config": ')
+    trained = []
+    monkeypatch.setattr("arrows.train.train", lambda config, opts: trained.append(config.training.backwards))
+    study_module.run_study(load_config(cfg), study, device="cpu")
+    assert trained == [False, True] and json.loads((study / "study.json").read_text())["seeds"] == 1
+    (study / "notes.txt").write_text("mine")  # anything else in a folder without a record is still refused
+    (study / "study.json").unlink()
+    with pytest.raises(InputError, match="not a study folder"):
+        study_module.run_study(load_config(cfg), study, device="cpu")
+
+
+def test_a_report_left_half_written_by_a_killed_process_is_cleaned_up(tmp_path):
+    """kill -9 while a report was written left its hidden temporary folder for ever."""
+    from arrows.report import write_aside
+
+    out = tmp_path / "report"
+    (out / ".report-999999999-dead").mkdir(parents=True)  # no such process
+    (out / f".report-{os.getpid()}-alive").mkdir()  # a report being written now, by this process
+    write_aside(out, {"report.md": lambda path: path.write_text("# δ\n")})
+    assert sorted(p.name for p in out.iterdir()) == [f".report-{os.getpid()}-alive", "report.md"]

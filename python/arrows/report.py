@@ -82,7 +82,8 @@ def write_aside(out: Path, writers: dict) -> None:
     disk) leaves the previous files whole, never new figures beside an old report."""
     out = check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    _remove_abandoned(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".report-{os.getpid()}-", dir=out))
     try:
         for name, write in writers.items():
             # A full disk or a quota while a figure is saved reaches here without a file name
@@ -93,6 +94,21 @@ def write_aside(out: Path, writers: dict) -> None:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary folders of `write_aside` in `out` whose process has ended: a kill -9
+    while a report was written left one behind (hidden, but never removed)."""
+    for folder in out.glob(".report-*-*"):
+        pid = folder.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (PermissionError, OverflowError):  # another user's process, or no pid at all
+            pass
 
 
 def _fmt_delta(d: dict) -> str:

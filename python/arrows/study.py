@@ -144,8 +144,10 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
             )
     # A folder that holds something else (runs of its own, a token store) is not written into: a
     # run already there named fw/ or bw/ would be resumed as if it were the study's.
-    # (Its lock file alone: a study stopped before it wrote its record.)
-    held = sorted(p.name for p in study_dir.iterdir() if p.name != STUDY_LOCK) if study_dir.is_dir() else []
+    # What a study stopped before its record was in place leaves does not count: its lock file,
+    # and its record's temporary file (a kill between that file's write and its rename).
+    leftover = (STUDY_LOCK, f".{STUDY_FILE}.")
+    held = sorted(p.name for p in study_dir.iterdir() if not p.name.startswith(leftover)) if study_dir.is_dir() else []
     if record is None and held:
         raise InputError(
             f"{study_dir}: not a study folder (no {STUDY_FILE}) and not empty (it holds {', '.join(held[:5])}); "
