@@ -123,6 +123,8 @@ def test_a_compare_report_finds_its_runs_from_any_folder(context_sweep, tmp_path
     under a folder above the report), and a report written elsewhere (--out in another tree) not
     at all: taken for one whose runs had moved away, its step unchecked. Runs are now recorded by
     their absolute paths and relative to the report, which also finds them when both moved."""
+    from pathlib import Path
+
     from arrows.sweep import _locate
 
     tmp = context_sweep
@@ -279,3 +281,18 @@ def test_slanted_study_names_end_at_their_own_point(tmp_path, drawn_figures):
     for i, label in enumerate(ax.get_xticklabels()):
         box, tick_x = label.get_window_extent(), ax.transData.transform((i, 0))[0]
         assert abs(box.x1 - tick_x) < 0.2 * box.width, (label.get_text(), box, tick_x)
+
+
+def test_the_command_to_redo_a_study_named_like_an_option_can_be_pasted(tmp_path, monkeypatch):
+    # `arrows compare -s`, as the hint said for a study folder named -s, is an unknown option.
+    from pathlib import Path
+
+    from arrows.sweep import _locate
+
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "-s"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"config": "c.json", "seeds": 1, "pairs": [{"fw": "fw", "bw": "bw", "seed": 0}]}))
+    assert _locate(Path("-s"))[2] == "arrows compare ./-s"
+    shutil.copytree(study, tmp_path / "my study")
+    assert _locate(Path("my study"))[2] == "arrows compare 'my study'"

@@ -50,16 +50,23 @@ def _locate(path: Path) -> tuple[Path, list[Path], str]:
     record = read_study_record(path)
     if record is not None:
         runs = [path / run for pair in record["pairs"] for run in pair]
-        return path / "report" / "report.json", runs, f"arrows compare {shlex.quote(str(path))}"
+        return path / "report" / "report.json", runs, f"arrows compare {_shell_argument(path)}"
     if (path / "report.json").is_file():
         report = json.loads((path / "report.json").read_text())
         runs = [_run_folder(p, d, path, report.get("data")) for p in report.get("pairs", []) for d in ("fw", "bw")]
-        redo = "arrows compare " + " ".join(shlex.quote(str(r)) for r in runs) + f" --out {shlex.quote(str(path))}"
+        redo = "arrows compare " + " ".join(_shell_argument(r) for r in runs) + f" --out {shlex.quote(str(path))}"
         return path / "report.json", runs, redo
     if not path.exists():
         raise FileNotFoundError(2, "No such study folder", str(path))
     raise InputError(f"{path}: neither a study folder (no study.json) nor a report (no report.json); give study folders, "
                      "or folders that `arrows compare --out` wrote")
+
+
+def _shell_argument(path: Path) -> str:
+    """`path` as an argument of a command to paste into a shell: quoted, and a relative path that
+    begins with "-" (a study folder named -s) as ./-s, which the command does not take for an option."""
+    text = str(path)
+    return shlex.quote("./" + text if text.startswith("-") else text)
 
 
 def _run_folder(pair: dict, key: str, report_dir: Path, data) -> Path:
