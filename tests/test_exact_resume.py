@@ -1,0 +1,135 @@
+"""The exact-resume promise of `arrows train`, under a grid of settings: a CPU run resumed from any
+of its checkpoints logs what the uninterrupted run logged (metrics.jsonl but its wall-clock
+figures, samples.jsonl, TensorBoard's scalars, summary.json) and ends with the same weights and
+optimizer state.
+
+Each case trains a tiny run uninterrupted, keeping a checkpoint at every step (backup_every 1),
+then resumes copies of it from chosen steps: a copy's latest.pt replaced by the backup of that
+step, the later backups and summary.json removed (what a kill just after that step's save leaves).
+The resume points fall between two logged records, inside an epoch and across one, before and
+after a `--more` segment's end. Runs are in-process (a few seconds per case)."""
+
+import json
+import shutil
+
+import pytest
+from conftest import arrows, random_text
+
+torch = pytest.importorskip("torch")
+
+MODEL = {"n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16, "mlp_ratio": 2.0, "dropout": 0.1, "embd_dropout": None}
+RNN = {"n_layers": 2, "embed_dim": 16, "attn_length": 16, "dropout": 0.2}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store of about a thousand tokens: batches of 24 windows make 6 batches an epoch (the last
+    partial batch dropped), so that epochs end inside a run of a few steps. Its .h5 copy too."""
+    tmp = tmp_path_factory.mktemp("data")
+    text = tmp / "t.txt"
+    text.write_text(random_text(3, 2500, specials=False), encoding="utf-8")
+    arrows("tokenize", text, "--out", tmp / "store", "--vocab-size", "300", "--h5")
+    return tmp / "store"
+
+
+def write_config(path, store, run_name, model=None, optim=None, **training):
+    cfg = {
+        "model_params": {**(model or MODEL), "vocab_size": 300},
+        "training_params": {"dataset_folder": str(store), "batch_size": 24, "aggregate": 1, "steps_to_train": 8, "save_every": 1000,
+                            "backup_every": 1, "step_log": 1, "valid_every": 1000, "valid_batches": 1, "valid_fraction": 0.1,
+                            "sample_every": 0, "sample_tokens": 4, "threads": 1, "save_loc": str(path.parent / "runs"),
+                            "run_name": run_name, **training},
+        "optim_params": {"lr": 3e-3, "warmup_steps": 2, "oscil_steps": 3, "lr_shrink": 0.85, "lr_init": 1e-7, "lr_min": 1e-6, **(optim or {})},
+    }
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def train(config_path, more=None):
+    from arrows.config import load_config
+    from arrows.train import TrainOptions
+    from arrows.train import train as run
+
+    return run(load_config(config_path), TrainOptions(device="cpu", more=more))
+
+
+def outcome(run_dir):
+    """What a run leaves that must not depend on interruptions."""
+    from arrows.metrics import read
+
+    # A resume under changed settings logs them at its step: said on purpose, not a divergence.
+    metrics = [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in read(run_dir) if "changed_settings" not in r]
+    samples = run_dir / "samples.jsonl"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["run_dir"]
+    ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    return {"metrics": metrics, "samples": samples.read_text() if samples.exists() else None, "summary": summary,
+            "tensorboard": tensorboard_scalars(run_dir), "model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"],
+            "loader": [r["loader"] for r in ckpt["per_rank"]]}
+
+
+def tensorboard_scalars(run_dir) -> dict | None:
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return None
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()  # a resumed run's purge of the steps after its checkpoint is applied here
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag != "tokens_per_s"}
+
+
+def assert_same(whole, resumed, at):
+    for key in ("metrics", "samples", "summary", "tensorboard", "loader"):
+        assert resumed[key] == whole[key], f"resumed at step {at}: {key} differs"
+    for name, tensor in whole["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), f"resumed at step {at}: weight {name} differs"
+    for index, state in whole["optimizer"].items():
+        for name, tensor in state.items():
+            assert torch.equal(resumed["optimizer"][index][name], tensor), f"resumed at step {at}: optimizer {index}.{name} differs"
+
+
+# name: (training settings, model, optim, commands (the `--more` of each), resume steps, settings changed on resume)
+CASES = {
+    # Records every 3 steps, validation every 4, samples every 5: resumed at 4 and 5, between two
+    # records (the loss of step 6 averages steps 4-6, two of them before the checkpoint).
+    "cadences_apart": (dict(steps_to_train=10, step_log=3, valid_every=4, sample_every=5), MODEL, None, [None], [4, 5], None),
+    # 6 batches an epoch, 4 a step: step 2 takes the last two batches of epoch 0 and the first two of epoch 1.
+    "aggregate_across_epochs": (dict(steps_to_train=5, aggregate=4, step_log=2, sample_every=3), MODEL, None, [None], [1, 2], None),
+    "gru_backward_dropout": (dict(steps_to_train=6, step_log=4, backwards=True, sample_every=2), {**RNN, "model_type": "gru"}, None,
+                             [None], [3], None),
+    "lstm_permutation": (dict(steps_to_train=6, step_log=2, permutation=[15, *range(1, 15), 0]), {**RNN, "model_type": "lstm"}, None,
+                         [None], [3], None),
+    # A cooldown laid over each new total; resumed inside the first --more and at the end of one run.
+    "more_twice_cooldown": (dict(steps_to_train=4, step_log=3, cooldown_finish=0.5), MODEL, {"warmup_steps": 1}, [None, 3, 3], [4, 6], None),
+    # The .h5 copy, the whole validation split in batches of 5, and the loader's threads changed on resume.
+    "h5_whole_validation_threads": (dict(steps_to_train=7, valid_every=3, valid_batches=None, val_batch_size=5, step_log=2),
+                                    MODEL, None, [None], [4], {"threads": 3}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_run_resumed_from_any_checkpoint_ends_as_the_uninterrupted_one(tmp_path, store, name):
+    training, model, optim, commands, resume_at, changed = CASES[name]
+    if name.startswith("h5"):
+        training = {**training, "dataset_folder": str(store / "tokens.h5"), "tokenizer_path": str(store / "tokenizer.json")}
+    cfg = write_config(tmp_path / "whole.json", store, "whole", model, optim, **training)
+    ends = []
+    for more in commands:
+        ends.append(train(cfg, more)["steps"])
+    whole_dir = tmp_path / "runs" / "whole"
+    whole = outcome(whole_dir)
+    for at in resume_at:
+        run_dir = tmp_path / "runs" / f"at{at}"
+        shutil.copytree(whole_dir, run_dir)
+        ckpts = run_dir / "checkpoints"
+        shutil.copy(ckpts / f"step_{at:08d}.pt", ckpts / "latest.pt")
+        for later in ckpts.glob("step_*.pt"):
+            if int(later.stem[5:]) > at:
+                later.unlink()
+        (run_dir / "summary.json").unlink()
+        resumed_cfg = write_config(tmp_path / f"at{at}.json", store, f"at{at}", model, optim, **{**training, **(changed or {})})
+        for more, end in zip(commands, ends):
+            if end > at:  # the commands the interrupted run had left to run, the same ones again
+                train(resumed_cfg, more)
+        assert_same(whole, outcome(run_dir), at)
+
