@@ -133,3 +133,16 @@ def test_a_run_resumed_from_any_checkpoint_ends_as_the_uninterrupted_one(tmp_pat
                 train(resumed_cfg, more)
         assert_same(whole, outcome(run_dir), at)
 
+
+def test_each_record_says_the_epoch_of_its_own_step(tmp_path, store):
+    # A step not followed by validation or a save is logged once the next step has drawn its
+    # batches: the record of an epoch's last step said the next epoch (6 batches an epoch: step 6
+    # said epoch 1), unless a checkpoint followed it. The epochs logged then depended on save_every
+    # and backup_every, which a resume may change (the grid above, saving at every step, saw none).
+    from arrows.metrics import read
+
+    cfg = write_config(tmp_path / "c.json", store, "epochs", steps_to_train=14, backup_every=None)
+    train(cfg)
+    records = [r for r in read(tmp_path / "runs" / "epochs") if "loss" in r]
+    assert [r["epoch"] for r in records] == [0] * 6 + [1] * 6 + [2] * 2
+

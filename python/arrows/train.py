@@ -805,7 +805,7 @@ class Trainer:
             window_loss, window_steps, timed_steps, window_t0, paused = self._window
             seconds = max(result.queued_at - window_t0 - paused, 1e-9)
             record = {"step": step, "loss": window_loss / window_steps, "lr": self._lr(step - 1), "grad_norm": grad_norm,
-                      "tokens_per_s": self.tokens_per_step * timed_steps / seconds, "epoch": self.train_loader.epoch, "time": time.time()}
+                      "tokens_per_s": self.tokens_per_step * timed_steps / seconds, "epoch": result.epoch, "time": time.time()}
             if w.is_main:
                 self.metrics.log(record)
                 self._bar.update(step, record)
@@ -881,13 +881,13 @@ class Trainer:
             del self.optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
         if not self.cuda:
-            return _StepResult(stats)
+            return _StepResult(stats, epoch=self.train_loader.epoch)
         # Copied to pinned memory without waiting; read once the GPU is past this step.
         host = torch.empty(2, dtype=torch.float32, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return _StepResult(host, done)
+        return _StepResult(host, done, epoch=self.train_loader.epoch)
 
     def _validate(self) -> float:
         import torch
@@ -988,8 +988,11 @@ def _write_whole(path: Path, text: str) -> None:
 class _StepResult:
     """A step's (loss, gradient norm), readable once the device has computed them."""
 
-    def __init__(self, values, done=None):
+    def __init__(self, values, done=None, *, epoch: int):
         self.values, self.done = values, done  # done: a CUDA event recorded after the copy to `values`
+        # The epoch of the step's last batch, taken as the step is queued: its record may be logged
+        # after the next step has drawn its batches (from the next epoch, after an epoch's last step).
+        self.epoch = epoch
         self.queued_at = time.perf_counter()  # when the step was handed to the device (on a CPU: done)
 
     def read(self) -> tuple[float, float]:
