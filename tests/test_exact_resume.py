@@ -146,3 +146,19 @@ def test_each_record_says_the_epoch_of_its_own_step(tmp_path, store):
     records = [r for r in read(tmp_path / "runs" / "epochs") if "loss" in r]
     assert [r["epoch"] for r in records] == [0] * 6 + [1] * 6 + [2] * 2
 
+
+def test_a_run_killed_after_its_last_checkpoint_gets_its_summary_and_last_backup(tmp_path, store):
+    # Killed after the last step's latest.pt, while it wrote that step's backup or before its
+    # summary.json: the same command found nothing to train ("nothing to do") and the run stayed
+    # without both for good.
+    from arrows import checkpoint
+
+    cfg = write_config(tmp_path / "c.json", store, "end", steps_to_train=4, backup_every=2, valid_every=2)
+    train(cfg)
+    run_dir = tmp_path / "runs" / "end"
+    summary = (run_dir / "summary.json").read_text()
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoints" / "step_00000004.pt").unlink()
+    assert train(cfg)["nothing_to_do"]
+    assert (run_dir / "summary.json").read_text() == summary  # its validation loss too
+    assert checkpoint.load(run_dir / "checkpoints" / "step_00000004.pt")["step"] == 4

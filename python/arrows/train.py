@@ -640,7 +640,10 @@ class Trainer:
         w, t = self.world, self.t
         resumed = getattr(self, "resumed_from", None)
         if self.step >= self.total_steps:
-            # Nothing to train: the run folder, its config.json and summary.json stay as they are.
+            # Nothing to train: the run folder, its config.json and summary.json stay as they are,
+            # unless the run was killed in its last moments (_finish_end).
+            if w.is_main:
+                self._finish_end()
             return {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": None, "tokens_seen": self.step * self.tokens_per_step,
                     "nothing_to_do": True}
         if w.is_main:
@@ -736,6 +739,24 @@ class Trainer:
         if latest.exists() and latest.samefile(self.resumed_path):
             return
         checkpoint.copy(self.resumed_path, latest)
+
+    def _finish_end(self) -> None:
+        """A run killed after its last checkpoint but before its summary.json (while it wrote the last
+        backup, or just after) had nothing left to train when resumed, and its summary.json and last
+        backup were never made: they are made here, as the uninterrupted run made them. The last
+        step's validation loss is the one its metrics.jsonl holds (logged before that checkpoint)."""
+        from arrows import metrics
+
+        path = self.run_dir / "summary.json"
+        if path.exists():
+            return
+        self._make_missed_backup()
+        valid = []
+        with contextlib.suppress(FileNotFoundError):
+            valid = [r["valid_loss"] for r in metrics.read(self.run_dir) if r.get("step") == self.step and "valid_loss" in r]
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": valid[-1] if valid else None,
+                   "tokens_seen": self.step * self.tokens_per_step}
+        _write_whole(path, json.dumps(summary, indent=2) + "\n")
 
     def _make_missed_backup(self) -> None:
         """At a backup step the run writes latest.pt, then step_N.pt: killed between the two, it
