@@ -162,3 +162,19 @@ def test_a_run_killed_after_its_last_checkpoint_gets_its_summary_and_last_backup
     assert train(cfg)["nothing_to_do"]
     assert (run_dir / "summary.json").read_text() == summary  # its validation loss too
     assert checkpoint.load(run_dir / "checkpoints" / "step_00000004.pt")["step"] == 4
+
+
+def test_a_more_run_killed_after_its_last_checkpoint_is_finished_not_trained_further(tmp_path, store):
+    # `--more 3` killed after its last checkpoint, before its summary.json (the earlier end's still
+    # there): the same command trained 3 steps beyond the end the uninterrupted run had.
+    cfg = write_config(tmp_path / "c.json", store, "more", steps_to_train=4, backup_every=None)
+    run_dir = tmp_path / "runs" / "more"
+    train(cfg)
+    earlier_end = (run_dir / "summary.json").read_text()
+    assert train(cfg, more=3)["steps"] == 7
+    summary = (run_dir / "summary.json").read_text()
+    (run_dir / "summary.json").write_text(earlier_end)
+    again = train(cfg, more=3)
+    assert again["steps"] == 7 and again.get("nothing_to_do")
+    assert (run_dir / "summary.json").read_text() == summary
+    assert train(cfg, more=3)["steps"] == 10  # a run that ended: --more 3 trains 3 more, as before

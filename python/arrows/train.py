@@ -233,15 +233,27 @@ def finished_at(payload: dict, config, more: int | None, steps_per_epoch: int) -
     return int(payload["step"]) >= (config.training.steps_to_train or steps_per_epoch)
 
 
-def more_target(more: int, step: int, payload: dict | None) -> int:
+def more_target(more: int, step: int, payload: dict | None, ended: bool = True) -> int:
     """The step that `--more N` trains to, resuming at `step` from checkpoint `payload` (None: no
     checkpoint): N steps beyond it, unless a `--more N` run that had not reached its end wrote it
     (killed, preempted, Ctrl-C): the same command then finishes that run, at the step it planned, as
     any interrupted run resumes (counted from each new checkpoint, every interruption lengthened
-    the run and laid its schedule over another total). `--steps` sets any other end."""
-    if payload is not None and payload.get("more") == more and step < int(payload.get("total_steps") or step):
+    the run and laid its schedule over another total). `--steps` sets any other end. `ended`
+    (end_recorded) is false for a run killed after its last checkpoint, before its summary: that
+    run is finished too, not trained N steps further."""
+    if payload is not None and payload.get("more") == more and (step < int(payload.get("total_steps") or step)
+                                                                or (not ended and step == payload.get("total_steps"))):
         return int(payload["total_steps"])
     return step + more
+
+
+def end_recorded(run_dir: Path, step: int) -> bool:
+    """Whether the run folder's summary.json says the run ended at `step`: written after the last
+    checkpoint, it is missing (or an earlier end's) when the run was killed in between."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("steps") == step
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def data_identity(dataset_folder: str | Path) -> str | None:
@@ -620,7 +632,7 @@ class Trainer:
 
     def _planned_steps(self) -> int:
         if self.opts.more is not None:
-            return more_target(self.opts.more, self.step, getattr(self, "resumed_plan", None))
+            return more_target(self.opts.more, self.step, getattr(self, "resumed_plan", None), end_recorded(self.run_dir, self.step))
         if self.t.steps_to_train is not None:
             return int(self.t.steps_to_train)
         return self.steps_per_epoch  # steps_to_train null: one epoch
@@ -742,13 +754,14 @@ class Trainer:
 
     def _finish_end(self) -> None:
         """A run killed after its last checkpoint but before its summary.json (while it wrote the last
-        backup, or just after) had nothing left to train when resumed, and its summary.json and last
-        backup were never made: they are made here, as the uninterrupted run made them. The last
+        backup, or just after) had nothing left to train when resumed, and its summary.json (or that
+        of this end, after an earlier end's: --more) and last backup were never made: they are made
+        here, as the uninterrupted run made them. The last
         step's validation loss is the one its metrics.jsonl holds (logged before that checkpoint)."""
         from arrows import metrics
 
         path = self.run_dir / "summary.json"
-        if path.exists():
+        if end_recorded(self.run_dir, self.step):
             return
         self._make_missed_backup()
         valid = []
@@ -1095,7 +1108,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
         changed = check_resumable(path, payload, config, nprocs, finished_at(payload, config, opts.more, steps_per_epoch))
         start = int(payload["step"])
     if opts.more is not None:
-        planned = more_target(opts.more, start, payload)
+        planned = more_target(opts.more, start, payload, end_recorded(run_dir_of(config), start))
     check_schedule_fits(config, planned)
     return {
         "model_type": config.model.model_type,
