@@ -4,10 +4,13 @@ figures, samples.jsonl, TensorBoard's scalars, summary.json) and ends with the s
 optimizer state.
 
 Each case trains a tiny run uninterrupted, keeping a checkpoint at every step (backup_every 1),
-then resumes copies of it from chosen steps: a copy's latest.pt replaced by the backup of that
-step, the later backups and summary.json removed (what a kill just after that step's save leaves).
-The resume points fall between two logged records, inside an epoch and across one, before and
-after a `--more` segment's end. Runs are in-process (a few seconds per case)."""
+then resumes a copy of it from each step: the copy's latest.pt replaced by the backup of that
+step, the later backups and summary.json removed (what a kill just after that step's save leaves),
+and the command that was interrupted given again, then those that came after it. The resume points
+fall between two logged records, inside an epoch and across one, at the end of the run and of a
+`--more` segment. Runs are in-process (a few seconds per case). Saving at every step, these runs
+log every step's record at once: the deferred logging of steps without a save is checked apart
+(test_each_record_says_the_epoch_of_its_own_step)."""
 
 import json
 import shutil
@@ -88,28 +91,28 @@ def assert_same(whole, resumed, at):
             assert torch.equal(resumed["optimizer"][index][name], tensor), f"resumed at step {at}: optimizer {index}.{name} differs"
 
 
-# name: (training settings, model, optim, commands (the `--more` of each), resume steps, settings changed on resume)
+# name: (training settings, model, optim, commands (the `--more` of each), settings changed on resume)
 CASES = {
-    # Records every 3 steps, validation every 4, samples every 5: resumed at 4 and 5, between two
-    # records (the loss of step 6 averages steps 4-6, two of them before the checkpoint).
-    "cadences_apart": (dict(steps_to_train=10, step_log=3, valid_every=4, sample_every=5), MODEL, None, [None], [4, 5], None),
+    # Records every 3 steps, validation every 4, samples every 5: resumed at 4 or 5, between two
+    # records (the loss of step 6 averages steps 4-6, some of them before the checkpoint).
+    "cadences_apart": (dict(steps_to_train=10, step_log=3, valid_every=4, sample_every=5), MODEL, None, [None], None),
     # 6 batches an epoch, 4 a step: step 2 takes the last two batches of epoch 0 and the first two of epoch 1.
-    "aggregate_across_epochs": (dict(steps_to_train=5, aggregate=4, step_log=2, sample_every=3), MODEL, None, [None], [1, 2], None),
+    "aggregate_across_epochs": (dict(steps_to_train=5, aggregate=4, step_log=2, sample_every=3), MODEL, None, [None], None),
     "gru_backward_dropout": (dict(steps_to_train=6, step_log=4, backwards=True, sample_every=2), {**RNN, "model_type": "gru"}, None,
-                             [None], [3], None),
+                             [None], None),
     "lstm_permutation": (dict(steps_to_train=6, step_log=2, permutation=[15, *range(1, 15), 0]), {**RNN, "model_type": "lstm"}, None,
-                         [None], [3], None),
-    # A cooldown laid over each new total; resumed inside the first --more and at the end of one run.
-    "more_twice_cooldown": (dict(steps_to_train=4, step_log=3, cooldown_finish=0.5), MODEL, {"warmup_steps": 1}, [None, 3, 3], [4, 6], None),
+                         [None], None),
+    # A cooldown laid over each new total; resumed inside a --more run and at the end of each command.
+    "more_twice_cooldown": (dict(steps_to_train=4, step_log=3, cooldown_finish=0.5), MODEL, {"warmup_steps": 1}, [None, 3, 3], None),
     # The .h5 copy, the whole validation split in batches of 5, and the loader's threads changed on resume.
     "h5_whole_validation_threads": (dict(steps_to_train=7, valid_every=3, valid_batches=None, val_batch_size=5, step_log=2),
-                                    MODEL, None, [None], [4], {"threads": 3}),
+                                    MODEL, None, [None], {"threads": 3}),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_a_run_resumed_from_any_checkpoint_ends_as_the_uninterrupted_one(tmp_path, store, name):
-    training, model, optim, commands, resume_at, changed = CASES[name]
+    training, model, optim, commands, changed = CASES[name]
     if name.startswith("h5"):
         training = {**training, "dataset_folder": str(store / "tokens.h5"), "tokenizer_path": str(store / "tokenizer.json")}
     cfg = write_config(tmp_path / "whole.json", store, "whole", model, optim, **training)
@@ -118,7 +121,7 @@ def test_a_run_resumed_from_any_checkpoint_ends_as_the_uninterrupted_one(tmp_pat
         ends.append(train(cfg, more)["steps"])
     whole_dir = tmp_path / "runs" / "whole"
     whole = outcome(whole_dir)
-    for at in resume_at:
+    for at in range(1, ends[-1] + 1):
         run_dir = tmp_path / "runs" / f"at{at}"
         shutil.copytree(whole_dir, run_dir)
         ckpts = run_dir / "checkpoints"
@@ -129,7 +132,7 @@ def test_a_run_resumed_from_any_checkpoint_ends_as_the_uninterrupted_one(tmp_pat
         (run_dir / "summary.json").unlink()
         resumed_cfg = write_config(tmp_path / f"at{at}.json", store, f"at{at}", model, optim, **{**training, **(changed or {})})
         for more, end in zip(commands, ends):
-            if end > at:  # the commands the interrupted run had left to run, the same ones again
+            if end >= at:  # the command that was interrupted, then those that came after it
                 train(resumed_cfg, more)
         assert_same(whole, outcome(run_dir), at)
 
