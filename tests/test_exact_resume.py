@@ -162,9 +162,11 @@ def test_a_run_killed_after_its_last_checkpoint_gets_its_summary_and_last_backup
     summary = (run_dir / "summary.json").read_text()
     (run_dir / "summary.json").unlink()
     (run_dir / "checkpoints" / "step_00000004.pt").unlink()
-    assert train(cfg)["nothing_to_do"]
+    proc = arrows("train", cfg, "--device", "cpu")
+    assert "finished: the run had trained to step 4 when it was stopped, before its summary.json" in proc.stdout, proc.stdout
     assert (run_dir / "summary.json").read_text() == summary  # its validation loss too
     assert checkpoint.load(run_dir / "checkpoints" / "step_00000004.pt")["step"] == 4
+    assert "nothing to do: the run is already at step 4" in arrows("train", cfg, "--device", "cpu").stdout
 
 
 def test_a_more_run_killed_after_its_last_checkpoint_is_finished_not_trained_further(tmp_path, store):

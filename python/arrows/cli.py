@@ -254,7 +254,10 @@ def train(
         return
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun/SLURM, rank 0 reports
-    if result.get("nothing_to_do"):
+    if result.get("finished_end"):  # stopped after its last checkpoint: its summary is written now
+        print(f"finished: the run had trained to step {result['steps']} when it was stopped, before its summary.json, which is "
+              f"written now (use --more N to train further) → {result['run_dir']}")
+    elif result.get("nothing_to_do"):
         print(f"nothing to do: the run is already at step {result['steps']} (use --more N to train further) → {result['run_dir']}")
     else:
         print(f"trained to step {result['steps']}; validation loss {result['valid_loss']:.4f} nats/token → {result['run_dir']}")

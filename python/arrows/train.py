@@ -654,10 +654,9 @@ class Trainer:
         if self.step >= self.total_steps:
             # Nothing to train: the run folder, its config.json and summary.json stay as they are,
             # unless the run was killed in its last moments (_finish_end).
-            if w.is_main:
-                self._finish_end()
+            finished_end = self._finish_end() if w.is_main else False
             return {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": None, "tokens_seen": self.step * self.tokens_per_step,
-                    "nothing_to_do": True}
+                    "nothing_to_do": True, "finished_end": finished_end}
         if w.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partial(self.ckpt_dir)
@@ -752,17 +751,17 @@ class Trainer:
             return
         checkpoint.copy(self.resumed_path, latest)
 
-    def _finish_end(self) -> None:
+    def _finish_end(self) -> bool:
         """A run killed after its last checkpoint but before its summary.json (while it wrote the last
         backup, or just after) had nothing left to train when resumed, and its summary.json (or that
         of this end, after an earlier end's: --more) and last backup were never made: they are made
-        here, as the uninterrupted run made them. The last
-        step's validation loss is the one its metrics.jsonl holds (logged before that checkpoint)."""
+        here, as the uninterrupted run made them, and True is returned. The last step's validation
+        loss is the one its metrics.jsonl holds (logged before that checkpoint)."""
         from arrows import metrics
 
         path = self.run_dir / "summary.json"
         if end_recorded(self.run_dir, self.step):
-            return
+            return False
         self._make_missed_backup()
         valid = []
         with contextlib.suppress(FileNotFoundError):
@@ -770,6 +769,7 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": valid[-1] if valid else None,
                    "tokens_seen": self.step * self.tokens_per_step}
         _write_whole(path, json.dumps(summary, indent=2) + "\n")
+        return True
 
     def _make_missed_backup(self) -> None:
         """At a backup step the run writes latest.pt, then step_N.pt: killed between the two, it
