@@ -506,11 +506,15 @@ def test_a_group_that_failed_after_its_last_save_is_said_to_be_complete(tmp_path
     from arrows import checkpoint
     from arrows.train import _where_it_stands
 
-    latest = tmp_path / "latest.pt"
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
     assert "No checkpoint was written yet" in _where_it_stands(latest)
     checkpoint.save(latest, {"step": 6, "total_steps": 10, "more": 2})
     assert _where_it_stands(latest) == f"The checkpoint {latest} is intact: run the same command to continue from it."
     checkpoint.save(latest, {"step": 10, "total_steps": 10, "more": 2})
+    # Lost before rank 0 wrote the run's summary.json: the same command writes it, and trains nothing.
+    said = _where_it_stands(latest)
+    assert "of its last step, 10, is intact and complete" in said and "run the same command to write its summary.json" in said, said
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"steps": 10}))
     said = _where_it_stands(latest)
     assert "reached its end" in said and "of its last step, 10, is intact and complete" in said and "same command" not in said, said
 

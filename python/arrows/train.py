@@ -488,6 +488,9 @@ def _where_it_stands(latest: Path) -> str:
         # A process lost after the last save: the run is whole. "Run the same command" would have
         # trained N steps more after a `--more N` run (the same command finishes only a run that
         # had not reached its end: more_target).
+        if not end_recorded(latest.parent.parent, step):  # its summary.json not written yet (Trainer._finish_end)
+            return (f"The run had reached its end: the checkpoint {latest} of its last step, {step}, is intact and complete; "
+                    f"nothing is left to train: run the same command to write its summary.json.")
         return (f"The run had reached its end: the checkpoint {latest} of its last step, {step}, is intact and complete; "
                 f"nothing is left to train (--more N would train N steps beyond it).")
     return f"The checkpoint {latest} is intact: run the same command to continue from it."
