@@ -213,6 +213,7 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check config, data, tokenizer and devices; print the model, its exact parameter count and the plan; do not train."),
 ):
     """Train a GPT, GRU or LSTM forward, backward or in any fixed window order."""
+    from arrows.distributed import launcher_rank
     from arrows.train import TrainOptions
     from arrows.train import train as run
 
@@ -233,7 +234,7 @@ def train(
         overrides["training_params"]["run_name"] = run_name
     cfg = _load_train_config(config, model, overrides["training_params"], _model_overrides(attention, head_loss))
     opts = TrainOptions(device=device, gpus=gpu_list, nproc=nproc, resume=resume, more=more, compile=not no_compile, wandb=wandb, dry_run=dry_run)
-    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # under torchrun/SLURM, rank 0 reports
+    if launcher_rank() == 0:  # under torchrun/SLURM, rank 0 reports
         # Said before training too, not only by --dry-run: a run ignored a setting without a word.
         _print_notes(cfg, sys.stdout if dry_run else sys.stderr)
     result = run(cfg, opts)
@@ -252,7 +253,7 @@ def train(
         print(f"devices      {', '.join(result['devices'])}")
         print(f"run folder   {result['run_dir']}")
         return
-    if os.environ.get("RANK", "0") != "0":
+    if launcher_rank() != 0:
         return  # under torchrun/SLURM, rank 0 reports
     if result.get("finished_end"):  # stopped after its last checkpoint: its summary is written now
         print(f"finished: the run had trained to step {result['steps']} when it was stopped, before its summary.json, which is "

@@ -232,18 +232,10 @@ def load_run(path: Path) -> Run:
 
 def training_now(run_dir: Path) -> bool:
     """Whether an `arrows train` is running in `run_dir` now: it holds the folder's lock (`.lock`,
-    see `arrows.train`) while it trains."""
-    import fcntl
+    see `arrows.train`) while it trains (no lock file: never trained here, or a copy without it)."""
+    from arrows.folder_lock import held_elsewhere
 
-    try:
-        with open(Path(run_dir) / ".lock") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            return False  # released as the file closes
-    except OSError:  # no lock file: never trained here, or a copy without it
-        return False
+    return held_elsewhere(Path(run_dir) / ".lock")
 
 
 def _data_identity(run: Run) -> dict:

@@ -43,6 +43,13 @@ def launched_externally() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
 
 
+def launcher_rank() -> int:
+    """This process's rank in the group torchrun or SLURM started (`launched_externally`), else 0."""
+    if not launched_externally():
+        return 0
+    return int(os.environ["RANK"] if "RANK" in os.environ and "WORLD_SIZE" in os.environ else os.environ["SLURM_PROCID"])
+
+
 def launcher_description() -> str:
     """The environment variables by which `launched_externally` took this process for one of a group."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:

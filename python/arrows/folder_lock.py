@@ -20,3 +20,18 @@ def hold_lock(f: IO, refusal: str) -> IO:
         f.close()
         raise InputError(refusal) from None
     return f
+
+
+def held_elsewhere(path) -> bool:
+    """Whether another process holds the lock of lock file `path` now (False when there is none)."""
+    import fcntl
+
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # released as the file closes
+    except OSError:  # no lock file
+        return False
