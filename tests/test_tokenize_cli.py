@@ -200,7 +200,10 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
         assert got[name] == ref_files[name], name
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_resumes(tmp_path, signame):
+    # SIGTERM (`kill`, a cluster's time limit) as Ctrl-C: the job is cancelled, with the message
+    # that says how to continue (it ended the command without a word, exit -15).
     corpus = tmp_path / "big.txt"
     big_corpus(corpus, 200)
     out = tmp_path / "out"
@@ -210,12 +213,12 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     while not (out / "manifest.json").exists() and time.monotonic() < deadline:  # the job has started
         time.sleep(0.02)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=30)
     if proc.returncode == 0:
         pytest.skip("finished before the interrupt")
     assert proc.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
+    assert "interrupted; continue with the same command and --resume" in " ".join(err.split()) and "Traceback" not in err, err
     assert not list(out.glob("*.tmp"))
     summary = arrows("tokenize", corpus, "--out", out, "--tokenizer", "bytes", "--shard-bytes", "2MB", "--resume").stdout
     assert np.array_equal(TokenStore(out)[:], np.frombuffer(corpus.read_bytes(), dtype=np.uint8).astype(np.int64) + 1)
@@ -232,6 +235,15 @@ def test_progress_lines_in_a_log(tmp_path):
     assert lines, proc.stderr
     assert "MB /" in lines[-1] and "%" in lines[-1]
     assert "bytes/token" in proc.stdout and "time" in proc.stdout
+
+
+@pytest.mark.parametrize("value", ["5s", "nan", "-1"])
+def test_a_bad_progress_interval_is_named_not_a_traceback(tmp_path, value):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("some text\n")
+    proc = arrows("tokenize", corpus, "--out", tmp_path / "out", "--tokenizer", "bytes", check=False, env={"ARROWS_PROGRESS_SECONDS": value})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"ARROWS_PROGRESS_SECONDS={value!r}" in proc.stderr, proc.stderr
 
 
 def test_inspect_and_verify_find_a_damaged_shard(tmp_path):

@@ -46,9 +46,19 @@ class Reporter:
     @classmethod
     def from_env(cls) -> "Reporter":
         """`ARROWS_PROGRESS_SECONDS` sets the interval of plain lines (default 5)."""
+        import math
         import os
 
-        return cls(every=float(os.environ.get("ARROWS_PROGRESS_SECONDS", "5")))
+        from arrows.errors import InputError
+
+        text = os.environ.get("ARROWS_PROGRESS_SECONDS", "5")
+        try:
+            every = float(text)
+        except ValueError:
+            every = math.nan
+        if not every >= 0 or math.isinf(every):  # a typo ended every command with a traceback; nan never printed
+            raise InputError(f"ARROWS_PROGRESS_SECONDS={text!r}: not a number of seconds; give e.g. 5 (0: every update), or unset it")
+        return cls(every=every)
 
     def __enter__(self):
         if self.live:
