@@ -145,6 +145,16 @@ def test_no_invertible_matrix_says_what_finds_one(tmp_path):
         write_language("sparse-linear", tmp_path / "s.txt", 10, bits=3, row_weight=3)
 
 
+def test_one_bit_per_row_is_told_to_raise_the_row_weight_not_the_bits(tmp_path):
+    """With --row-weight 1, A is a permutation: no --bits gives an arrow, yet "use more --bits" was
+    said, and followed (12 bits) it ended in "no invertible matrix"."""
+    for bits in (3, 8):
+        with pytest.raises(InputError, match="no x bit is harder") as caught:
+            write_language("sparse-linear", tmp_path / "s.txt", 10, bits=bits, row_weight=1)
+        assert "more --bits" not in str(caught.value) and "--row-weight 2 or more" in str(caught.value)
+    write_language("sparse-linear", tmp_path / "s.txt", 10, bits=8, row_weight=2)  # and that gives one
+
+
 def test_synth_cli(tmp_path):
     out = arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "100", "--bits", "8", "--row-weight", "3").stdout
     assert "expected     forward arrow" in out and "hard bits" in out

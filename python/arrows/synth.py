@@ -146,7 +146,9 @@ def sparse_matrix(bits: int, row_weight: int, seed: int) -> tuple[list[int], lis
         raise InputError(f"found no invertible {bits}×{bits} matrix with {row_weight} bits per row among {_SEARCH} random ones; {advice}")
     _, rows, inv, costs = best
     if max(costs) <= row_weight:
-        raise InputError(f"with --bits {bits} and --row-weight {row_weight} no x bit is harder to recover backwards than forwards; use more --bits")
+        # One bit per row makes A a permutation, and A⁻¹ one too: more --bits never helps there.
+        advice = "use --row-weight 2 or more (with 1, y is x reordered, as easy to read either way)" if row_weight == 1 else "use more --bits"
+        raise InputError(f"with --bits {bits} and --row-weight {row_weight} no x bit is harder to recover backwards than forwards; {advice}")
     return rows, inv, costs
 
 
