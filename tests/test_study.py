@@ -240,6 +240,20 @@ def test_compare_refuses_mismatched_runs(reversible_study, tmp_path):
     assert proc.returncode == 1 and "not a study folder" in proc.stderr
 
 
+def test_compare_refuses_one_seed_counted_twice(reversible_study, tmp_path):
+    """The same pair given twice, or a pair and its copy (one seed), made a "mean of 2 seeds" with a
+    spread of 0 taken for training noise, and an interval "with training noise" narrower than the
+    evaluation noise alone."""
+    tmp, _ = reversible_study
+    fw, bw = tmp / "study" / "fw", tmp / "study" / "bw"
+    proc = arrows("compare", fw, bw, fw, bw, "--out", tmp_path / "twice", check=False)
+    assert proc.returncode == 1 and "is given twice" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    shutil.copytree(tmp / "study", tmp_path / "copy", ignore=shutil.ignore_patterns("report"))
+    proc = arrows("compare", fw, bw, tmp_path / "copy" / "fw", tmp_path / "copy" / "bw", "--out", tmp_path / "copied", check=False)
+    assert proc.returncode == 1 and "both trained with seed 0" in proc.stderr and "one pair per seed" in proc.stderr, proc.stderr
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "copied").exists()
+
+
 def test_compare_says_when_the_runs_were_not_trained_alike(reversible_study, tmp_path):
     """Runs that can be compared (same data, windows, split) but were trained differently: the report
     gives each checkpoint's own step, and a note says what differs, since δ measures it too."""
@@ -570,8 +584,9 @@ def _locked(run_dir) -> bool:
         return False
 
 
-def _start_long_parallel_study(tmp_path):
-    """`arrows study --parallel` on runs long enough to train for minutes, once both are training."""
+def _start_long_parallel_study(tmp_path, parallel=True):
+    """`arrows study --parallel` on runs long enough to train for minutes, once both are training
+    (or the study without --parallel, once its first run is training)."""
     import os
     import subprocess
     import time
@@ -581,11 +596,14 @@ def _start_long_parallel_study(tmp_path):
     arrows("synth", "sparse-linear", "--out", tmp_path / "s.txt", "--lines", "3000", "--bits", "6")
     arrows("tokenize", tmp_path / "s.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
     (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 14, 100_000, save_every=10)))
-    proc = subprocess.Popen([str(ARROWS), "study", str(tmp_path / "cfg.json"), "--parallel", "--out", str(tmp_path / "study")],
+    proc = subprocess.Popen([str(ARROWS), "study", str(tmp_path / "cfg.json"), *(["--parallel"] if parallel else []), "--out", str(tmp_path / "study")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    logs = [tmp_path / "study" / f"{name}.log" for name in ("fw", "bw")]
+    if parallel:
+        training = [tmp_path / "study" / f"{name}.log" for name in ("fw", "bw")]
+    else:
+        training = [tmp_path / "study" / "fw" / "metrics.jsonl"]
     deadline = time.monotonic() + 300
-    while not all(log.is_file() and "step 10/" in log.read_text() for log in logs):  # both hold their folders
+    while not all(f.is_file() and '"step": 10' in f.read_text().replace("step 10/", '"step": 10') for f in training):  # they hold their folders
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no step 10"
         time.sleep(0.2)
     return proc
@@ -624,20 +642,51 @@ def test_parallel_study_killed_takes_its_runs_with_it(tmp_path):
         _end_stray_runs(tmp_path)
 
 
-def test_parallel_study_interrupted_stops_its_runs_first(tmp_path):
-    """SIGINT to the study alone (`kill -INT`, a notebook's interrupt): it stops both runs at a step,
-    waits for them, and says how to continue; nothing is left training when it returns."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_parallel_study_interrupted_stops_its_runs_first(tmp_path, signame):
+    """SIGINT to the study alone (`kill -INT`, a notebook's interrupt), or SIGTERM (`kill`, a
+    cluster's preemption): it stops both runs after a step, with a checkpoint of it, waits for
+    them, and says how to continue; nothing is left training when it returns. (SIGTERM ended the
+    study at once, its runs then ended by the kernel's PR_SET_PDEATHSIG without a word.)"""
     import signal
+
+    from arrows import checkpoint
 
     proc = _start_long_parallel_study(tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
-        assert "run the same command to continue" in " ".join(err.split()) and "Traceback" not in err
+        err = " ".join(err.split())
+        assert "each run stopped after a step and saved its checkpoint (its log says which): run the same command to continue" in err, err
+        assert "Traceback" not in err, err
         for name in ("fw", "bw"):
             assert not _locked(tmp_path / "study" / name)
-            assert "interrupted at step" in (tmp_path / "study" / f"{name}.log").read_text()
+            log = " ".join((tmp_path / "study" / f"{name}.log").read_text().split())
+            step = checkpoint.saved_step(tmp_path / "study" / name / "checkpoints" / "latest.pt")
+            assert f"interrupted at step {step}; its checkpoint is saved in" in log and step > 10, log[-2000:]
+    finally:
+        _end_stray_runs(tmp_path)
+
+
+def test_study_stopped_by_sigterm_saves_the_step_its_run_reached(tmp_path):
+    """SIGTERM to a study that trains its runs one after the other: the run stops after its step
+    with a checkpoint of it, and the study says so (SIGTERM ended it at once, without a word, and
+    the steps since the last checkpoint were lost)."""
+    import signal
+
+    from arrows import checkpoint
+
+    proc = _start_long_parallel_study(tmp_path, parallel=False)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        err = " ".join(err.split())
+        step = checkpoint.saved_step(tmp_path / "study" / "fw" / "checkpoints" / "latest.pt")
+        assert f"interrupted by SIGTERM at step {step}; its checkpoint is saved in" in err and step >= 10, err[-2000:]
+        assert "SIGTERM: stopping after this step, with a checkpoint of it" in err and "Traceback" not in err, err[-2000:]
+        assert not _locked(tmp_path / "study" / "fw") and not (tmp_path / "study" / "bw" / "checkpoints").exists()
     finally:
         _end_stray_runs(tmp_path)
 

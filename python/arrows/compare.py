@@ -302,6 +302,24 @@ def setup_differences(a: Run, b: Run) -> list[str]:
     return problems
 
 
+def repeated_seeds(runs: list[tuple[Run, Run]]) -> list[str]:
+    """Pairs that are not distinct seeds: a run folder given twice, or two pairs trained with one
+    seed (a study and its copy). Counted as seeds, they made a "mean of 2 seeds" whose spread, 0,
+    was taken for training noise: an interval narrower than evaluation noise alone."""
+    problems, folders, seeds = [], {}, {}
+    for fw, other in runs:
+        for run in (fw, other):
+            real = Path(run.path).resolve()
+            if real in folders:
+                problems.append(f"{run.path} is given twice (also as {folders[real]}); give each run once")
+            folders.setdefault(real, run.path)
+        if fw.seed in seeds and Path(fw.path).resolve() != Path(seeds[fw.seed]).resolve():
+            problems.append(f"{seeds[fw.seed]} and {fw.path} are both trained with seed {fw.seed}: pairs are seeds, and two of one "
+                            "seed are the same training, no measure of its noise; give one pair per seed (arrows study --seeds K trains them)")
+        seeds.setdefault(fw.seed, fw.path)
+    return problems
+
+
 # Settings that may differ between a forward and a backward run without making them incomparable,
 # but that δ then measures too. The attention and head_loss kernels compute the same function.
 _KERNEL_KEYS = {"attention", "head_loss"}
@@ -590,6 +608,7 @@ def compare_runs(pairs: list[tuple[Path, Path]], *, device: str = "cpu", max_win
             orders = "two different permutations" if a == b else f"{a} and {b}"
             problems.append(f"{other.path} and {runs[0][1].path} read their windows in different orders ({orders}); "
                             "the seeds of one comparison must share the second run's order")
+    problems += repeated_seeds(runs)
     if problems:
         raise InputError("these runs cannot be compared:\n  " + "\n  ".join(problems))
     sidecar = synthetic_sidecar(runs[0][0])
