@@ -46,6 +46,12 @@ FAULT = textwrap.dedent('''
                 os.kill(os.getppid(), signal.SIGINT)
             elif fault == "ctrl-c-self":  # SIGINT to this process only
                 os.kill(os.getpid(), signal.SIGINT)
+            elif fault == "sigterm-group":  # a cluster's preemption, `docker stop`, systemd: every process
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+            elif fault == "sigterm-parent":  # kill PID of the command
+                os.kill(os.getppid(), signal.SIGTERM)
+            elif fault == "sigterm-self":  # kill PID of one process (SLURM signals each task of a job step)
+                os.kill(os.getpid(), signal.SIGTERM)
             elif fault == "threads":  # not a fault: how many threads the process computes with
                 import torch
                 with open(os.environ["THREADS_FILE"], "w") as f:
@@ -136,22 +142,30 @@ def test_a_crash_with_a_long_message_does_not_hang_the_run(tmp_path, store):  # 
     assert "RuntimeError: injected crash xxx" in err and "process 1 of 2 failed with RuntimeError" in err, err[-3000:]
 
 
-@pytest.mark.parametrize("to", ["group", "parent"])
-def test_ctrl_c_stops_every_process_says_where_and_resumes(tmp_path, store, straight, to):  # noqa: F811
+@pytest.mark.parametrize("fault", ["ctrl-c-group", "ctrl-c-parent", "sigterm-group", "sigterm-parent"])
+def test_ctrl_c_or_sigterm_stops_every_process_with_a_checkpoint_and_resumes(tmp_path, store, straight, fault):  # noqa: F811
     """Ctrl-C at a terminal reaches every process; `kill -INT` of the command (or a notebook's
     interrupt of `arrows.train.train`) reaches only the launching one, which must stop the others
-    rather than leave them training unwatched. Either way: exit 130, the step reached and the
-    intact checkpoint, and the resumed run logs the uninterrupted losses."""
+    rather than leave them training unwatched; SIGTERM (a cluster's preemption, `kill`) the same.
+    Either way: exit 130, every process stops after the same step and its checkpoint is saved
+    (steps 7 to 9 were trained again: save_every is 3), and the resumed run logs the
+    uninterrupted losses."""
+    from arrows import checkpoint
+
     cfg = config(tmp_path, store, "interrupted")
-    rc, err = train_two(cfg, tmp_path, fault=f"ctrl-c-{to}", rank=0, step=7)
+    rc, err = train_two(cfg, tmp_path, fault=fault, rank=0, step=7)
     assert rc == 130 and "Traceback" not in err, err
-    assert "interrupted at step" in err and "is intact: run the same command to continue" in err, err
+    saved = checkpoint.saved_step(tmp_path / "runs" / "interrupted" / "checkpoints" / "latest.pt")
+    # The request's step (8), or a later one: the command forwards its signal to the processes.
+    assert 8 <= saved < STEPS, err
+    # "by SIGTERM" where process 0, whose message is shown, was sent SIGTERM itself (not forwarded by the command)
+    by = " by SIGTERM" if fault == "sigterm-group" else ""
+    assert f"interrupted{by} at step {saved}; its checkpoint is saved in" in err and "run the same command to continue" in err, err
     logged = losses(tmp_path / "runs" / "interrupted")
-    assert len(logged) < STEPS, "the run went on to the end"
+    assert len(logged) == saved, "the run went on"
     rc, err = train_two(cfg, tmp_path)
     assert rc == 0, err
     assert losses(tmp_path / "runs" / "interrupted") == straight
-
 
 
 def test_slurm_script_stops_every_task_when_one_fails_and_gives_each_its_cores(tmp_path):
@@ -309,14 +323,24 @@ def test_resuming_under_another_process_count_says_why_and_how(tmp_path, store):
         assert proc.returncode == 0 and says in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
-def test_any_process_that_stops_first_names_the_intact_checkpoint(tmp_path, store):  # noqa: F811
-    """The process that reports an interrupt need not be process 0 (SIGINT to one process; or, at a
-    terminal's Ctrl-C, process 0 may already be inside the next step when the others stop): each
-    process must know the checkpoint written, not only process 0, which writes it."""
+@pytest.mark.parametrize("fault", ["ctrl-c-self", "sigterm-self"])
+def test_a_stop_asked_of_one_process_stops_all_after_the_same_step(tmp_path, store, straight, fault):  # noqa: F811
+    """A signal to one process alone (`kill -INT`/`kill PID` of a process, SLURM signalling its
+    tasks one by one): the request travels with that step's loss, and every process stops after the
+    same step with its checkpoint saved. (Stopped each at its own step, a process inside the next
+    step waited for the other in its collective, and nothing could be saved together.)"""
+    from arrows import checkpoint
+
     cfg = config(tmp_path, store, "one")
-    rc, err = train_two(cfg, tmp_path, fault="ctrl-c-self", rank=1, step=7)
+    rc, err = train_two(cfg, tmp_path, fault=fault, rank=1, step=7)
     assert rc == 130 and "Traceback" not in err, err
-    assert "interrupted at step 8; the checkpoint of step 6 in" in err and "is intact" in err, err
+    # Asked during step 8, whose loss carried the request to process 0; step 8 is validated
+    # (valid_every 8), so the loss of step 8 is read at once.
+    assert "interrupted at step 8; its checkpoint is saved in" in err, err
+    assert checkpoint.saved_step(tmp_path / "runs" / "one" / "checkpoints" / "latest.pt") == 8
+    rc, err = train_two(cfg, tmp_path)
+    assert rc == 0, err
+    assert losses(tmp_path / "runs" / "one") == straight
 
 
 @pytest.mark.parametrize("launcher, visible, gpus, expect", [

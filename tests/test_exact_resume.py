@@ -201,3 +201,46 @@ def test_a_more_run_killed_after_its_last_checkpoint_is_finished_not_trained_fur
     assert again["steps"] == 7 and again.get("nothing_to_do")
     assert (run_dir / "summary.json").read_text() == summary
     assert train(cfg, more=3)["steps"] == 10  # a run that ended: --more 3 trains 3 more, as before
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_run_stopped_by_a_signal_saves_its_step_and_resumes_as_the_uninterrupted_one(tmp_path, store, monkeypatch, signum):
+    # SIGTERM (a cluster's preemption, `kill`) or Ctrl-C at step 5 of 9, records every 3 steps, no
+    # checkpoint due before the end: the run saves the step it reached, whose checkpoint carries
+    # the two steps not yet logged, and the resumed run ends as the uninterrupted one. (Before, a
+    # Ctrl-C kept only the last checkpoint due, and SIGTERM killed the run without one.)
+    import os
+    import signal
+
+    from arrows import checkpoint
+    from arrows.errors import CancelledError
+    from arrows.train import Trainer
+
+    settings = dict(steps_to_train=9, step_log=3, valid_every=4, sample_every=4, backup_every=None)
+    cfg = write_config(tmp_path / "whole.json", store, "whole", **settings)
+    train(cfg)
+    whole = outcome(tmp_path / "runs" / "whole")
+
+    cfg = write_config(tmp_path / "stopped.json", store, "stopped", **settings)
+    step = Trainer._train_step
+
+    def signal_in_step_5(self, batches):
+        if self.step == 4:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return step(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", signal_in_step_5)
+    by = " by SIGTERM" if signum == "SIGTERM" else ""
+    with pytest.raises(CancelledError, match=f"interrupted{by} at step 5; its checkpoint is saved in .*latest.pt"):
+        train(cfg)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    run_dir = tmp_path / "runs" / "stopped"
+    assert checkpoint.saved_step(run_dir / "checkpoints" / "latest.pt") == 5
+    assert [r["step"] for r in json_lines(run_dir / "metrics.jsonl") if "loss" in r] == [3]  # steps 4 and 5 are in the checkpoint
+    monkeypatch.undo()
+    train(cfg)
+    assert_same(whole, outcome(run_dir), 5)
+
+
+def json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]

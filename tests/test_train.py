@@ -290,6 +290,7 @@ def test_cuda_out_of_memory_in_validation_names_val_batch_size(tmp_path, store, 
 def test_ctrl_c_stops_the_run_between_two_steps(tmp_path, store):
     # Ctrl-C is only noted, and acted on before the next step: it never lands inside a step or a
     # checkpoint write (inside torch.save it became a RuntimeError, and the run exited 1).
+    from arrows import checkpoint
     from arrows.config import load_config
     from arrows.distributed import World
     from arrows.errors import CancelledError
@@ -305,9 +306,11 @@ def test_ctrl_c_stops_the_run_between_two_steps(tmp_path, store):
         return train_step(batches)
 
     trainer._train_step = ctrl_c_during_the_third_step
-    with pytest.raises(CancelledError, match="interrupted at step 3;"):
+    with pytest.raises(CancelledError, match="interrupted at step 3; its checkpoint is saved in .*latest.pt: run the same command"):
         trainer.fit()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C interrupts at once
+    # The steps trained are kept (save_every is 1000): they were trained again after a resume.
+    assert checkpoint.saved_step(trainer.ckpt_dir / checkpoint.LATEST) == 3
 
 
 def test_ctrl_c_inside_torch_save_is_an_interrupt_and_leaves_no_partial_file(tmp_path, monkeypatch):

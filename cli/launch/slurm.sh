@@ -7,6 +7,10 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=8
 #SBATCH --time=48:00:00
+# SIGTERM to every task 5 minutes before the time limit (also what a preemption or scancel sends):
+# each stops after its step with a checkpoint of it, where the limit's SIGKILL lost up to
+# save_every steps. Submitting the same command again continues the run.
+#SBATCH --signal=TERM@300
 set -euo pipefail
 CONFIG="${1:?usage: sbatch cli/launch/slurm.sh CONFIG [arrows train options]}"; shift
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

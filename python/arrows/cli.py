@@ -558,6 +558,11 @@ def demo(
 
 
 def main() -> None:
+    import signal
+
+    from arrows.errors import terminated
+
+    signal.signal(signal.SIGTERM, terminated)  # stop as at a Ctrl-C, saying where things stand
     try:
         app(prog_name="arrows")
     except KeyboardInterrupt:  # outside a command's own handling (e.g. while starting up)
@@ -567,10 +572,9 @@ def main() -> None:
         # The command has done its work (or said why not): a Ctrl-C from here on, during the
         # interpreter's shutdown, where Python's handler is gone, killed the process by the signal
         # without a word, so that a finished job looked interrupted. Ignored, the job's own exit
-        # status stands.
-        import signal
-
+        # status stands. The same for SIGTERM, whose handler raises the same interrupt.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -132,9 +132,9 @@ class ProcessDied(ArrowsError):
     system's out-of-memory killer) or crashed. The other processes were stopped."""
 
 
-# SIGUSR1 from the spawning process to its processes: "stop between two steps, as at a first Ctrl-C".
+# SIGUSR1 from the spawning process to its processes: "stop after this step, as at a first Ctrl-C".
 # Not SIGINT: after a Ctrl-C at a terminal every process of the group has its own SIGINT already, and
-# a second one means "stop at once" (see train._CtrlC).
+# a second one means "stop at once" (see train._StopRequest).
 STOP_SIGNAL = signal.SIGUSR1
 
 # Once a process has failed, how long the others get to end by themselves before they are
@@ -153,8 +153,9 @@ def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     - a process killed by a signal or crashed: `ProcessDied`, naming it, then `after_failure()`
       (where the run stands, said once the processes have ended); the others are stopped, never left waiting for it;
     - Ctrl-C here (a terminal's reaches every process; `kill -INT` or a notebook's interrupt only
-      this one): the processes are asked to stop between two steps, and their `CancelledError`
-      is raised; a second Ctrl-C terminates them.
+      this one), or SIGTERM under the `arrows` command: the processes are asked to stop after
+      their step, with a checkpoint of it, and their `CancelledError` is raised; a second Ctrl-C
+      kills them.
     """
     import torch.multiprocessing as mp
 
@@ -231,14 +232,16 @@ def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
             # SimpleQueue's reading end (no public name): woken by a report as by a process's end.
             wait([processes[rank].sentinel for rank in alive] + [outcomes._reader],
                  None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the `arrows` command (errors.terminated)
             interrupts += 1
             for rank in alive:
-                if interrupts == 1:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(processes[rank].pid, STOP_SIGNAL)
-                else:
-                    stop(rank)
+                # The first: stop after the step, with a checkpoint of it. The second: at once, by
+                # SIGKILL (SIGTERM is a stop after the step to a process that trains); the last
+                # checkpoint written stays intact, a partial one is removed at the next start.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(processes[rank].pid, STOP_SIGNAL if interrupts == 1 else signal.SIGKILL)
+                if interrupts > 1:
+                    stopped[rank] = signal.SIGKILL
 
 
 def _reporting(rank: int, fn, args: tuple, outcomes) -> None:

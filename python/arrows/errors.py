@@ -48,3 +48,12 @@ class naming_file:
 
             raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(self.path)) from None
         return False
+
+
+def terminated(signum, frame):
+    """The `arrows` command's SIGTERM handler (`kill`, a cluster's preemption or time limit, `docker
+    stop`): the command stops as at a Ctrl-C, with what is complete kept and a message, where
+    SIGTERM's default ended it without a word (a tokenizer job's done shards unrecorded until
+    the next --resume found them, a study's runs stopped without saying where). Training replaces
+    it while it trains (train._StopRequest: stop after the step, with a checkpoint of it)."""
+    raise KeyboardInterrupt

@@ -239,10 +239,11 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
         for _, _, p in procs:
             p.wait()
     except KeyboardInterrupt:
-        # Interrupted here: Ctrl-C (which the runs got too), or `kill -INT` to this process alone.
-        # Each run is asked to stop between two steps, as `arrows train` does at a first Ctrl-C,
-        # and waited for: leaving them training unseen, the study run again at once found their
-        # folders locked ("another arrows train is running"). A second Ctrl-C stops them at once.
+        # Interrupted here: Ctrl-C (which the runs got too), `kill -INT` to this process alone, or
+        # SIGTERM (errors.terminated). Each run is asked to stop after its step, with a checkpoint
+        # of it, as `arrows train` does at a first Ctrl-C, and waited for: leaving them training
+        # unseen, the study run again at once found their folders locked ("another arrows train is
+        # running"). A second Ctrl-C stops them at once.
         try:
             for _, _, p in procs:
                 if p.poll() is None:
@@ -253,16 +254,18 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
             for _, _, p in procs:
                 p.kill()
             raise
-        raise CancelledError("interrupted; each run stopped at its last checkpoint (its log says which): run the same command to continue") from None
+        raise CancelledError("interrupted; each run stopped after a step and saved its checkpoint (its log says which): "
+                             "run the same command to continue") from None
     failed = [f"{r.name} (exit {p.returncode}; see {log})" for r, log, p in procs if p.returncode != 0]
     if failed:
         raise InputError("training failed: " + "; ".join(failed))
 
 
 def _die_with_parent(parent: int):
-    """For Popen's preexec_fn, on Linux: the child gets SIGTERM when the study process ends, even
-    killed with SIGKILL (prctl PR_SET_PDEATHSIG). Without it, `kill -9` of a study left both runs
-    training on as orphans, writing their logs and holding their run folders. Elsewhere: None."""
+    """For Popen's preexec_fn, on Linux: the child gets SIGTERM (a stop after its step, with a
+    checkpoint of it) when the study process ends, even killed with SIGKILL (prctl
+    PR_SET_PDEATHSIG). Without it, `kill -9` of a study left both runs training on as orphans,
+    writing their logs and holding their run folders. Elsewhere: None."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

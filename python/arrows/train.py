@@ -27,7 +27,7 @@ from pathlib import Path
 
 from arrows import checkpoint
 from arrows.distributed import World, close_group, external_world, init_group, launched_externally, launcher_description, spawn
-from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError, naming_file
+from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError, naming_file, terminated
 from arrows.schedule import lr_at
 
 
@@ -35,38 +35,54 @@ class TrainingStopped(ArrowsError):
     """Training met a non-finite loss or ran out of memory; the last checkpoint is intact."""
 
 
-class _CtrlC:
-    """Ctrl-C (SIGINT) during training stops the run between two steps: the handler only notes it,
-    and the loop raises KeyboardInterrupt before its next step. A second Ctrl-C interrupts at once.
+class _StopRequest:
+    """A request to stop training, noted by a signal handler and acted on by the loop between two
+    steps (fit): the run saves a checkpoint of the step it has reached, then ends. The signals:
+    - Ctrl-C (SIGINT); a second one interrupts at once, keeping the last checkpoint written;
+    - SIGTERM: `kill`, a cluster's preemption or time limit (SLURM sends it, then SIGKILL after a
+      grace period), `docker stop`, systemd; a study's runs when the study process ends;
+    - SIGUSR1: from the process that spawned this one (distributed.spawn), when that one alone was
+      interrupted. Never "at once": the terminal's Ctrl-C may have reached this process too.
 
     Why not let KeyboardInterrupt fly wherever it lands: inside torch.save, the zip writer's clean-up
     turns it into a RuntimeError ("unexpected pos"), and the run ended with a traceback and exit
-    code 1 instead of 130 (seen about once in 20 Ctrl-Cs at random instants). Installed only where
-    Python's own handler is in place, in the main thread: an inherited "ignore" stays ignored."""
+    code 1 instead of 130 (seen about once in 20 Ctrl-Cs at random instants). Handlers are installed
+    only in the main thread, and only over Python's defaults: an inherited "ignore", or a handler
+    of a program that runs arrows, stays in place. `announce` (rank 0's) says at once that the run
+    is stopping: the loop may be in a long validation."""
 
-    def __init__(self):
-        self.pressed = False
-        main = threading.current_thread() is threading.main_thread()
-        self._installed = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        if self._installed:
-            signal.signal(signal.SIGINT, self._note)
-        # A spawned process is asked to stop by the process that spawned it with SIGUSR1, when
-        # that one alone was interrupted (distributed.spawn): a stop between two steps, as at a
-        # first Ctrl-C, but never "at once", as the terminal's Ctrl-C may have reached it too.
-        self._usr1 = signal.signal(signal.SIGUSR1, self._stop_requested) if main else None
+    def __init__(self, announce=None):
+        self.signal_name: str | None = None  # set by the first stop signal
+        self._announce = announce
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                                (signal.SIGTERM, terminated), (signal.SIGUSR1, signal.SIG_DFL), (signal.SIGUSR1, _stop_before_training)):
+            if signum not in self._previous and signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._note)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def _note(self, signum, frame):
-        self.pressed = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second one interrupts at once
-
-    def _stop_requested(self, signum, frame):
-        self.pressed = True
+        first = self.signal_name is None
+        if first:
+            self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the second one interrupts at once
+        if first and self._announce is not None:
+            again = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
+            text = f"{'Ctrl-C' if signum == signal.SIGINT else self.signal_name}: stopping after this step, with a checkpoint of it{again}"
+            try:
+                self._announce(text)
+            except RuntimeError:  # "reentrant call": the handler ran inside a write to the same stream
+                os.write(sys.stderr.fileno(), f"\n{text}\n".encode())
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if self._usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._usr1)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 @dataclass
@@ -505,7 +521,7 @@ def _spawned(rank: int, config, opts: TrainOptions) -> dict:
 
     # The spawning process asks for a stop with SIGUSR1 when only it was interrupted (see
     # distributed.spawn): before the training loop that is a Ctrl-C; the loop then takes the signal
-    # over as "stop between two steps" (_CtrlC).
+    # over as "stop after this step" (_StopRequest).
     signal.signal(signal.SIGUSR1, _stop_before_training)
     nprocs = process_count(opts)  # before RANK/WORLD_SIZE are set below: the spawning count
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
@@ -566,6 +582,8 @@ class Trainer:
         # uninterrupted run's (step_log 5, save_every 3: step 10's loss averaged steps 7-10).
         self.unlogged = (0.0, 0)
         self.changed_settings = []  # on resume: settings that differ from the checkpoint's (check_resumable)
+        self._stop: _StopRequest | None = None  # while fit trains: a stop asked for by a signal
+        self._stop_agreed = False  # every process has seen a stop request (see fit)
         resume_from = resume_point(opts, self.run_dir)
         if resume_from is not None:
             self._load(resume_from)
@@ -685,15 +703,18 @@ class Trainer:
         # saving, which tokens/s leaves out.
         self._window = [*self.unlogged, 0, time.perf_counter(), 0.0]
         self._last_valid = None
-        ctrl_c = _CtrlC()
+        stop = self._stop = _StopRequest(announce=bar.note if bar is not None else None)
         try:
             # On CUDA a step is queued without waiting for the GPU; its loss is read back while the
             # GPU runs the next one (`pending`). Validation, samples and checkpoints need the weights
             # of their very step, so at those steps the loop waits.
             pending = None
             while self.step < self.total_steps:
-                if ctrl_c.pressed:
-                    raise KeyboardInterrupt
+                # One process stops at once. Several must stop after the same step, for the
+                # checkpoint is written together: the request travels with each step's loss to every
+                # process (_train_step), and each acts on it as it reads that loss (_after_step).
+                if self._stop_agreed or (stop.requested and not w.distributed):
+                    break
                 result = self._train_step(batches)
                 self.step += 1
                 if pending is not None:
@@ -702,7 +723,15 @@ class Trainer:
                 if self._due(self.step):
                     self._after_step(*pending)
                     pending = None
-        except KeyboardInterrupt:
+            if self.step < self.total_steps:  # stopped on request
+                if pending is not None:
+                    self._after_step(*pending)  # its loss joins the record being summed (the checkpoint's `unlogged`)
+                if self.step_saved != self.step:
+                    self._save(checkpoint.LATEST)
+                by = " by SIGTERM" if stop.signal_name == "SIGTERM" else ""  # else Ctrl-C, or another process's request
+                raise CancelledError(f"interrupted{by} at step {self.step}; its checkpoint is saved in {self.ckpt_dir / checkpoint.LATEST}: "
+                                     f"run the same command to continue")
+        except KeyboardInterrupt:  # a second Ctrl-C
             saved = self.step_saved
             where = f"the checkpoint of step {saved} in {self.ckpt_dir} is intact" if saved is not None else "no checkpoint was written yet"
             raise CancelledError(f"interrupted at step {self.step}; {where}: run the same command to continue") from None
@@ -717,7 +746,7 @@ class Trainer:
                 + ", or use a smaller model. The last checkpoint is intact."
             ) from None
         finally:
-            ctrl_c.restore()
+            stop.restore()
             if bar is not None:
                 bar.close()
             if w.is_main:
@@ -825,6 +854,7 @@ class Trainer:
         their cadences (the last three only when `step` is the latest step: see fit and _due)."""
         w, t = self.world, self.t
         loss, grad_norm = result.read()
+        self._stop_agreed = self._stop_agreed or result.stop_requested()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             saved = (f"The checkpoint of step {self.step_saved} in {self.ckpt_dir} is intact" if self.step_saved is not None
                      else "No checkpoint was written yet")
@@ -901,17 +931,22 @@ class Trainer:
                 (loss / agg).backward()
             total += loss.detach() / agg
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.o.clip if self.o.clip is not None else float("inf"))
+        # With the loss goes this process's stop request (see fit): averaged, it is above 0 in every
+        # process when any process was asked to stop, and all of them read it at the same step.
+        stop = torch.full((), float(self._stop is not None and self._stop.requested), device=self.device)
         if self.world.distributed:
             import torch.distributed as dist
 
-            dist.all_reduce(total, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
+            reduced = torch.stack([total.float(), stop])
+            dist.all_reduce(reduced, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
             if self.device.type != "cuda":
-                total /= self.world.world_size  # gloo has no AVG
+                reduced /= self.world.world_size  # gloo has no AVG
+            total, stop = reduced[0], reduced[1]
         # Nothing here waits for the device. A non-finite loss or gradient norm makes fused AdamW
         # skip the whole update (and not count the step), on the device: `found_inf` is the protocol
         # GradScaler uses. _after_step reads the loss back later and stops the run.
-        stats = torch.stack([total.float(), grad_norm.float()])
-        self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
+        stats = torch.stack([total.float(), grad_norm.float(), stop])
+        self.optimizer.found_inf = (~torch.isfinite(stats[:2]).all()).float()
         try:
             self.optimizer.step()
         finally:
@@ -920,7 +955,7 @@ class Trainer:
         if not self.cuda:
             return _StepResult(stats, epoch=self.train_loader.epoch)
         # Copied to pinned memory without waiting; read once the GPU is past this step.
-        host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        host = torch.empty(3, dtype=torch.float32, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
@@ -1023,7 +1058,8 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 class _StepResult:
-    """A step's (loss, gradient norm), readable once the device has computed them."""
+    """A step's (loss, gradient norm) and whether any process was asked to stop as it was queued,
+    readable once the device has computed them."""
 
     def __init__(self, values, done=None, *, epoch: int):
         self.values, self.done = values, done  # done: a CUDA event recorded after the copy to `values`
@@ -1036,6 +1072,10 @@ class _StepResult:
         if self.done is not None:
             self.done.synchronize()
         return float(self.values[0]), float(self.values[1])
+
+    def stop_requested(self) -> bool:
+        """After read()."""
+        return float(self.values[2]) > 0
 
 
 def _lock_run(run_dir: Path):
