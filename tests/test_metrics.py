@@ -94,6 +94,21 @@ def test_a_run_started_over_drops_the_earlier_runs_records(tmp_path):
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_tensorboard_events_carry_the_records_time_as_their_wall_time(tmp_path):
+    # The record's unix time was logged as a scalar curve, which TensorBoard stores in float32:
+    # 1.8e9 seconds to the nearest 128 s. It is the events' wall time instead, to the microsecond.
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    when = 1_795_000_000.123456
+    m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
+    m.log({"step": 1, "loss": 2.5, "time": when})
+    m.close()
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    scalars = [(e.wall_time, v.tag) for e in EventFileLoader(str(events)).Load() for v in e.summary.value]
+    assert scalars == [(pytest.approx(when, abs=1e-6), "loss")]
+
+
 def test_progress_shows_a_phase_complete_when_the_next_one_starts():
     import io
 

@@ -937,7 +937,7 @@ def test_a_disk_that_fills_while_the_run_logs_is_named(tmp_path, store, monkeypa
 
     def filling_write(self, data):
         events.append(data)
-        if log == "tensorboard" and len(events) > 4 * 6:  # a record is 6 scalars
+        if log == "tensorboard" and len(events) > 4 * 5:  # a record is 5 scalars
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(self, data)
 

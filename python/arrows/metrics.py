@@ -58,10 +58,13 @@ class Metrics:
             self._file.flush()
         step = record["step"]
         if self._tb is not None:
+            # The record's `time` is each event's wall time (TensorBoard's "relative" and "wall"
+            # axes), not a curve: as a scalar it was stored in float32, to the nearest 2 minutes.
+            walltime = record.get("time")
             with naming_file(self._tb_dir):
                 for k, v in record.items():
-                    if k != "step" and isinstance(v, (int, float)):
-                        self._tb.add_scalar(k, v, step)
+                    if k not in ("step", "time") and isinstance(v, (int, float)):
+                        self._tb.add_scalar(k, v, step, walltime=walltime)
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
