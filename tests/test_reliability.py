@@ -774,6 +774,20 @@ def test_a_file_where_the_run_folder_goes_is_named(tmp_path, train_store):
         blocker.unlink()
 
 
+@pytest.mark.parametrize("inside", ["checkpoints", "tensorboard"])
+def test_a_file_where_the_run_keeps_a_folder_is_named_before_training(tmp_path, train_store, inside):
+    # A file named `checkpoints` in the run folder was found at the first save (after save_every
+    # steps), `tensorboard` at the first record; --dry-run passed.
+    cfg = train_config(tmp_path / "c.json", train_store, "x", tmp_path / "runs")
+    blocker = tmp_path / "runs" / "x" / inside
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file")
+    for dry in ([], ["--dry-run"]):
+        proc = arrows("train", cfg, "--device", "cpu", *dry, check=False, timeout=120)
+        user_error(proc, f"{blocker}: a file, where the run keeps its {inside} (a folder); move the file away", code=1)
+    assert not (blocker.parent / "metrics.jsonl").exists()
+
+
 def test_a_link_to_nothing_where_the_run_folder_goes_is_named(tmp_path, train_store):
     # save_loc a link to a scratch disk not mounted (or a folder since removed): making the run
     # folder failed with a bare "File exists", and --dry-run passed.

@@ -113,6 +113,11 @@ def check_run_folder(config) -> None:
         raise InputError(f"{run_dir}: the run folder (training_params.save_loc / run_name) is the token store it trains on "
                          f"(dataset_folder); the run would write its files into the store, its tokenizer.json over the "
                          f"store's; give another save_loc or run_name")
+    for inside in ("checkpoints", "tensorboard"):
+        # Found only when first written: the first checkpoint, hours into the run.
+        p = run_dir / inside
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{p}: a file, where the run keeps its {inside} (a folder); move the file away")
     for p in (run_dir, *run_dir.parents):
         if p.is_symlink() and not p.exists():
             # A link to a disk not mounted, or to a folder since removed: making the folder failed with "File exists".
