@@ -81,6 +81,10 @@ def test_a_vocabulary_the_sample_cannot_fill_is_said_so(tmp_path):
     vocab = TokenStore(tmp_path / "a").vocab_size
     assert 257 < vocab < 280 and f"stopped after {vocab - 257} merges" in small.stderr, small.stderr
     assert f"the vocabulary has {vocab:,} ids, not the 100,000 asked" in " ".join(small.stderr.split()), small.stderr
+    # The sample was the whole corpus: a larger --sample-bytes, once advised, cannot help.
+    assert "--sample-bytes" not in small.stderr and "only more text" in small.stderr, small.stderr
+    sampled = arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "c", "--vocab-size", "100000", "--sample-bytes", "1000")
+    assert "a larger --sample-bytes" in " ".join(sampled.stderr.split()), sampled.stderr
     reached = arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "b", "--vocab-size", str(vocab))
     assert TokenStore(tmp_path / "b").vocab_size == vocab and "note:" not in reached.stderr, reached.stderr
 

@@ -125,7 +125,8 @@ def tokenize(
         s["notes"].append(
             f"the BPE stopped after {s['trained']['merges']:,} merges, as no pair of adjacent tokens occurs twice in its "
             f"{human_bytes(s['trained']['sample_bytes'])} sample any more: the vocabulary has {s['vocab_size']:,} ids, not the {asked:,} asked "
-            "(more text, or a larger --sample-bytes, gives more merges)"
+            # A larger --sample-bytes helps only when the sample was not the whole corpus already.
+            + ("(more text, or a larger --sample-bytes, gives more merges)" if s["trained"]["sample_bytes"] < nbytes else "(the sample was the whole corpus: only more text gives more merges)")
         )
     for note in s["notes"]:
         print(f"note: {note}", file=sys.stderr)
