@@ -240,3 +240,36 @@ def test_auto_attention_leaves_the_cuda_random_stream_as_it_found_it():
     state = torch.cuda.get_rng_state()
     choose_attention(2, 2, 64, 32, 0.1, "cuda", reps=1)
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_sigterm_stops_a_cuda_run_after_its_step_with_a_checkpoint_of_it(tmp_path):
+    # On CUDA a step's loss, which carries the stop request, is read while the next step runs:
+    # the run stops one step later than on a CPU, and must still save the step it stopped at.
+    import signal
+    import subprocess
+
+    from conftest import ARROWS
+
+    from arrows import checkpoint
+
+    (tmp_path / "t.txt").write_text("forwards and backwards, the same text. " * 30_000)
+    arrows("tokenize", tmp_path / "t.txt", "--tokenizer", "bytes", "--out", tmp_path / "s")
+    cfg = {
+        "model_params": {"vocab_size": 257, "n_layers": 2, "n_heads": 4, "embed_dim": 128, "attn_length": 64, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "s"), "batch_size": 64, "steps_to_train": 1_000_000, "save_every": 100_000,
+                            "step_log": 1, "valid_every": 100_000, "save_loc": str(tmp_path / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 1e-3, "warmup_steps": 10},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([str(ARROWS), "train", str(tmp_path / "cfg.json"), "--device", "cuda", "--no-compile"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("step 30/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    err = " ".join(err.split())
+    step = checkpoint.saved_step(tmp_path / "runs" / "r" / "checkpoints" / "latest.pt")
+    assert proc.returncode == 130 and step is not None and step >= 30, err[-2000:]
+    assert f"interrupted by SIGTERM at step {step}; its checkpoint is saved in" in err and "Traceback" not in err, err[-2000:]
+    assert f"from step {step}" in arrows("train", tmp_path / "cfg.json", "--device", "cuda", "--dry-run").stdout
