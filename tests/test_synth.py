@@ -194,6 +194,9 @@ def test_reverse_invalid_utf8_names_the_offset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # no output, no temporary file left
     proc = arrows("reverse", src, tmp_path / "out.txt", check=False)
     assert proc.returncode == 1 and "invalid UTF-8 at byte 6" in proc.stderr
+    # What it advises does what it says: --strict-utf8 stops at the first such byte (it was said to
+    # find every one); iconv -c drops them all.
+    assert "finds every" not in proc.stderr and "names the first" in proc.stderr and "iconv" in proc.stderr, proc.stderr
 
 
 def test_reverse_cli(tmp_path):

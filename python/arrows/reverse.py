@@ -45,7 +45,8 @@ def reverse_file(src: Path, dst: Path, *, block: int = BLOCK, reporter=None) -> 
                 except UnicodeDecodeError as e:
                     raise InvalidUtf8Error(
                         f"{src}: invalid UTF-8 at byte {start + cut + e.start:,} ({e.reason}); "
-                        f"reversing by character needs valid text (`arrows tokenize --strict-utf8` finds every such byte)"
+                        f"reversing by character needs valid text (`iconv -f UTF-8 -t UTF-8 -c` drops every such byte; "
+                        f"`arrows tokenize --strict-utf8` names the first one of a file)"
                     ) from None
                 fout.write(text[::-1].encode("utf-8"))
                 done += end - start
