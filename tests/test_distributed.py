@@ -276,6 +276,31 @@ def test_two_torchrun_scripts_on_one_machine_at_once(tmp_path, store):  # noqa: 
         assert proc.returncode == 0, f"{name}: {err[-3000:]}"
 
 
+def test_sigterm_to_torchrun_stops_its_processes_with_a_checkpoint_said_once(tmp_path, store):  # noqa: F811
+    """torchrun passes a SIGTERM on to its processes (a cluster's preemption of the job): they stop
+    after the same step and save it, and the message says so once (each process printed it)."""
+    import time
+
+    from arrows import checkpoint
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"GPUS_PER_NODE": "2", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"}
+    cfg = write_config(tmp_path / "c.json", store, model=MODEL, steps_to_train=100_000, save_every=50_000, step_log=5, run_name="r")
+    proc = subprocess.Popen(["bash", str(ROOT / "cli" / "launch" / "torchrun.sh"), str(cfg), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "runs" / "r" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # to torchrun (the script exec's it)
+    _, err = proc.communicate(timeout=120)
+    step = checkpoint.saved_step(tmp_path / "runs" / "r" / "checkpoints" / "latest.pt")
+    assert step is not None and step >= 10, err[-3000:]
+    said = " ".join(err.split())
+    assert said.count(f"interrupted by SIGTERM at step {step}; its checkpoint is saved in") == 1, err[-3000:]
+
+
 @pytest.mark.parametrize("visible, procs", [(None, "8"), ("2,3", "2"), ("", None)])
 def test_torchrun_script_starts_one_process_per_gpu_the_job_may_use(tmp_path, visible, procs):
     """cli/launch/torchrun.sh with stand-ins for nvidia-smi (8 GPUs, one split into MIG instances)

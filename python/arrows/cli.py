@@ -215,6 +215,7 @@ def train(
 ):
     """Train a GPT, GRU or LSTM forward, backward or in any fixed window order."""
     from arrows.distributed import launcher_rank
+    from arrows.errors import CancelledError
     from arrows.train import TrainOptions
     from arrows.train import train as run
 
@@ -238,7 +239,12 @@ def train(
     if launcher_rank() == 0:  # under torchrun/SLURM, rank 0 reports
         # Said before training too, not only by --dry-run: a run ignored a setting without a word.
         _print_notes(cfg, sys.stdout if dry_run else sys.stderr)
-    result = run(cfg, opts)
+    try:
+        result = run(cfg, opts)
+    except CancelledError:
+        if launcher_rank() != 0:  # every process stopped at the same step: rank 0 says where, once
+            raise typer.Exit(130) from None
+        raise
     if dry_run:
         print(f"model        {result['model_type']}, {result['parameters']:,} parameters ({result['parameters'] / 1e6:.1f}M)")
         print(f"data         {result['tokens']:,} tokens, {result['train_windows']:,} training windows")
