@@ -161,11 +161,13 @@ def test_ctrl_c_or_sigterm_stops_every_process_with_a_checkpoint_and_resumes(tmp
     # "by SIGTERM" where process 0, whose message is shown, was sent SIGTERM itself (not forwarded by the command)
     by = " by SIGTERM" if fault == "sigterm-group" else ""
     assert f"interrupted{by} at step {saved}; its checkpoint is saved in" in err and "run the same command to continue" in err, err
+    assert "SIGUSR1" not in err, err  # how the command forwards a request is not the user's business
     logged = losses(tmp_path / "runs" / "interrupted")
     assert len(logged) == saved, "the run went on"
-    rc, err = train_two(cfg, tmp_path)
-    assert rc == 0, err
-    assert losses(tmp_path / "runs" / "interrupted") == straight
+    if fault in ("ctrl-c-group", "sigterm-parent"):  # a resume is a resume, whatever stopped the run: two of them (CI's time)
+        rc, err = train_two(cfg, tmp_path)
+        assert rc == 0, err
+        assert losses(tmp_path / "runs" / "interrupted") == straight
 
 
 def test_slurm_script_stops_every_task_when_one_fails_and_gives_each_its_cores(tmp_path):
@@ -363,9 +365,10 @@ def test_a_stop_asked_of_one_process_stops_all_after_the_same_step(tmp_path, sto
     # (valid_every 8), so the loss of step 8 is read at once.
     assert "interrupted at step 8; its checkpoint is saved in" in err, err
     assert checkpoint.saved_step(tmp_path / "runs" / "one" / "checkpoints" / "latest.pt") == 8
-    rc, err = train_two(cfg, tmp_path)
-    assert rc == 0, err
-    assert losses(tmp_path / "runs" / "one") == straight
+    if fault == "sigterm-self":  # the resume is the same after either signal (CI's time)
+        rc, err = train_two(cfg, tmp_path)
+        assert rc == 0, err
+        assert losses(tmp_path / "runs" / "one") == straight
 
 
 @pytest.mark.parametrize("launcher, visible, gpus, expect", [

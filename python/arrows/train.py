@@ -68,13 +68,14 @@ class _StopRequest:
 
     def _note(self, signum, frame):
         first = self.signal_name is None
-        if first:
+        if self.signal_name in (None, "SIGUSR1"):  # the spawning process's request names no cause; a signal of its own does
             self.signal_name = signal.Signals(signum).name
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # the second one interrupts at once
         if first and self._announce is not None:
             again = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
-            text = f"{'Ctrl-C' if signum == signal.SIGINT else self.signal_name}: stopping after this step, with a checkpoint of it{again}"
+            cause = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}.get(signum, "interrupted")
+            text = f"{cause}: stopping after this step, with a checkpoint of it{again}"
             try:
                 self._announce(text)
             except RuntimeError:  # "reentrant call": the handler ran inside a write to the same stream
