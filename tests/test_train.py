@@ -493,6 +493,11 @@ def test_a_finished_run_is_left_as_it_is_and_changed_settings_are_kept(tmp_path,
     changed = json.loads(cfg.read_text())
     changed["optim_params"]["lr"] = 1e-3
     cfg.write_text(json.dumps(changed))
+    # Given as it is, the finished run trains nothing, and says the edit was not used (it said only "nothing to do").
+    proc = arrows("train", cfg, "--device", "cpu")
+    assert "nothing to do" in proc.stdout and (run / "config.json").read_text() == config
+    assert "these settings of the config differ from those it trained under and were not used: optim_params.lr: 0.003 → 0.001" in \
+        " ".join(proc.stderr.split()), proc.stderr
     dry = arrows("train", cfg, "--device", "cpu", "--more", "2", "--dry-run").stdout
     assert "2 steps to train" in dry and "changed      optim_params.lr: 0.003 → 0.001" in dry, dry
     proc = arrows("train", cfg, "--device", "cpu", "--more", "2")

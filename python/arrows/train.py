@@ -682,6 +682,12 @@ class Trainer:
             # Nothing to train: the run folder, its config.json and summary.json stay as they are,
             # unless the run was killed in its last moments (_finish_end).
             finished_end = self._finish_end() if w.is_main else False
+            if w.is_main and self.changed_settings:
+                # An edited config given to a finished run (or study) trains nothing: its report is of the
+                # settings the run trained under, which the edit would otherwise seem to have changed.
+                print(f"note: {self.run_dir} has trained all its steps; these settings of the config differ from those it "
+                      f"trained under and were not used: {'; '.join(self.changed_settings)} (arrows train --more N trains N steps more under them)",
+                      file=sys.stderr, flush=True)
             return {"run_dir": str(self.run_dir), "steps": self.step, "valid_loss": None, "tokens_seen": self.step * self.tokens_per_step,
                     "nothing_to_do": True, "finished_end": finished_end}
         if w.is_main:
