@@ -1,6 +1,7 @@
 """`arrows generate` from a chosen checkpoint (`--checkpoint`) and on a chosen device (`--device`)."""
 
 import json
+import re
 
 import pytest
 from conftest import arrows
@@ -58,3 +59,31 @@ def test_sampling_on_the_gpu(run_with_backups):
     on_gpu = sample(run_with_backups, "--device", "cuda")
     assert on_gpu.startswith("the ") and len(on_gpu) > len("the ") + 20
     assert sample(run_with_backups, "--device", "cuda", "--checkpoint", "3") != on_gpu
+
+
+def test_a_token_store_decodes_with_its_own_tokenizer_whatever_tokenizer_path_says(tmp_path):
+    """A config's tokenizer_path (a reference config's, kept when dataset_folder was pointed at a
+    token store) decoded the store's ids as another tokenizer's: samples, the run folder's copy and
+    `arrows generate` used it without a word. It is for .h5 files: a store carries its own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    other = Tokenizer(models.WordLevel({f"w{i}": i for i in range(257)}, unk_token="w0"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    other.save(str(tmp_path / "other.json"))
+    (tmp_path / "t.txt").write_text("the arrow of time flies forward. " * 300)
+    arrows("tokenize", tmp_path / "t.txt", "--out", tmp_path / "store", "--tokenizer", "bytes")
+    config = {
+        "model_params": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16, "dropout": 0.0},
+        "training_params": {"dataset_folder": str(tmp_path / "store"), "tokenizer_path": str(tmp_path / "other.json"), "batch_size": 8,
+                            "steps_to_train": 2, "sample_every": 2, "sample_tokens": 16, "save_loc": str(tmp_path / "runs"), "run_name": "r"},
+        "optim_params": {"lr": 1e-2},
+    }
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    proc = arrows("train", tmp_path / "c.json", "--device", "cpu")
+    assert "tokenizer_path has no effect" in " ".join(proc.stderr.split()), proc.stderr
+    run = tmp_path / "runs" / "r"
+    own = Tokenizer.from_file(str(tmp_path / "store" / "tokenizer.json")).get_vocab()
+    assert Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab() == own
+    (sampled,) = [json.loads(line)["text"] for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert not re.search(r"w\d+ w\d+", sampled), sampled  # bytes, not the other's words "w116 w105 ..."
+    assert arrows("generate", run, "--prompt", "the ", "-n", "4").stdout.startswith("the ")

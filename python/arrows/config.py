@@ -853,6 +853,9 @@ def check_paths(config: Config, *, vocab_size_of_data: int | None) -> ResolvedPa
             c.notes.append(f"training_params.tokenizer_path {why}; samples cannot be decoded with it")
         elif why:
             c.notes.append(why)
+        if tokenizer is not None and dataset is not None and (dataset / "manifest.json").is_file():
+            c.notes.append(f"training_params.tokenizer_path has no effect: the token store {dataset} decodes "
+                           "with its own tokenizer, the one its ids were made with (tokenizer_path is for .h5 files)")
     if vocab_size_of_data is not None and config.model.vocab_size < vocab_size_of_data:
         c.problem("model_params.vocab_size", f"{config.model.vocab_size} is smaller than the data's vocabulary ({vocab_size_of_data} ids)")
     config.notes.extend(n for n in c.notes if n not in config.notes)

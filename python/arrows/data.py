@@ -137,11 +137,14 @@ def load_tokenizer(path: str | Path, what: str = "a tokenizer"):
 
 
 def find_tokenizer(dataset_folder: str | Path, tokenizer_path: str | Path | None = None):
-    """The tokenizer that decodes a dataset: `tokenizer_path` (a tokenizer.json, or a folder
-    holding one) if given, else the token store's own, else for an .h5 file the tokenizer.json
-    beside it (where `arrows tokenize --h5` puts it); None when there is none."""
-    candidates = [Path(tokenizer_path)] if tokenizer_path else []
+    """The tokenizer that decodes a dataset: a token store's own (its ids were made with it: a
+    `tokenizer_path` naming another decoded them as that one's words, without a word); else, for
+    an .h5 file, `tokenizer_path` (a tokenizer.json, or a folder holding one) if given, else the
+    tokenizer.json beside it (where `arrows tokenize --h5` puts it); None when there is none."""
     dataset = Path(dataset_folder)
+    if (dataset / "manifest.json").is_file() and (dataset / "tokenizer.json").is_file():
+        return load_tokenizer(dataset / "tokenizer.json")
+    candidates = [Path(tokenizer_path)] if tokenizer_path else []
     candidates += [dataset, dataset.parent] if dataset.is_file() else [dataset]
     for c in candidates:
         f = c / "tokenizer.json" if c.is_dir() else c

@@ -50,8 +50,9 @@ def load_run(run: str | Path, checkpoint: str | None = None):
     cfg = load_config(cfg_path).to_dict()
     model = checkpoints.load_model(cfg, ckpt)
     t = cfg["training_params"]
-    # tokenizer_path when set, else the run's own copy (written by train since 2026-11-29), else the data's.
-    tok = find_tokenizer(run, t.get("tokenizer_path")) or find_tokenizer(t["dataset_folder"])
+    # The run's own copy (written by train since 2026-11-29: the tokenizer it trained with), else
+    # the data's (a token store's own; for an .h5, tokenizer_path when set, else the one beside it).
+    tok = find_tokenizer(run) or find_tokenizer(t["dataset_folder"], t.get("tokenizer_path"))
     if tok is None:
         raise InputError(f"{run}: no tokenizer found (none in the run folder, in or beside dataset_folder; set training_params.tokenizer_path in {cfg_path})")
     return model, cfg, tok
