@@ -46,6 +46,8 @@ FAULT = textwrap.dedent('''
                 os.kill(os.getppid(), signal.SIGINT)
             elif fault == "ctrl-c-self":  # SIGINT to this process only
                 os.kill(os.getpid(), signal.SIGINT)
+            elif fault == "kill-command":  # kill -9 of the command (or the system's out-of-memory killer)
+                os.kill(os.getppid(), signal.SIGKILL)
             elif fault == "sigterm-group":  # a cluster's preemption, `docker stop`, systemd: every process
                 os.killpg(os.getpgrp(), signal.SIGTERM)
             elif fault == "sigterm-parent":  # kill PID of the command
@@ -119,6 +121,16 @@ def test_a_killed_process_ends_the_run_with_a_message_and_it_resumes(tmp_path, s
     rc, err = train_two(cfg, tmp_path)
     assert rc == 0, err
     assert losses(tmp_path / "runs" / "killed") == straight
+
+
+def test_the_processes_end_with_the_command_killed(tmp_path, store):  # noqa: F811
+    """kill -9 of the command: its processes trained on unseen to the end of the run, writing its
+    logs without the run folder's lock, beside any `arrows train` started there again."""
+    cfg = write_config(tmp_path / "c.json", store, model=MODEL, steps_to_train=100_000, save_every=3, step_log=1, run_name="orphans")
+    started = time.monotonic()
+    rc, err = train_two(cfg, tmp_path, fault="kill-command", rank=0, step=4)  # ends when every process has closed its output
+    assert rc == -signal.SIGKILL and time.monotonic() - started < 120, err
+    assert len(losses(tmp_path / "runs" / "orphans")) < 50, err[-2000:]
 
 
 def test_a_crash_in_one_process_names_it_and_stops_the_others(tmp_path, store):  # noqa: F811

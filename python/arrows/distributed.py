@@ -143,6 +143,26 @@ STOP_SIGNAL = signal.SIGUSR1
 GRACE_S = 10.0
 
 
+def die_with_parent(parent: int, sig: int):
+    """A function that makes the process that calls it get `sig` when `parent` (its parent) ends,
+    even killed with SIGKILL, on Linux (prctl PR_SET_PDEATHSIG); elsewhere None. Called in the child:
+    as Popen's preexec_fn (libc is loaded here, in the parent), or first thing in a spawned process.
+    Without it, `kill -9` of a study left both its runs training on as orphans, and of an `arrows
+    train --nproc/--gpus` its processes, writing the run's logs without the folder's lock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(1, sig)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that: nobody would send it
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
 def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     """Run `fn(rank, *args)` in `nprocs` fresh processes on this machine and return rank 0's result.
 
@@ -162,7 +182,7 @@ def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
     outcomes = mp.get_context("spawn").SimpleQueue()  # small messages: (kind, rank, value)
-    context = mp.start_processes(_reporting, args=(fn, args, outcomes), nprocs=nprocs, start_method="spawn", join=False)
+    context = mp.start_processes(_reporting, args=(fn, args, outcomes, os.getpid()), nprocs=nprocs, start_method="spawn", join=False)
     interrupted, stopped, reported = _supervise(context.processes, outcomes)
     for path in context.error_files:  # torch's copies of the tracebacks, which _reporting sent already
         with contextlib.suppress(FileNotFoundError):
@@ -244,11 +264,18 @@ def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
                     stopped[rank] = signal.SIGKILL
 
 
-def _reporting(rank: int, fn, args: tuple, outcomes) -> None:
+def _reporting(rank: int, fn, args: tuple, outcomes, parent: int) -> None:
     """Runs in a spawned process: sends its result (rank 0), its arrows error, or any other
     exception's traceback with the moment it was raised (`failed_at`, set by `fn`, else now), by
-    which the spawning process tells the first failure from the ones that followed from it."""
+    which the spawning process tells the first failure from the ones that followed from it. Ends
+    at once with the spawning process (kill -9): its processes trained on unseen, without the run
+    folder's lock that process held, and a new `arrows train` there ran beside them. (Not a stop
+    after the step, as SIGTERM would ask: that checkpoint would be written without the lock.)"""
     import traceback
+
+    arm = die_with_parent(parent, signal.SIGKILL)
+    if arm is not None:
+        arm()
 
     try:
         result = fn(rank, *args)

@@ -209,7 +209,9 @@ def _write_json(path: Path, value) -> None:
 
 
 def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, compile: bool) -> None:
-    from arrows.distributed import STOP_SIGNAL
+    import signal
+
+    from arrows.distributed import STOP_SIGNAL, die_with_parent
 
     procs = []
     for r in runs:
@@ -233,8 +235,10 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
         with open(log, "a") as out:  # the child keeps its own copy of the descriptor
             out.write(f"── {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
             out.flush()
+            # Each run ends with the study, even killed with -9: SIGTERM, a stop after its step with a
+            # checkpoint of it (the run holds its own folder's lock meanwhile).
             procs.append((r, log, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                                   preexec_fn=_die_with_parent(os.getpid()))))
+                                                   preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM))))
     try:
         for _, _, p in procs:
             p.wait()
@@ -259,23 +263,3 @@ def _train_side_by_side(runs: list[StudyRun], study_dir: Path, device: str, comp
     failed = [f"{r.name} (exit {p.returncode}; see {log})" for r, log, p in procs if p.returncode != 0]
     if failed:
         raise InputError("training failed: " + "; ".join(failed))
-
-
-def _die_with_parent(parent: int):
-    """For Popen's preexec_fn, on Linux: the child gets SIGTERM (a stop after its step, with a
-    checkpoint of it) when the study process ends, even killed with SIGKILL (prctl
-    PR_SET_PDEATHSIG). Without it, `kill -9` of a study left both runs training on as orphans,
-    writing their logs and holding their run folders. Elsewhere: None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: the child only calls it
-
-    def arm() -> None:
-        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before that: nobody would send it
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
