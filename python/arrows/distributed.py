@@ -188,7 +188,15 @@ def spawn(fn, nprocs: int, args: tuple, after_failure=lambda: ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     codes = [p.exitcode for p in context.processes]
-    if not interrupted and all(code == 0 for code in codes):
+    done = {rank for kind, rank, _ in reported if kind == "done"}
+    if not interrupted and (all(code == 0 for code in codes) or len(done) == nprocs):
+        # Every process returned from its work. One that failed after that, in the libraries' clean-up
+        # at its exit (seen once: "terminate called without an active exception", SIGABRT), took
+        # nothing from the run, which was reported failed.
+        for rank, code in enumerate(codes):
+            if code != 0:
+                print(f"note: process {rank} of {nprocs} ended with {_exit_name(code)} after its work was done, in its clean-up at exit; "
+                      f"the run is complete", file=sys.stderr, flush=True)
         return next((value for kind, rank, value in reported if kind == "result" and rank == 0), None)
     hint = after_failure()
     errors = sorted((rank, value) for kind, rank, value in reported if kind == "error")
@@ -287,6 +295,7 @@ def _reporting(rank: int, fn, args: tuple, outcomes, parent: int) -> None:
         raise
     if rank == 0:
         outcomes.put(("result", rank, result))
+    outcomes.put(("done", rank, None))
 
 
 def _drain(queue) -> list:
@@ -294,6 +303,10 @@ def _drain(queue) -> list:
     while not queue.empty():
         items.append(queue.get())
     return items
+
+
+def _exit_name(code: int) -> str:
+    return _signal_name(-code) if code < 0 else f"exit code {code}"
 
 
 def _signal_name(number: int) -> str:
