@@ -46,6 +46,22 @@ def test_a_checkpoint_that_is_not_there_is_named_with_what_is(run_with_backups):
     assert proc.returncode == 1 and "no such checkpoint file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_damaged_checkpoint_is_told_what_generate_can_do(run_with_backups, tmp_path):
+    # The advice was train's: "resume from the newest backup with --resume …, or start over with
+    # --resume never", options generate does not have.
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(run_with_backups, run)
+    (run / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    proc = arrows("generate", run, check=False)
+    message = " ".join(proc.stderr.split())
+    backup = run / "checkpoints" / "step_00000006.pt"
+    assert proc.returncode == 1 and "latest.pt: damaged checkpoint" in message and "Traceback" not in message, message
+    assert f"the newest backup is {backup}: `arrows generate --checkpoint` takes it" in message, message
+    assert "start over" not in message, message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_a_gpu_is_a_clear_error(run_with_backups):
     proc = arrows("generate", run_with_backups, "--device", "cuda", check=False)

@@ -111,9 +111,10 @@ def copy(src: str | Path, dst: str | Path) -> None:
     _replace_durably(tmp, dst)
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path, reading: bool = False) -> dict:
     """Read a checkpoint, first checking the CRC of every record of its zip archive (torch.load
-    alone would load flipped bytes silently)."""
+    alone would load flipped bytes silently). `reading`: for its weights only (generate, compare),
+    not to resume from, which the advice of a damaged one says."""
     import zipfile
 
     import torch
@@ -123,15 +124,15 @@ def load(path: str | Path) -> dict:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
         if bad is not None:
-            raise _damaged(path, f"its record {bad} fails its CRC check")
+            raise _damaged(path, f"its record {bad} fails its CRC check", reading)
         with open(path, "rb") as f:
             payload = torch.load(f, map_location="cpu", weights_only=False)
     except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
         if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
             raise  # the file could not be opened at all: nothing says it is damaged
-        raise _damaged(path, f"unreadable: {e}") from None
+        raise _damaged(path, f"unreadable: {e}", reading) from None
     if not isinstance(payload, dict) or any(key not in payload for key in ("model", "optimizer", "step", "per_rank", "config")):
-        raise _damaged(path, "not an arrows checkpoint")
+        raise _damaged(path, "not an arrows checkpoint", reading)
     return payload
 
 
@@ -183,7 +184,7 @@ def load_model_and_step(config: dict, path: str | Path):
         params["attention_impl"] = "sdpa"
     with torch.device("cpu"):
         model = build_model(params)
-    payload = load(path)
+    payload = load(path, reading=True)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:  # torch's message lists every mismatched tensor
@@ -194,10 +195,14 @@ def load_model_and_step(config: dict, path: str | Path):
     return model.eval(), int(payload["step"])
 
 
-def _damaged(path: Path, why: str) -> CorruptDataError:
-    """The error for a damaged checkpoint, naming the backups to resume from instead."""
+def _damaged(path: Path, why: str, reading: bool = False) -> CorruptDataError:
+    """The error for a damaged checkpoint, naming the backups to resume from (or read) instead."""
     backups = sorted(p for p in path.parent.glob("step_*.pt") if p != path)
-    if backups:
+    if reading:  # `arrows generate` or `compare`, which have no --resume
+        advice = (f"the newest backup is {backups[-1]}: `arrows generate --checkpoint` takes it, and `arrows train "
+                  f"--resume {backups[-1]}` continues the run from it (writing a new latest.pt)" if backups
+                  else "no backup is in that folder: the run must be trained again (arrows train --resume never)")
+    elif backups:
         advice = f"resume from the newest backup with --resume {backups[-1]}, or start over with --resume never"
     else:
         advice = "no backup is in that folder: start over with --resume never"
