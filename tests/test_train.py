@@ -1132,3 +1132,22 @@ def test_a_resume_between_two_logged_records_logs_the_uninterrupted_losses(tmp_p
                                  valid_every=100), "--device", "cpu")
     logged = [[(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run) if "loss" in r] for run in (whole, resumed)]
     assert [step for step, _, _ in logged[0]] == [5, 10] and logged[1] == logged[0]
+
+
+def test_a_data_error_of_the_loader_is_not_said_to_be_about_the_batches(tmp_path):
+    # Every loader error got "(the config's batch_size, attn_length and valid_fraction decide the
+    # batches)", also one about the data itself: an .h5 whose bos_id attribute is no id.
+    import h5py
+
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import make_loaders
+
+    h5 = tmp_path / "tokens.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("tokens", data=np.arange(20_000, dtype=np.int32) % 200).attrs["bos_id"] = -1
+    config = load_config(write_config(tmp_path / "c.json", h5, run_name="h5"))
+    with pytest.raises(InputError) as caught:
+        make_loaders(config, 0, 1)
+    assert "'bos_id' attribute of 'tokens' is -1" in str(caught.value) and "decide the batches" not in str(caught.value)
+

@@ -163,7 +163,10 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
     try:
         train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world_size, **common)
     except InputError as e:
-        # The loader speaks of its own arguments ("lower the batch size"); a config's user needs the keys.
+        # The loader speaks of its own arguments ("lower the batch size"); a config's user needs the
+        # keys. Only there: its other errors are about the data itself (an .h5's bos_id attribute).
+        if "lower the batch size" not in str(e):
+            raise
         raise InputError(f"{e} (the config's training_params.batch_size, model_params.attn_length and "
                          "training_params.valid_fraction decide the batches)") from None
     valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
