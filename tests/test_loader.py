@@ -10,7 +10,7 @@ from conftest import arrows
 torch = pytest.importorskip("torch")
 
 from arrows.data import TokenStore, WindowLoader  # noqa: E402
-from arrows.errors import CorruptDataError, InputError  # noqa: E402
+from arrows.errors import BatchSizeError, CorruptDataError, InputError  # noqa: E402
 
 BOS = 0
 
@@ -252,8 +252,10 @@ def test_an_h5_group_named_tokens_is_refused_naming_the_file(tmp_path):
 def test_impossible_setups_are_clear_errors(tmp_path, kwargs, message):
     path, _ = make_store(tmp_path, 3000, 1000)
     kwargs = dict(kwargs)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as info:
         WindowLoader(path, kwargs.pop("attn_length"), kwargs.pop("batch_size"), **kwargs)
+    # Only a batch the split cannot fill is a BatchSizeError, for which `arrows train` names the config's keys.
+    assert isinstance(info.value, BatchSizeError) == ("fewer than one batch" in message), info.value
 
 
 def test_a_buffer_is_never_reused_while_a_tensor_views_it(tmp_path):

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from arrows.errors import (  # noqa: F401  (re-exported)
     ArrowsError,
+    BatchSizeError,
     CancelledError,
     CorruptDataError,
     InputError,

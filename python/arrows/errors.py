@@ -11,6 +11,10 @@ class InputError(ArrowsError, ValueError):
     """A bad argument or input that the user can fix (empty corpus, vocabulary too small, ...)."""
 
 
+class BatchSizeError(InputError):
+    """A batch larger than the data split holds, or than this machine can address: lower the batch size."""
+
+
 class InvalidUtf8Error(InputError):
     """`--strict-utf8` met bytes that are not UTF-8 (the message names the file and offset)."""
 

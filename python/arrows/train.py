@@ -27,7 +27,7 @@ from pathlib import Path
 
 from arrows import checkpoint
 from arrows.distributed import World, close_group, external_world, init_group, launched_externally, launcher_description, spawn
-from arrows.errors import ArrowsError, CancelledError, CorruptDataError, InputError, naming_file, terminated
+from arrows.errors import ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, terminated
 from arrows.schedule import lr_at
 
 
@@ -162,12 +162,10 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
     L = config.model.attn_length
     try:
         train_loader = WindowLoader(t.dataset_folder, L, t.batch_size // world_size, **common)
-    except InputError as e:
+    except BatchSizeError as e:
         # The loader speaks of its own arguments ("lower the batch size"); a config's user needs the
         # keys. Only there: its other errors are about the data itself (an .h5's bos_id attribute).
-        if "lower the batch size" not in str(e):
-            raise
-        raise InputError(f"{e} (the config's training_params.batch_size, model_params.attn_length and "
+        raise BatchSizeError(f"{e} (the config's training_params.batch_size, model_params.attn_length and "
                          "training_params.valid_fraction decide the batches)") from None
     valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
     steps_per_epoch = len(train_loader) // t.aggregate

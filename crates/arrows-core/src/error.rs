@@ -13,6 +13,11 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A batch larger than the data split holds or this machine can address: the batch settings,
+    /// not the data, are to change (the caller can name its own keys for them).
+    #[error("{0}")]
+    BatchSize(String),
+
     /// `--strict-utf8` met bytes that are not UTF-8.
     #[error("{}: invalid UTF-8 at byte offset {offset}; fix the file, or run again without --strict-utf8 and with --force (this run has begun the folder) to replace such bytes with U+FFFD", path.display())]
     InvalidUtf8 { path: PathBuf, offset: u64 },

@@ -59,6 +59,7 @@ impl Sampler {
         let o = &opts;
         let origin = source.origin.display().to_string();
         let input = |m: String| Err(Error::Input(format!("{origin}: {m}")));
+        let batch_size = |m: String| Err(Error::BatchSize(format!("{origin}: {m}")));
         if o.attn_length < 2 {
             return input(format!("attention length {} is too short: a window needs at least 2 tokens", o.attn_length));
         }
@@ -91,7 +92,7 @@ impl Sampler {
         // All ranks' batches together; a product beyond u64 exceeds any split's windows.
         let per_step = (o.batch_size as u64).checked_mul(o.world_size as u64);
         if o.drop_last && per_step.is_none_or(|n| windows < n) {
-            return input(format!(
+            return batch_size(format!(
                 "the {name} split has {windows} windows, fewer than one batch of {} × {} process(es); lower the batch size",
                 o.batch_size, o.world_size
             ));
@@ -99,7 +100,7 @@ impl Sampler {
         // A batch's buffer holds inputs and targets for its windows (no more than the split has).
         let rows = (o.batch_size as u64).min(windows);
         if usize::try_from(rows).ok().and_then(|r| r.checked_mul(2 * o.attn_length)).is_none_or(|n| n > isize::MAX as usize / 8) {
-            return input(format!("a batch of {rows} windows of {l} tokens is more than this machine can address; lower the batch size"));
+            return batch_size(format!("a batch of {rows} windows of {l} tokens is more than this machine can address; lower the batch size"));
         }
         Ok(Sampler { source, opts, first, windows })
     }
@@ -253,7 +254,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let huge = 1usize << 62;
         let err = sampler(dir.path(), 100, huge, 4, 0, true).err().expect("fewer windows than one batch");
-        assert!(err.to_string().contains("lower the batch size"), "{err}");
+        assert!(matches!(&err, Error::BatchSize(m) if m.contains("lower the batch size")), "{err}");
         let first = sampler(dir.path(), 100, huge, 4, 0, false).unwrap();
         assert_eq!((first.windows(), first.batches_per_epoch(), first.batch_len(0), first.max_batch_len()), (97, 1, 97, 97));
         let last = sampler(dir.path(), 100, huge, 4, 3, false).unwrap();

@@ -27,6 +27,7 @@ fn to_py(py: Python<'_>, err: Error) -> PyErr {
             return PyOSError::new_err((errno, source.to_string(), path.display().to_string()));
         }
         Error::Input(_) => "InputError",
+        Error::BatchSize(_) => "BatchSizeError",
         Error::InvalidUtf8 { .. } => "InvalidUtf8Error",
         Error::Tokenizer { .. } => "TokenizerError",
         Error::Corrupt { .. } => "CorruptDataError",
