@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from arrows import checkpoint
-from arrows.distributed import World, close_group, external_world, init_group, launched_externally, launcher_description, spawn
+from arrows.distributed import (World, close_group, die_with_parent, external_world, init_group, launched_externally,
+                                launcher_description, spawn)
 from arrows.errors import ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, terminated
 from arrows.schedule import lr_at
 
@@ -334,6 +335,13 @@ def train(config, opts: TrainOptions) -> dict:
         verify_data(config)
         return dry_run(config, opts)
     world = external_world(opts.gpus, opts.device) if launched_externally() else None
+    if world is not None and "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun killed with SIGKILL (kill -9, the out-of-memory killer) left its processes
+        # training on, unseen, to the end of the run. Its death now reaches them as SIGTERM: they stop
+        # after the same step with a checkpoint of it, saved by rank 0, which holds the folder's lock.
+        arm = die_with_parent(os.getppid(), signal.SIGTERM)
+        if arm is not None:
+            arm()
     # The run folder is locked first, by the one process that launches (or rank 0 under torchrun).
     with _lock_run(run_dir_of(config)) if world is None or world.is_main else contextlib.nullcontext():
         verify_data(config)
