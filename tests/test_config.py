@@ -14,6 +14,7 @@ from arrows.config import (
     ResolvedPaths,
     check_paths,
     config_from_dict,
+    dataset_problems,
     load_config,
 )
 from arrows.errors import ArrowsError, InputError
@@ -398,6 +399,26 @@ def test_bad_json_and_duplicate_keys(tmp_path):
     assert info.value.problems == ["training_params.batch_size: given twice; keep one"]
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("depth", [500, 100_000])
+def test_a_config_nested_deeply_is_named_not_a_traceback(tmp_path, depth):
+    """Nested lists ended in RecursionError's traceback: 100,000 levels in JSON's reader, 500 in
+    the copy the checks make."""
+    d = small()
+    text = json.dumps(d).replace('"batch_size": 4', f'"batch_size": {"[" * depth}4{"]" * depth}')
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    if depth == 500:
+        assert problem.startswith("training_params.batch_size: lists or objects nested more than 32 levels deep"), problem
+    else:
+        assert problem.startswith("not a config: its lists or objects are nested thousands of levels deep"), problem
+    # Listed beside those problems when the file can be read; the deep one, unreadable, adds none.
+    missing = dataset_problems(path)
+    assert (missing == []) if depth > 500 else missing[0].startswith("training_params.dataset_folder: 'data' not found"), missing
 
 
 def test_a_config_saved_by_a_windows_editor(tmp_path):

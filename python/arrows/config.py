@@ -542,6 +542,24 @@ def _apply_overrides(d: dict, overrides: dict | None, checker: _Checker) -> None
             target[k] = v
 
 
+# Deeper values are refused before anything recurses into them: copy.deepcopy ran out of Python's
+# stack at about 500 levels (a traceback), which JSON's reader still reads.
+_MAX_DEPTH = 32
+
+
+def _nested_too_deep(d: dict) -> str | None:
+    """The setting (section.key) under which `d` nests lists or objects more than _MAX_DEPTH levels
+    deep, else None. Walked with a stack of its own, not by recursion."""
+    stack = [(d, (), 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return ".".join(path[:2])
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        stack.extend((v, (*path, str(k)), depth + 1) for k, v in items)
+    return None
+
+
 def config_from_dict(
     d: dict,
     *,
@@ -560,6 +578,9 @@ def config_from_dict(
         raise ConfigError.from_problems(shown, [f"(top level): expected a JSON object with sections {', '.join(SECTIONS)}, got {_show(d)}"])
     for dup in getattr(d, "duplicates", ()):
         checker.problem(dup, "section given twice; keep one")
+    if (deep := _nested_too_deep(d)) is not None:
+        raise ConfigError.from_problems(shown, [f"{deep}: lists or objects nested more than {_MAX_DEPTH} levels deep; a setting is a "
+                                                f"number, a string, a boolean or a flat list"])
     d = copy.deepcopy(d)
     _apply_overrides(d, overrides, checker)
 
@@ -779,6 +800,10 @@ def load_config(
     except json.JSONDecodeError as e:
         # Some of json's messages end with "at" ("Unterminated string starting at"): the place follows.
         raise ConfigError.from_problems(path, [f"not valid JSON: {e.msg.removesuffix(' at')} at line {e.lineno}, column {e.colno}"]) from None
+    except RecursionError:  # Python's reader recurses once per level: a traceback, not a message, before
+        raise ConfigError.from_problems(path, ["not a config: its lists or objects are nested thousands of levels deep, more than "
+                                               "Python's JSON reader can read (a config has three levels: sections, their keys, "
+                                               "a permutation's list)"]) from None
     return config_from_dict(d, model_type=model_type, overrides=overrides, source_path=path)
 
 
@@ -819,7 +844,7 @@ def dataset_problems(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))["training_params"]["dataset_folder"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
     if not isinstance(value, str):
         return []
