@@ -497,9 +497,14 @@ def test_study_with_a_permutation_trains_forward_and_permuted(tmp_path):
     arrows("synth", "primes", "--out", tmp_path / "p.txt", "--lines", "500")
     arrows("tokenize", tmp_path / "p.txt", "--tokenizer", "bytes", "--out", tmp_path / "tokens")
     permutation = [int(i) for i in np.random.default_rng(1).permutation(24)]
-    (tmp_path / "cfg.json").write_text(json.dumps(_config(tmp_path / "tokens", tmp_path / "runs", 12, 5, permutation=permutation)))
+    config = _config(tmp_path / "tokens", tmp_path / "runs", 12, 5, permutation=permutation)
+    config["training_params"]["run_name"] = "mine"  # a study names its runs itself, and says so
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
     proc = arrows("study", tmp_path / "cfg.json", "--out", tmp_path / "study")
     assert "perm: training in the permuted order" in proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert f"note: training_params.run_name ('mine') is not used by a study: its runs are fw/ and perm/ in the study folder {tmp_path / 'study'}" in message, message
+    assert not (tmp_path / "runs").exists()
     assert json.loads((tmp_path / "study" / "study.json").read_text())["pairs"] == [{"fw": "fw", "bw": "perm", "seed": 0}]
     fw = json.loads((tmp_path / "study" / "fw" / "config.json").read_text())["training_params"]
     perm = json.loads((tmp_path / "study" / "perm" / "config.json").read_text())["training_params"]

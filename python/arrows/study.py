@@ -68,6 +68,17 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
     return runs
 
 
+def run_name_note(config, study_dir: Path) -> str | None:
+    """What a study says of a `run_name` its config gives: the study names its runs itself (fw/,
+    and bw/ or perm/, in the study folder), and the name was otherwise dropped without a word."""
+    second = "bw" if config.training.permutation is None else "perm"
+    stem = config.source_path.stem if config.source_path is not None else "run"
+    if config.training.run_name == stem + ("_fw" if second == "bw" else "_perm"):  # the default, not given
+        return None
+    return (f"training_params.run_name ({config.training.run_name!r}) is not used by a study: its runs are "
+            f"fw/ and {second}/ in the study folder {study_dir}")
+
+
 def read_study_record(study_dir: Path) -> dict | None:
     """The study record (`study.json`) in `study_dir`, checked: its seed count (`seeds`), its
     pairs' run folders inside the study (`pairs`: [("fw", "bw"), ...]), the folder names of their
