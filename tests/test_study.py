@@ -518,6 +518,7 @@ def test_study_with_a_permutation_trains_forward_and_permuted(tmp_path):
     refused = arrows("study", tmp_path / "plain.json", "--out", tmp_path / "study", check=False)
     message = " ".join(refused.stderr.split())
     assert refused.returncode == 1 and "second runs read in a permuted order (perm/)" in message and "give another --out" in message, message
+    assert "run_name" not in message  # a config without one is not told about it
     assert not (tmp_path / "study" / "bw").exists()
     assert json.loads((tmp_path / "study" / "study.json").read_text())["pairs"] == [{"fw": "fw", "bw": "perm", "seed": 0}]
 

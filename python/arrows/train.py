@@ -167,7 +167,7 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
         # The loader speaks of its own arguments ("lower the batch size"); a config's user needs the
         # keys. Only there: its other errors are about the data itself (an .h5's bos_id attribute).
         raise BatchSizeError(f"{e} (the config's training_params.batch_size, model_params.attn_length and "
-                         "training_params.valid_fraction decide the batches)") from None
+                             "training_params.valid_fraction decide the batches)") from None
     valid_loader = WindowLoader(t.dataset_folder, L, t.val_batch_size // world_size, split="valid", **common)
     steps_per_epoch = len(train_loader) // t.aggregate
     if steps_per_epoch == 0:
