@@ -31,6 +31,15 @@ def pytest_runtest_logreport(report):
         sys.stderr.flush()
 
 
+def pytest_runtest_setup(item):
+    """A test marked `alone` fills the GPU's memory: beside it, another worker's CUDA test (the
+    README's `pytest -n 2`) would run out of memory too. Under pytest-xdist it is skipped, saying how
+    to run it; bench/gpu_session.sh runs it by itself after the others."""
+    if item.get_closest_marker("alone") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.skip("fills the GPU's memory, which tests beside it need: run it by itself, "
+                    "without -n (pytest -m alone tests/test_cuda.py)")
+
+
 def triton_kernel_test_device() -> str:
     """The device the tests of arrows' Triton kernels run on: "cuda" where there is one, else "cpu"
     with Triton's interpreter switched on. Call at the top of such a test module, before Triton is
