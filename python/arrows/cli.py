@@ -451,10 +451,10 @@ def study(
     gpu_list = _devices(gpus, device)
     overrides = {} if steps is None else {"steps_to_train": steps}
     cfg = _load_train_config(config, model, overrides, _model_overrides(attention, head_loss))
-    _print_notes(cfg, sys.stderr)  # once: the runs are trained from configs the study writes
     study_dir = out or Path(cfg.training.save_loc) / config.stem
     if note := run_name_note(cfg, study_dir):
-        print(f"note: {note}", file=sys.stderr, flush=True)
+        cfg.notes.append(note)
+    _print_notes(cfg, sys.stderr)  # once: the runs are trained from configs the study writes
     pairs = run_study(cfg, study_dir, seeds=seeds, device=device, gpus=gpu_list, parallel=parallel, compile=not no_compile)
     try:
         _compare_and_print(pairs, study_dir / "report", device=device, max_windows=max_windows)

@@ -627,9 +627,7 @@ def config_from_dict(
     if training["permutation"] is not None:
         training["permutation"] = tuple(training["permutation"])
     if training["run_name"] is None:
-        stem = source.stem if source is not None else "run"
-        suffix = {"backward": "_bw", "permutation": "_perm"}.get(_direction(training), "_fw")
-        training["run_name"] = stem + suffix
+        training["run_name"] = default_run_name(source, training["backwards"], training["permutation"])
     optim["betas"] = tuple(float(b) for b in optim["betas"])
     return Config(
         model=ModelConfig(**model),
@@ -640,10 +638,10 @@ def config_from_dict(
     )
 
 
-def _direction(training: dict) -> str:
-    if training["backwards"]:
-        return "backward"
-    return "permutation" if training["permutation"] is not None else "forward"
+def default_run_name(source_path: Path | None, backwards: bool, permutation) -> str:
+    """A run's name when its config gives none: the config file's stem and the direction."""
+    stem = source_path.stem if source_path is not None else "run"
+    return stem + ("_bw" if backwards else "_fw" if permutation is None else "_perm")
 
 
 def _read_model(raw: dict | None, model_type: str | None, c: _Checker) -> dict:

@@ -71,10 +71,11 @@ def plan_study(config, study_dir: Path, seeds: int) -> list[StudyRun]:
 def run_name_note(config, study_dir: Path) -> str | None:
     """What a study says of a `run_name` its config gives: the study names its runs itself (fw/,
     and bw/ or perm/, in the study folder), and the name was otherwise dropped without a word."""
-    second = "bw" if config.training.permutation is None else "perm"
-    stem = config.source_path.stem if config.source_path is not None else "run"
-    if config.training.run_name == stem + ("_fw" if second == "bw" else "_perm"):  # the default, not given
+    from arrows.config import default_run_name
+
+    if config.training.run_name == default_run_name(config.source_path, False, config.training.permutation):  # none given
         return None
+    second = "bw" if config.training.permutation is None else "perm"
     return (f"training_params.run_name ({config.training.run_name!r}) is not used by a study: its runs are "
             f"fw/ and {second}/ in the study folder {study_dir}")
 
