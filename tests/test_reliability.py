@@ -452,6 +452,55 @@ def test_second_train_into_the_same_run_is_refused(tmp_path, train_store, train_
     assert [r for r in logged(run) if r["step"] <= 40] == train_reference["logged"]
 
 
+# SIGTERM at step 5 (0-based step 4), then SIGTERM again at REPEAT_AT: once training has stopped, or
+# while the command prints its message.
+REPEATED_SIGTERM = """
+import os, signal
+from arrows import cli, train
+
+_step, _restore, _err = train.Trainer._train_step, train._StopRequest.restore, cli._err
+
+def _train_step(self, batches):
+    if self.step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _step(self, batches)
+
+def restore(self):
+    _restore(self)
+    if os.environ["REPEAT_AT"] == "stopped":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def _say(message):
+    if os.environ["REPEAT_AT"] == "message":
+        os.kill(os.getpid(), signal.SIGTERM)
+    _err(message)
+
+train.Trainer._train_step, train._StopRequest.restore, cli._err = _train_step, restore, _say
+"""
+
+
+@pytest.mark.parametrize("repeat_at", ["stopped", "message"])
+def test_sigterm_repeated_while_the_run_stops_changes_nothing(tmp_path, train_store, repeat_at):
+    # Repeated SIGTERMs are common: the kernel sends the parent-death signal once per thread of the
+    # dying parent (torchrun killed with -9 sent its processes 1 to 3 over 100 ms), a user types
+    # `kill` twice. A repeat that came after training had stopped interrupted the end of the
+    # command: typer made that interrupt a silent exit 130, and the message saying where the run
+    # stands was lost (or, before the message, replaced by a bare "interrupted").
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(REPEATED_SIGTERM)
+    cfg = train_config(tmp_path / "c.json", train_store, "r", tmp_path / "runs", save_every=50, backup_every=None)
+    proc = arrows("train", cfg, "--device", "cpu", check=False, timeout=300,
+                  env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "REPEAT_AT": repeat_at})
+    assert proc.returncode == 130, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert said.count("SIGTERM: stopping after this step, with a checkpoint of it") == 1, proc.stderr
+    assert said.count("interrupted by SIGTERM at step 5; its checkpoint is saved in") == 1 and "Traceback" not in said, proc.stderr
+    from arrows import checkpoint
+
+    assert checkpoint.saved_step(tmp_path / "runs" / "r" / "checkpoints" / "latest.pt") == 5
+
+
 # ------------------------------------------------------------------------------------------------
 # damaged or mixed-up data and checkpoints
 

@@ -54,10 +54,31 @@ class naming_file:
         return False
 
 
+# Whether a SIGTERM has asked this process to stop (see terminated).
+_sigterm_received = False
+
+
+def note_sigterm() -> None:
+    """Record that this process was asked by SIGTERM to stop: training's own handler calls it, so
+    that the `arrows` command's handler, back in place once training has stopped, ignores repeats."""
+    global _sigterm_received
+    _sigterm_received = True
+
+
 def terminated(signum, frame):
     """The `arrows` command's SIGTERM handler (`kill`, a cluster's preemption or time limit, `docker
     stop`): the command stops as at a Ctrl-C, with what is complete kept and a message, where
     SIGTERM's default ended it without a word (a tokenizer job's done shards unrecorded until
     the next --resume found them, a study's runs stopped without saying where). Training replaces
-    it while it trains (train._StopRequest: stop after the step, with a checkpoint of it)."""
+    it while it trains (train._StopRequest: stop after the step, with a checkpoint of it).
+
+    Only the first SIGTERM interrupts; a repeat, while the command is stopping already, is ignored
+    (SIGKILL remains for "now"). Repeats are not only an impatient user's: the kernel sends the
+    parent-death signal (distributed.die_with_parent) once per thread of the dying parent it passes
+    the child on to, so that torchrun killed with -9 sent its processes 1 to 3 SIGTERMs over some
+    100 ms. One that came after training had stopped raised its interrupt in the middle of the
+    final message, which typer turns into a silent exit 130: the run stopped and saved, unsaid."""
+    if _sigterm_received:
+        return
+    note_sigterm()
     raise KeyboardInterrupt

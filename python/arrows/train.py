@@ -28,7 +28,8 @@ from pathlib import Path
 from arrows import checkpoint
 from arrows.distributed import (World, close_group, die_with_parent, external_world, init_group, launched_externally,
                                 launcher_description, spawn)
-from arrows.errors import ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, terminated
+from arrows.errors import (ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, note_sigterm,
+                           terminated)
 from arrows.schedule import lr_at
 
 
@@ -69,6 +70,8 @@ class _StopRequest:
 
     def _note(self, signum, frame):
         first = self.signal_name is None
+        if signum == signal.SIGTERM:
+            note_sigterm()  # the command's handler, back once training has stopped, ignores repeats
         if self.signal_name in (None, "SIGUSR1"):  # the spawning process's request names no cause; a signal of its own does
             self.signal_name = signal.Signals(signum).name
         if signum == signal.SIGINT:
