@@ -263,9 +263,10 @@ def _supervise(processes, outcomes) -> tuple[bool, set[int], list]:
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the `arrows` command (errors.terminated)
             interrupts += 1
             for rank in alive:
-                # The first: stop after the step, with a checkpoint of it. The second: at once, by
-                # SIGKILL (SIGTERM is a stop after the step to a process that trains); the last
-                # checkpoint written stays intact, a partial one is removed at the next start.
+                # The first: stop after the step, with a checkpoint of it. The second (Ctrl-C again;
+                # errors.terminated ignores a repeated SIGTERM): at once, by SIGKILL (SIGTERM is a
+                # stop after the step to a process that trains); the last checkpoint written stays
+                # intact, a partial one is removed at the next start.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(processes[rank].pid, STOP_SIGNAL if interrupts == 1 else signal.SIGKILL)
                 if interrupts > 1:
