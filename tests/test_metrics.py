@@ -62,12 +62,6 @@ def test_wandb_gets_every_record_and_one_id_per_run(tmp_path, fake_wandb):
     assert len(ids) == 2 and init["id"] not in ids
 
 
-def test_wandb_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    with pytest.raises(SystemExit, match="pip install wandb"):
-        Metrics(tmp_path, resume_step=None, config={}, wandb_project="arrows")
-
-
 def test_no_wandb_unless_asked(tmp_path, fake_wandb):
     m = Metrics(tmp_path, resume_step=None, config={}, wandb_project=None)
     m.log({"step": 1, "loss": 1.0})
@@ -156,3 +150,26 @@ def test_a_second_resume_from_one_step_keeps_one_note_of_its_changed_settings(tm
     assert records == [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.0},
                        {"step": 2, "changed_settings": "optim_params.lr: 0.003 → 0.001"}, {"step": 2, "attention": "attention: sdpa"},
                        {"step": 3, "loss": 1.5}], records
+
+
+def test_wandb_without_the_package_says_how_to_install_it_before_the_run_folder_is_made(tmp_path, monkeypatch):
+    """From Python (the command checks its --wandb itself): the run folder was made, then the
+    loggers' start raised SystemExit, which ends a program or a notebook's cell as no error does."""
+    import json
+
+    from arrows.config import load_config
+    from arrows.errors import InputError
+    from arrows.train import TrainOptions, train
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as without the package
+    run = tmp_path / "runs" / "r"
+    cfg = {"model_params": {"n_layers": 1, "n_heads": 2, "embed_dim": 16, "attn_length": 16, "vocab_size": 300},
+           "training_params": {"dataset_folder": str(tmp_path / "store"), "batch_size": 4, "save_loc": str(run.parent), "run_name": "r"},
+           "optim_params": {}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="wandb project 'proj': logging to wandb needs the wandb package: pip install wandb"):
+        train(load_config(tmp_path / "c.json"), TrainOptions(device="cpu", wandb="proj"))
+    assert not run.parent.exists()
+    run.mkdir(parents=True)
+    with pytest.raises(InputError, match="wandb project 'proj': logging to wandb needs the wandb package"):
+        Metrics(run, resume_step=None, config={}, wandb_project="proj")

@@ -9,7 +9,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from arrows.errors import naming_file
+from arrows.errors import InputError, naming_file
 
 
 class Metrics:
@@ -41,7 +41,7 @@ class Metrics:
             try:
                 import wandb
             except ImportError:
-                raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+                raise InputError(f"wandb project {wandb_project!r}: logging to wandb needs the wandb package: pip install wandb") from None
             self._wandb = wandb.init(project=wandb_project, name=f"{run_dir.parent.name}/{run_dir.name}", config=config,
                                      id=_wandb_id(run_dir, resuming=resume_step is not None), resume="allow")
 

@@ -15,6 +15,7 @@ wait for it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -324,6 +325,8 @@ def _with_loader_stride(config: dict) -> dict:
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     check_devices(opts)
+    if opts.wandb is not None and importlib.util.find_spec("wandb") is None:  # before the run folder is made
+        raise InputError(f"wandb project {opts.wandb!r}: logging to wandb needs the wandb package: pip install wandb")
     _check_attention(config, opts)
     _check_host_memory(config, opts)
     if opts.nproc > 1 and launched_externally():
