@@ -65,12 +65,13 @@ def external_world(gpus: list[int] | None, device: str = "auto") -> World:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", rank))
     else:
+        if "MASTER_ADDR" not in os.environ:  # where the processes meet: SLURM does not say
+            raise InputError(f"started by {launcher}, but MASTER_ADDR is not set: set MASTER_ADDR and MASTER_PORT in the job "
+                             f"script (see cli/launch/slurm.sh)")
         rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
         local = int(os.environ.get("SLURM_LOCALID", rank))
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
-        if "MASTER_ADDR" not in os.environ:
-            raise SystemExit("under SLURM, set MASTER_ADDR and MASTER_PORT in the job script (see cli/launch/slurm.sh)")
     use_cuda = gpus is not None or (device != "cpu" and _cuda())
     return World(rank, world, local, f"cuda:{_gpu_of(local, gpus, launcher, slurm=launcher.startswith('SLURM'))}" if use_cuda else "cpu")
 
