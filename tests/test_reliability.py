@@ -197,13 +197,18 @@ def test_second_tokenize_into_the_same_folder_is_refused(tmp_path, tok_reference
     out = tmp_path / "out"
     first = Child("tokenize", ref["corpus"], "--out", out, *TOK_ARGS)
     first.wait_until(lambda: (out / "manifest.json").exists())
-    # Three at once: plain, --resume and --force (which would delete the first one's files).
-    seconds = [subprocess.Popen([str(ARROWS), "tokenize", str(ref["corpus"]), "--out", str(out), *TOK_ARGS, *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra in ([], ["--resume"], ["--force"])]
-    for p in seconds:
-        _, err = p.communicate(timeout=120)
-        user_error(subprocess.CompletedProcess(p.args, p.returncode, "", err), "another arrows process", code=1)
-    assert first.alive(), "the first job ended before the others were refused: make the corpus bigger"
+    # Held still (with its lock) while the others try: on a loaded machine it could finish before
+    # they had even started, and the plain one was then told the folder is not empty.
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Three at once: plain, --resume and --force (which would delete the first one's files).
+        seconds = [subprocess.Popen([str(ARROWS), "tokenize", str(ref["corpus"]), "--out", str(out), *TOK_ARGS, *extra],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra in ([], ["--resume"], ["--force"])]
+        for p in seconds:
+            _, err = p.communicate(timeout=120)
+            user_error(subprocess.CompletedProcess(p.args, p.returncode, "", err), "another arrows process", code=1)
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
     assert first.proc.wait(timeout=300) == 0, first.stderr
     assert files_of(out) == ref["files"]
 
