@@ -3,6 +3,7 @@ when the `tensorboard` package is installed, wandb only when asked (`--wandb PRO
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -38,10 +39,9 @@ class Metrics:
             pass  # the tensorboard package is optional
         self._wandb = None
         if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise InputError(f"wandb project {wandb_project!r}: logging to wandb needs the wandb package: pip install wandb") from None
+            require_wandb(wandb_project)
+            import wandb
+
             self._wandb = wandb.init(project=wandb_project, name=f"{run_dir.parent.name}/{run_dir.name}", config=config,
                                      id=_wandb_id(run_dir, resuming=resume_step is not None), resume="allow")
 
@@ -89,6 +89,12 @@ class Metrics:
 def _tensorboard_thread_failed(args) -> bool:
     """Whether `threading.excepthook`'s `args` are a failed write of TensorBoard's writing thread."""
     return type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)
+
+
+def require_wandb(project: str) -> None:
+    """Logging to the wandb project `project` needs the wandb package, which is not a dependency."""
+    if importlib.util.find_spec("wandb") is None:
+        raise InputError(f"wandb project {project!r}: logging to wandb needs the wandb package: pip install wandb")
 
 
 def _wandb_id(run_dir: Path, *, resuming: bool) -> str:

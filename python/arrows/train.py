@@ -15,7 +15,6 @@ wait for it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from arrows.distributed import (World, close_group, die_with_parent, external_wo
                                 launcher_description, spawn)
 from arrows.errors import (ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, note_sigterm,
                            terminated)
+from arrows.metrics import Metrics, require_wandb
 from arrows.schedule import lr_at
 
 
@@ -325,8 +325,8 @@ def _with_loader_stride(config: dict) -> dict:
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     check_devices(opts)
-    if opts.wandb is not None and importlib.util.find_spec("wandb") is None:  # before the run folder is made
-        raise InputError(f"wandb project {opts.wandb!r}: logging to wandb needs the wandb package: pip install wandb")
+    if opts.wandb is not None:
+        require_wandb(opts.wandb)  # before the run folder is made
     _check_attention(config, opts)
     _check_host_memory(config, opts)
     if opts.nproc > 1 and launched_externally():
@@ -688,8 +688,6 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict:
         import torch
-
-        from arrows.metrics import Metrics
 
         w, t = self.world, self.t
         resumed = getattr(self, "resumed_from", None)
