@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -93,7 +94,8 @@ def _tensorboard_thread_failed(args) -> bool:
 
 def require_wandb(project: str) -> None:
     """Logging to the wandb project `project` needs the wandb package, which is not a dependency."""
-    if importlib.util.find_spec("wandb") is None:
+    # Imported already (find_spec would ask a module without a __spec__ for one, and raise), or found.
+    if sys.modules.get("wandb") is None and importlib.util.find_spec("wandb") is None:
         raise InputError(f"wandb project {project!r}: logging to wandb needs the wandb package: pip install wandb")
 
 
