@@ -224,11 +224,14 @@ def train(
         raise typer.BadParameter("--gpus starts one process per GPU; drop --nproc (it is for CPU processes)", param_hint="--nproc")
     if more is not None and steps is not None:
         raise typer.BadParameter("--more N trains N steps beyond the checkpoint, --steps sets the total: give one of them", param_hint="--more")
-    if wandb is not None:
-        import importlib.util
+    if wandb is not None:  # train() checks it too; here it is a usage error of the flag (exit 2)
+        from arrows.errors import InputError
+        from arrows.metrics import require_wandb
 
-        if importlib.util.find_spec("wandb") is None:  # before the run folder is made, and in --dry-run too
-            raise typer.BadParameter("needs the wandb package: pip install wandb", param_hint="--wandb")
+        try:
+            require_wandb(wandb)
+        except InputError as e:
+            raise typer.BadParameter(str(e), param_hint="--wandb") from None
     overrides: dict = {"training_params": {}}
     if steps is not None:
         overrides["training_params"]["steps_to_train"] = steps
