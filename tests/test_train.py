@@ -379,10 +379,11 @@ def test_attention_and_head_flags_and_resuming_under_other_kernels(tmp_path, sto
 def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, store, monkeypatch):
     # The kernel's out-of-memory killer would end such a run at step 1 without a word (the paper's
     # nano config with batch 250 did, on a 24 GB machine: about 51 GB with the plain head).
-    import arrows.train as train_module
+    import arrows.preflight as preflight
     from arrows.config import load_config
     from arrows.errors import InputError
-    from arrows.train import TrainOptions, head_memory_bytes, train
+    from arrows.preflight import head_memory_bytes
+    from arrows.train import TrainOptions, train
 
     def config(head_loss, name):
         model = {"n_layers": 2, "n_heads": 2, "embed_dim": 48, "attn_length": 32, "mlp_ratio": 4.0, "dropout": 0.1, "embd_dropout": None,
@@ -392,7 +393,7 @@ def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, s
     cfg = config("plain", "c.json")
     train_bytes, valid_bytes = head_memory_bytes(cfg, processes=1)
     assert train_bytes == 64 * 32 * 512 * 4 * 4 and valid_bytes == train_bytes // 2  # logits, log-softmax, gradients
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: train_bytes // 2)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: train_bytes // 2)
     with pytest.raises(InputError) as refused:
         train(cfg, TrainOptions(device="cpu", dry_run=True))
     message = str(refused.value)
@@ -402,18 +403,18 @@ def test_a_cpu_run_whose_head_cannot_fit_is_refused_before_it_starts(tmp_path, s
     # The chunked head needs a chunk of logits at a time: it fits where the plain one did not ...
     chunked = config("chunked", "k.json")
     assert head_memory_bytes(config("auto", "a.json"), processes=1) == head_memory_bytes(chunked, processes=1)  # auto: chunked on a CPU
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: max(head_memory_bytes(chunked, processes=1)))
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: max(head_memory_bytes(chunked, processes=1)))
     assert train(chunked, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
     # ... and where even it cannot, the advice is the batch; unknown memory (not Linux) is not checked.
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: 1000)
     with pytest.raises(InputError, match="lower training_params.batch_size"):
         train(chunked, TrainOptions(device="cpu", dry_run=True))
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: None)
     assert train(cfg, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
 
 
 def test_available_memory_is_read_on_linux():
-    from arrows.train import available_memory_bytes
+    from arrows.preflight import available_memory_bytes
 
     available = available_memory_bytes()
     if not os.path.exists("/proc/meminfo"):
@@ -514,18 +515,18 @@ def test_a_group_that_failed_after_its_last_save_is_said_to_be_complete(tmp_path
     """A process lost after the last checkpoint of a `--more N` run: "run the same command" would
     have trained N steps more, so the message says the run is whole instead."""
     from arrows import checkpoint
-    from arrows.train import _where_it_stands
+    from arrows.resume import where_it_stands
 
     latest = tmp_path / "run" / "checkpoints" / "latest.pt"
-    assert "No checkpoint was written yet" in _where_it_stands(latest)
+    assert "No checkpoint was written yet" in where_it_stands(latest)
     checkpoint.save(latest, {"step": 6, "total_steps": 10, "more": 2})
-    assert _where_it_stands(latest) == f"The checkpoint {latest} is intact: run the same command to continue from it."
+    assert where_it_stands(latest) == f"The checkpoint {latest} is intact: run the same command to continue from it."
     checkpoint.save(latest, {"step": 10, "total_steps": 10, "more": 2})
     # Lost before rank 0 wrote the run's summary.json: the same command writes it, and trains nothing.
-    said = _where_it_stands(latest)
+    said = where_it_stands(latest)
     assert "of its last step, 10, is intact and complete" in said and "run the same command to write its summary.json" in said, said
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"steps": 10}))
-    said = _where_it_stands(latest)
+    said = where_it_stands(latest)
     assert "reached its end" in said and "of its last step, 10, is intact and complete" in said and "same command" not in said, said
 
 
@@ -592,7 +593,7 @@ def test_a_resume_under_another_window_set_is_refused_up_front(tmp_path, store):
     # loader ("the loader state belongs to another data setup"), naming neither key nor checkpoint.
     from arrows.config import load_config
     from arrows.errors import InputError
-    from arrows.train import check_resumable
+    from arrows.resume import check_resumable
 
     def config(**training):
         return load_config(write_config(tmp_path / "c.json", store, run_name="windows", **training))
@@ -612,7 +613,8 @@ def test_a_run_started_over_leaves_nothing_of_the_earlier_one_to_resume(tmp_path
     from arrows.config import load_config
     from arrows.distributed import World
     from arrows.errors import CancelledError, InputError
-    from arrows.train import Trainer, TrainOptions, resume_point
+    from arrows.resume import resume_point
+    from arrows.train import Trainer, TrainOptions
 
     config = load_config(write_config(tmp_path / "c.json", store, run_name="over", steps_to_train=4, save_every=2, backup_every=2, step_log=1))
     run = tmp_path / "runs" / "over"
@@ -630,12 +632,12 @@ def test_a_run_started_over_leaves_nothing_of_the_earlier_one_to_resume(tmp_path
     with pytest.raises(CancelledError, match="no checkpoint was written yet"):
         again.fit()
     assert list((run / "checkpoints").iterdir()) == [] and not (run / "summary.json").exists()
-    assert resume_point(TrainOptions(), run) is None  # the same command starts over, as the message says
+    assert resume_point("auto", run) is None  # the same command starts over, as the message says
     # Backups without a latest.pt (deleted by hand) are not removed unasked: the way on is named.
     Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
     (run / "checkpoints" / "latest.pt").unlink()
     with pytest.raises(InputError, match="--resume .*step_00000004.pt, or start over with --resume never"):
-        resume_point(TrainOptions(), run)
+        resume_point("auto", run)
 
 
 def test_latest_is_never_older_than_a_backup(tmp_path, store):
@@ -794,7 +796,8 @@ def test_a_run_resumed_from_a_backup_continues_from_it_after_an_interruption(tmp
     from arrows.config import load_config
     from arrows.distributed import World
     from arrows.errors import CancelledError
-    from arrows.train import Trainer, TrainOptions, resume_point
+    from arrows.resume import resume_point
+    from arrows.train import Trainer, TrainOptions
 
     config = load_config(write_config(tmp_path / "c.json", store, run_name="back", steps_to_train=6, save_every=2, backup_every=2, step_log=1))
     Trainer(config, World(0, 1, 0, "cpu"), TrainOptions()).fit()
@@ -808,7 +811,7 @@ def test_a_run_resumed_from_a_backup_continues_from_it_after_an_interruption(tmp
     with pytest.raises(CancelledError, match="the checkpoint of step 2 "):
         trainer.fit()
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
-    assert checkpoint.load(resume_point(TrainOptions(), run))["step"] == 2
+    assert checkpoint.load(resume_point("auto", run))["step"] == 2
 
 
 def test_a_run_resumes_from_its_data_moved_elsewhere(tmp_path, store):
@@ -993,7 +996,7 @@ def test_a_full_disk_leaves_the_run_config_whole(tmp_path, store, monkeypatch):
 def test_a_cpu_run_whose_model_cannot_fit_is_refused_before_it_starts(tmp_path, store, monkeypatch):
     # An LSTM of hidden size 100,000 (80 billion parameters) ended in torch's allocator traceback
     # while being built, --dry-run included; one the system lets allocate is killed at step 1.
-    import arrows.train as train_module
+    import arrows.preflight as preflight
     from arrows.config import load_config
     from arrows.errors import InputError
     from arrows.models import count_parameters
@@ -1003,7 +1006,7 @@ def test_a_cpu_run_whose_model_cannot_fit_is_refused_before_it_starts(tmp_path, 
     cfg = load_config(write_config(tmp_path / "c.json", store, run_name="huge", model=model))
     parameters = count_parameters(cfg.model_dict())
     assert parameters == 80_103_400_000
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: 64 << 30)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: 64 << 30)
     for nproc in (1, 2):
         with pytest.raises(InputError) as refused:
             train(cfg, TrainOptions(device="cpu", nproc=nproc, dry_run=True))
@@ -1013,7 +1016,7 @@ def test_a_cpu_run_whose_model_cannot_fit_is_refused_before_it_starts(tmp_path, 
     # A model that fits is not refused, nor one where the memory cannot be read (not Linux).
     small = load_config(write_config(tmp_path / "s.json", store, run_name="small"))
     assert train(small, TrainOptions(device="cpu", dry_run=True))["planned_steps"] == 40
-    monkeypatch.setattr(train_module, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: None)
     assert train(cfg, TrainOptions(device="cpu", dry_run=True))["parameters"] == parameters
     assert not (tmp_path / "runs" / "huge").exists()
 

@@ -208,6 +208,11 @@ class Config:
     notes: list[str] = field(default_factory=list, compare=False)  # things worth telling the user
 
     @property
+    def run_dir(self) -> Path:
+        """The run folder: save_loc / run_name."""
+        return Path(self.training.save_loc) / self.training.run_name
+
+    @property
     def schedule(self) -> str:
         """"cooldown" (warmup → constant → linear cooldown) or "cosine" (warm restarts)."""
         return "cooldown" if self.training.cooldown_finish is not None else "cosine"

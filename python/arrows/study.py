@@ -122,7 +122,8 @@ def run_study(config, study_dir: Path, *, seeds: int | None = None, device: str 
               parallel: bool = False, compile: bool = True) -> list[tuple[Path, Path]]:
     """Train every run of the study (resuming any that exist) and return the (fw, bw) pairs.
     `seeds` None: as many as the study folder records, or 1 for a new study."""
-    from arrows.train import TrainOptions, check_devices, train
+    from arrows.preflight import check_devices
+    from arrows.train import TrainOptions, train
 
     study_dir = Path(study_dir)
     # --gpus or --device cuda without CUDA: refused before the folder records anything (its seed

@@ -22,15 +22,18 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from arrows import checkpoint
 from arrows.distributed import (World, close_group, die_with_parent, external_world, init_group, launched_externally,
                                 launcher_description, spawn)
-from arrows.errors import (ArrowsError, BatchSizeError, CancelledError, CorruptDataError, InputError, naming_file, note_sigterm,
+from arrows.errors import (ArrowsError, BatchSizeError, CancelledError, InputError, naming_file, note_sigterm,
                            terminated)
 from arrows.metrics import Metrics, require_wandb
+from arrows.preflight import (check_attention, check_batch_split, check_devices, check_host_memory, check_run_folder, check_schedule_fits,
+                              device_of, verify_data)
+from arrows.resume import check_resumable, data_identity, end_recorded, finished_at, more_target, resume_point, where_it_stands
 from arrows.schedule import lr_at
 
 
@@ -104,39 +107,6 @@ class TrainOptions:
     extra: dict = field(default_factory=dict)
 
 
-def run_dir_of(config) -> Path:
-    t = config.training
-    return Path(t.save_loc) / t.run_name
-
-
-def check_run_folder(config) -> None:
-    """The run folder (save_loc/run_name) can be made: no file, nor a link to nothing, stands at it
-    or above it. Said before anything starts (--dry-run too), where making it failed with "File exists"."""
-    run_dir = run_dir_of(config)
-    if run_dir.resolve() == Path(config.training.dataset_folder).resolve():
-        # The run writes its own tokenizer.json into its folder: over the store's, re-serialized with
-        # another hash, and the store was then refused as damaged.
-        raise InputError(f"{run_dir}: the run folder (training_params.save_loc / run_name) is the token store it trains on "
-                         f"(dataset_folder); the run would write its files into the store, its tokenizer.json over the "
-                         f"store's; give another save_loc or run_name")
-    for inside in ("checkpoints", "tensorboard"):
-        # Found only when first written: the first checkpoint, hours into the run.
-        p = run_dir / inside
-        if p.exists() and not p.is_dir():
-            raise InputError(f"{p}: a file, where the run keeps its {inside} (a folder); move the file away")
-    for p in (run_dir, *run_dir.parents):
-        if p.is_symlink() and not p.exists():
-            # A link to a disk not mounted, or to a folder since removed: making the folder failed with "File exists".
-            raise InputError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist, where the run folder {run_dir} "
-                             f"(training_params.save_loc / run_name) needs a folder; mount or make its target, or give another "
-                             f"save_loc or run_name")
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(f"{p}: a file, where the run folder {run_dir} (training_params.save_loc / run_name) needs a folder; "
-                                 "move the file, or give another save_loc or run_name")
-            return
-
-
 def process_count(opts: TrainOptions) -> int:
     """How many processes train: the external launcher's, one per listed GPU, or --nproc."""
     if launched_externally():
@@ -144,14 +114,6 @@ def process_count(opts: TrainOptions) -> int:
 
         return int(os.environ.get("WORLD_SIZE") or os.environ["SLURM_NTASKS"])
     return len(opts.gpus) if opts.gpus else opts.nproc
-
-
-def check_batch_split(config, world_size: int) -> None:
-    t = config.training
-    for name, size in (("batch_size", t.batch_size), ("val_batch_size", t.val_batch_size)):
-        if size % world_size:
-            raise InputError(f"training_params.{name} {size} does not split evenly over {world_size} processes: "
-                             f"make it a multiple of {world_size}, or use another process count")
 
 
 def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
@@ -181,154 +143,13 @@ def make_loaders(config, rank: int, world_size: int, device: str = "cpu"):
     return train_loader, valid_loader
 
 
-def resume_point(opts: TrainOptions, run_dir: Path) -> Path | None:
-    """The checkpoint this run continues from (--resume), or None to start afresh."""
-    if opts.resume == "never":
-        return None
-    if opts.resume != "auto":
-        path = Path(opts.resume)
-        if path.is_dir():  # a run folder, or its checkpoints folder
-            found = next((p for p in (path / "checkpoints" / checkpoint.LATEST, path / checkpoint.LATEST) if p.is_file()), None)
-            raise InputError(f"--resume {path}: a folder; give a checkpoint file"
-                             + (f", such as {found}" if found is not None else " (a run's checkpoints/latest.pt or step_N.pt)"))
-        if not path.is_file():
-            raise InputError(f"--resume {path}: no such checkpoint (--resume takes auto, never or a checkpoint file)")
-        return path
-    latest = run_dir / "checkpoints" / checkpoint.LATEST
-    if latest.exists():
-        return latest
-    # Starting over removes the folder's checkpoints (Trainer._start_over): backups without a
-    # latest.pt (deleted by hand) are not removed unasked.
-    backups = sorted(latest.parent.glob("step_*.pt"))
-    if backups:
-        raise InputError(f"{latest.parent} holds backups but no {checkpoint.LATEST}: continue from the newest with --resume {backups[-1]}, "
-                         f"or start over with --resume never (which removes them)")
-    return None
-
-
-def check_resumable(path: Path, payload: dict, config, world_size: int, finished: bool = False) -> list[str]:
-    """Refuses a checkpoint written with another setup (weights, data or batch) or by another
-    number of processes, unless `finished` (the run has nothing left to train, so no process's
-    place in the data is continued). Returns the settings that changed without mattering to the
-    weights ("section.key: old → new"): the run continues under the new ones, and says so."""
-    saved, mine = _with_loader_stride(payload["config"]), _with_loader_stride(config.to_dict())
-    # How attention and the loss are computed changes no weight: a run may resume under another kernel.
-    compute_only = {"attention", "head_loss"}
-    # stride and valid_fraction decide which windows the training split holds: the checkpoint's place
-    # in the data counts batches of those windows, and the loader refuses another set of them.
-    refused = {"model_params": None, "training_params": ("dataset_folder", "batch_size", "aggregate", "backwards", "permutation", "seed",
-                                                          "stride", "valid_fraction")}
-    # The same token store at another path (moved, or copied to a node's local disk) is the same data;
-    # another store at the same path (tokenized again with --force) is not.
-    recorded, now = payload.get("data"), data_identity(mine["training_params"]["dataset_folder"])
-    moved = recorded is not None and recorded == now
-    diffs, changed = [], []
-    if recorded is not None and now is not None and recorded != now and saved["training_params"].get("dataset_folder") == mine["training_params"]["dataset_folder"]:
-        diffs.append(f"training_params.dataset_folder: {mine['training_params']['dataset_folder']!r} holds other data than it trained on "
-                     "(tokenized again since?)")
-    for sec, values in mine.items():
-        if not isinstance(values, dict):
-            continue
-        keys = refused.get(sec, ())
-        for k, v in values.items():
-            if saved.get(sec, {}).get(k) == v:
-                continue
-            if (keys is None or k in keys) and k not in compute_only and not (k == "dataset_folder" and moved):
-                why = "" if k != "dataset_folder" else (" (not the data it trained on)" if payload.get("data") is not None
-                                                         else " (this checkpoint does not record its data, only the path)")
-                diffs.append(f"{sec}.{k}: checkpoint {saved.get(sec, {}).get(k)!r}, config {v!r}{why}")
-            elif k not in ("run_name", "save_loc", "state_save_loc"):  # where the run is, not how it trains
-                changed.append(f"{sec}.{k}: {saved.get(sec, {}).get(k)!r} → {v!r}")
-    if diffs:
-        raise InputError(f"{path} was written with another setup; resume with the same config, or start over (arrows train: --resume never; "
-                         f"arrows study: another --out):\n  " + "\n  ".join(diffs))
-    ranks = len(payload["per_rank"])
-    if ranks != world_size and not finished:
-        how = f"--nproc {ranks} on the CPU, --gpus with {ranks} GPUs, or {ranks} processes under torchrun or SLURM" if ranks > 1 else \
-            "no --nproc, one GPU, or one process under torchrun or SLURM"
-        raise InputError(f"{path} was written by {ranks} process(es); resume with the same number (now {world_size}): {how}. "
-                         f"It holds each process's place in the data and random state, which another number of processes "
-                         f"cannot continue exactly")
-    return changed
-
-
-def finished_at(payload: dict, config, more: int | None, steps_per_epoch: int) -> bool:
-    """Whether the checkpoint's run is already at the step this command would train to: then it is
-    left as it is ("nothing to do"), whatever number of processes is given now (a study trained on
-    four GPUs, given again on one machine to compare again)."""
-    if more is not None:
-        return False
-    return int(payload["step"]) >= (config.training.steps_to_train or steps_per_epoch)
-
-
-def more_target(more: int, step: int, payload: dict | None, ended: bool = True) -> int:
-    """The step that `--more N` trains to, resuming at `step` from checkpoint `payload` (None: no
-    checkpoint): N steps beyond it, unless a `--more N` run that had not reached its end wrote it
-    (killed, preempted, Ctrl-C): the same command then finishes that run, at the step it planned, as
-    any interrupted run resumes (counted from each new checkpoint, every interruption lengthened
-    the run and laid its schedule over another total). `--steps` sets any other end. `ended`
-    (end_recorded) is false for a run killed after its last checkpoint, before its summary: that
-    run is finished too, not trained N steps further."""
-    if payload is not None and payload.get("more") == more and (step < int(payload.get("total_steps") or step)
-                                                                or (not ended and step == payload.get("total_steps"))):
-        return int(payload["total_steps"])
-    return step + more
-
-
-def end_recorded(run_dir: Path, step: int) -> bool:
-    """Whether the run folder's summary.json says the run ended at `step`: written after the last
-    checkpoint, it is missing (or an earlier end's) when the run was killed in between."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("steps") == step
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def data_identity(dataset_folder: str | Path) -> str | None:
-    """What a run trains on, wherever it lies: a hash of a token store's tokenizer (hash, BOS), id
-    type, and every shard's checksum and length, as its manifest records them (`verify_data` checks
-    them against the shards before training). None for an .h5 file, which only its path identifies."""
-    import hashlib
-
-    try:
-        m = json.loads((Path(dataset_folder) / "manifest.json").read_bytes())
-        what = [m["tokenizer"]["hash"], m["tokenizer"].get("bos_id"), m["dtype"], [[s["checksum"], s["tokens"]] for s in m["shards"]]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
-
-
-def check_schedule_fits(config, total_steps: int) -> None:
-    """The check the config makes of warmup + cooldown against steps_to_train, for a total it
-    could not know: one epoch (steps_to_train null) or `--more N`. The schedule is otherwise laid
-    over a run too short for it (the learning rate never reached its peak, and the run ended
-    without a cooldown)."""
-    t, o = config.training, config.optim
-    if t.cooldown_finish is None:
-        return
-    cool = math.ceil(t.cooldown_finish * total_steps)
-    if o.warmup_steps + cool > total_steps:
-        raise InputError(f"optim_params.warmup_steps: {o.warmup_steps} warmup steps and a cooldown of {cool} steps (cooldown_finish) "
-                         f"do not fit in the {total_steps} steps this run trains; lower warmup_steps, or train more steps")
-
-
-def _with_loader_stride(config: dict) -> dict:
-    """A copy of a resolved config dict whose `stride` is the one the loader uses (null means
-    `(attn_length − 1) // 2`), so that null and that number are the same setting."""
-    training, model = config.get("training_params", {}), config.get("model_params", {})
-    if training.get("stride") is not None or not isinstance(model.get("attn_length"), int):
-        return config
-    stride = max((model["attn_length"] - 1) // 2, 1)
-    return {**config, "training_params": {**training, "stride": stride}}
-
-
 def train(config, opts: TrainOptions) -> dict:
     """Train (or dry-run) `config`; returns the summary of rank 0."""
     check_devices(opts)
     if opts.wandb is not None:
         require_wandb(opts.wandb)  # before the run folder is made
-    _check_attention(config, opts)
-    _check_host_memory(config, opts)
+    check_attention(config, opts)
+    check_host_memory(config, opts)
     if opts.nproc > 1 and launched_externally():
         # The launcher's count would win silently; in a SLURM allocation's own shell (salloc, the
         # job script outside srun) this process would then wait for tasks that never start.
@@ -349,188 +170,15 @@ def train(config, opts: TrainOptions) -> dict:
         if arm is not None:
             arm()
     # The run folder is locked first, by the one process that launches (or rank 0 under torchrun).
-    with _lock_run(run_dir_of(config)) if world is None or world.is_main else contextlib.nullcontext():
+    with _lock_run(config.run_dir) if world is None or world.is_main else contextlib.nullcontext():
         verify_data(config)
         if world is not None:
             return _worker_main(world, config, opts)
         nprocs = process_count(opts)
         if nprocs > 1:
-            latest = run_dir_of(config) / "checkpoints" / checkpoint.LATEST
-            return spawn(_spawned, nprocs, (config, opts), after_failure=lambda: _where_it_stands(latest))
-        return _worker_main(World(0, 1, 0, _device(opts, 0)), config, opts)
-
-
-def check_devices(opts: TrainOptions) -> None:
-    if opts.nproc > 1 and opts.device != "cpu" and not opts.gpus and _device(opts, 0) != "cpu":
-        # --nproc starts CPU processes; on a CUDA machine each took the GPU of its rank, and a process
-        # whose GPU was not there crashed ("invalid device ordinal") once started.
-        raise InputError(f"--nproc {opts.nproc} starts processes on the CPU, and this run is on CUDA ({_device(opts, 0)}): "
-                         f"add --device cpu to train on the CPU, or use --gpus (one process per GPU, e.g. --gpus "
-                         f"{','.join(map(str, range(opts.nproc)))}) to train on GPUs")
-    if not (opts.gpus or opts.device == "cuda"):
-        return
-    import torch
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    asked = f"--gpus {','.join(map(str, opts.gpus))}" if opts.gpus else "--device cuda"
-    if visible == 0:
-        raise InputError(f"{asked}: no CUDA device is visible; train on the CPU with --device cpu")
-    missing = [g for g in opts.gpus or [] if g >= visible]
-    if missing:
-        raise InputError(f"{asked}: only {visible} CUDA device(s) are visible, numbered 0 to {visible - 1}")
-
-
-def _check_attention(config, opts: TrainOptions) -> None:
-    """The GPU-only attention paths, refused up front on a CPU run instead of failing at step 1."""
-    if config.model.model_type != "gpt" or _device(opts, 0) != "cpu":
-        return
-    import os
-
-    if config.model.attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError("model_params.attention 'triton' runs on CUDA and this run is on the CPU; use 'sdpa' "
-                         "(or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter, very slowly)")
-    if config.model.attention == "flex":
-        raise InputError("model_params.attention 'flex' trains on CUDA only (FlexAttention has no backward pass on the CPU); use 'sdpa'")
-
-
-def available_memory_bytes() -> int | None:
-    """Memory this process could still take: MemAvailable, or less under a memory limit of its control
-    group (v1 or v2, or any group above it: a container, a SLURM job). None where neither can be read
-    (not Linux). The same figure `arrows tokenize` checks its BPE training against."""
-    from arrows._arrows import available_memory
-
-    return available_memory()
-
-
-# Peak memory of a CPU step per fp32 logit, measured with the nano GPT (vocabulary 50257): the plain
-# head holds the logits, their log-softmax and their gradient (4.2 × the logits), the chunked one
-# a chunk of logits and its gradient (2.2 ×); validation, without gradients, about half of each.
-_LOGIT_COPIES = {"plain": 4.0, "chunked": 2.0}
-
-
-def head_memory_bytes(config, processes: int) -> tuple[int, int]:
-    """About how much memory the head's logits take at once in a CPU training step and in a
-    validation step, all `processes` of this machine together."""
-    from arrows.models.head_loss import DEFAULT_CHUNK_ROWS, resolve_head_loss
-
-    m, t = config.model, config.training
-    head = resolve_head_loss(m.head_loss, "cpu")
-    copies = _LOGIT_COPIES[head]
-
-    def held(batch: int, grad: bool) -> int:
-        rows = batch * m.attn_length  # all processes together
-        if head == "chunked":
-            rows = min(rows, DEFAULT_CHUNK_ROWS * processes)
-        return int(rows * m.vocab_size * 4 * (copies if grad else copies / 2))
-
-    return held(t.batch_size, True), held(t.val_batch_size, False)
-
-
-def _check_host_memory(config, opts: TrainOptions) -> None:
-    """A CPU run whose head cannot fit is refused before it starts: the kernel's out-of-memory
-    killer would end it at the first step without a word (the paper's nano config, batch 250,
-    needs about 51 GB with the plain head). CUDA runs get torch's out-of-memory error instead, which
-    the trainer turns into the same advice."""
-    if _device(opts, 0) != "cpu":
-        return
-    available = available_memory_bytes()
-    if available is None:
-        return
-    processes = opts.nproc  # a CPU run: --gpus does not apply
-    train_bytes, valid_bytes = head_memory_bytes(config, processes)
-    need, what = max((train_bytes, "training"), (valid_bytes, "validation"))
-    if need <= available:
-        _check_model_memory(config, processes, available)
-        return
-    m, t = config.model, config.training
-    key = "batch_size" if what == "training" else "val_batch_size"
-    batch = getattr(t, key)
-    advice = f"lower training_params.{key}" + (" and raise aggregate to keep the same effective batch" if what == "training" else "")
-    if m.head_loss == "plain":  # "auto" is chunked on a CPU already
-        chunked = head_memory_bytes(replace(config, model=replace(m, head_loss="chunked")), processes)
-        advice = (f"add --head-loss chunked (model_params.head_loss; the logits are then made a chunk of rows at a time: about "
-                  f"{max(chunked) / 1e9:.1f} GB), or {advice}")
-    raise InputError(
-        f"a {what} step on the CPU holds the logits of {batch} windows × attn_length {m.attn_length} over vocab_size "
-        f"{m.vocab_size}: about {need / 1e9:.1f} GB with model_params.head_loss \"{m.head_loss}\""
-        f"{' (chunked on the CPU)' if m.head_loss == 'auto' else ''}, and this machine has "
-        f"{available / 1e9:.1f} GB available. To fit, {advice}."
-    )
-
-
-# fp32 weights, their gradients and AdamW's two moments: the bytes a CPU run holds per parameter.
-_BYTES_PER_PARAMETER = 16
-
-
-def _check_model_memory(config, processes: int, available: int) -> None:
-    """A CPU run whose model alone cannot be trained in the memory available is refused before it
-    starts (its --dry-run too): building it ended in torch's allocator traceback ("can't allocate
-    memory: you tried to allocate 160000000000 bytes") for an LSTM of hidden size 100,000, and
-    one that the system lets allocate would be killed at its first step."""
-    from arrows.models import count_parameters
-
-    m = config.model
-    parameters = count_parameters(config.model_dict())
-    need = parameters * _BYTES_PER_PARAMETER * processes
-    if need <= available:
-        return
-    each = f" in each of the {processes} processes" if processes > 1 else ""
-    raise InputError(
-        f"model_params: this {m.model_type} model has {parameters:,} parameters (n_layers {m.n_layers}, embed_dim {m.embed_dim}); "
-        f"training it on the CPU takes about {need / 1e9:.1f} GB (weights, gradients and AdamW's two moments, "
-        f"{_BYTES_PER_PARAMETER} bytes per parameter{each}), and this machine has {available / 1e9:.1f} GB available. "
-        f"Use a smaller model{' or fewer --nproc processes' if processes > 1 else ''}, or train on a GPU."
-    )
-
-
-def verify_data(config) -> None:
-    """Check every shard's checksum and the tokenizer's hash before anything trains: a damaged or
-    mixed-up token store is refused, naming each bad file. (Opening a store checks only headers and
-    sizes; this reads the whole store once, at disk speed.)"""
-    folder = Path(config.training.dataset_folder)
-    if not (folder / "manifest.json").is_file():
-        return  # a reference .h5 file: no checksums to check
-    from arrows.data import TokenStore
-
-    store = TokenStore(folder)
-    nbytes = len(store) * store.dtype.itemsize
-    if nbytes > 1e9:  # a noticeable pause: say what it is
-        print(f"checking the checksums of {len(store.manifest['shards'])} shards ({nbytes / 1e9:.1f} GB) before training", file=sys.stderr, flush=True)
-    problems = store.verify()
-    if problems:
-        raise CorruptDataError(
-            f"{folder}: the token store is damaged, nothing was trained:\n  " + "\n  ".join(problems)
-            + "\nRe-create it with `arrows tokenize ... --force`."
-        )
-
-
-def _device(opts: TrainOptions, local_rank: int) -> str:
-    import torch
-
-    if opts.gpus:
-        return f"cuda:{opts.gpus[local_rank]}"
-    if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is visible")
-        return f"cuda:{local_rank}"
-    return "cpu"
-
-
-def _where_it_stands(latest: Path) -> str:
-    """What a user of a multi-process run that ended early can do next (read once its processes have ended)."""
-    if not latest.exists():
-        return "No checkpoint was written yet: run the same command to start again."
-    step, total = checkpoint.saved_step(latest), checkpoint.saved_entry(latest, "total_steps")
-    if step is not None and total is not None and step >= int(total):
-        # A process lost after the last save: the run is whole. "Run the same command" would have
-        # trained N steps more after a `--more N` run (the same command finishes only a run that
-        # had not reached its end: more_target).
-        if not end_recorded(latest.parent.parent, step):  # its summary.json not written yet (Trainer._finish_end)
-            return (f"The run had reached its end: the checkpoint {latest} of its last step, {step}, is intact and complete; "
-                    f"nothing is left to train: run the same command to write its summary.json.")
-        return (f"The run had reached its end: the checkpoint {latest} of its last step, {step}, is intact and complete; "
-                f"nothing is left to train (--more N would train N steps beyond it).")
-    return f"The checkpoint {latest} is intact: run the same command to continue from it."
+            latest = config.run_dir / "checkpoints" / checkpoint.LATEST
+            return spawn(_spawned, nprocs, (config, opts), after_failure=lambda: where_it_stands(latest))
+        return _worker_main(World(0, 1, 0, device_of(opts, 0)), config, opts)
 
 
 def _stop_before_training(signum, frame):
@@ -546,7 +194,7 @@ def _spawned(rank: int, config, opts: TrainOptions) -> dict:
     signal.signal(signal.SIGUSR1, _stop_before_training)
     nprocs = process_count(opts)  # before RANK/WORLD_SIZE are set below: the spawning count
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank))
-    return _worker_main(World(rank, nprocs, rank, _device(opts, rank)), config, opts, spawned=True)
+    return _worker_main(World(rank, nprocs, rank, device_of(opts, rank)), config, opts, spawned=True)
 
 
 def _worker_main(world: World, config, opts: TrainOptions, spawned: bool = False) -> dict:
@@ -579,7 +227,7 @@ class Trainer:
         self.config, self.world, self.opts = config, world, opts
         t, o = config.training, config.optim
         self.t, self.o = t, o
-        self.run_dir = run_dir_of(config)
+        self.run_dir = config.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = torch.device(world.device)
         self.cuda = self.device.type == "cuda"
@@ -605,7 +253,7 @@ class Trainer:
         self.changed_settings = []  # on resume: settings that differ from the checkpoint's (check_resumable)
         self._stop: _StopRequest | None = None  # while fit trains: a stop asked for by a signal
         self._stop_agreed = False  # every process has seen a stop request (see fit)
-        resume_from = resume_point(opts, self.run_dir)
+        resume_from = resume_point(opts.resume, self.run_dir)
         if resume_from is not None:
             self._load(resume_from)
         else:
@@ -1169,19 +817,19 @@ def dry_run(config, opts: TrainOptions) -> dict:
     steps_per_epoch = len(loader) // t.aggregate
     planned = t.steps_to_train or steps_per_epoch
     start, changed, payload = 0, [], None
-    path = resume_point(opts, run_dir_of(config))
-    ckpts = run_dir_of(config) / "checkpoints"
+    path = resume_point(opts.resume, config.run_dir)
+    ckpts = config.run_dir / "checkpoints"
     if path is not None:
         payload = checkpoint.load(path)
         changed = check_resumable(path, payload, config, nprocs, finished_at(payload, config, opts.more, steps_per_epoch))
         start = int(payload["step"])
     if opts.more is not None:
-        planned = more_target(opts.more, start, payload, end_recorded(run_dir_of(config), start))
+        planned = more_target(opts.more, start, payload, end_recorded(config.run_dir, start))
     check_schedule_fits(config, planned)
     return {
         "model_type": config.model.model_type,
         "parameters": count_parameters(config.model_dict()),
-        "devices": [_device(opts, rank) for rank in range(nprocs)],
+        "devices": [device_of(opts, rank) for rank in range(nprocs)],
         "tokens": loader.tokens,
         "train_windows": loader.windows,
         "steps_per_epoch": steps_per_epoch,
@@ -1190,7 +838,7 @@ def dry_run(config, opts: TrainOptions) -> dict:
         "changed_settings": changed,
         "planned_steps": planned,
         "tokens_per_step": t.batch_size * t.aggregate * config.model.attn_length,
-        "run_dir": str(run_dir_of(config)),
+        "run_dir": str(config.run_dir),
         # what starting over (no checkpoint to resume) removes (Trainer._start_over)
         "removes": [] if path is not None else sorted(p.name for p in [ckpts / checkpoint.LATEST, *ckpts.glob("step_*.pt")] if p.is_file()),
     }
