@@ -1,4 +1,5 @@
-"""`arrows train`: the training loop (one process per device; see distributed.py for launching).
+"""`arrows train`: the training loop (one process per device; see distributed.py for launching,
+preflight.py for what is checked before a run starts, resume.py for where it continues from).
 
 A step is one optimizer update over `batch_size × aggregate` windows (split evenly over the
 processes). The loop: set the step's learning rate, accumulate `aggregate` micro-batches, clip the
